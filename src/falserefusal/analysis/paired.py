@@ -90,7 +90,10 @@ def paired_difference_pvalue(n10: int, n01: int, n: int, margin: float = 0.0) ->
         return 1.0
     statistic = tango_statistic(n10, n01, n, margin)
     if math.isnan(statistic):
-        return 1.0  # e.g. no discordant pairs at margin 0: nothing speaks against H0
+        # T is 0/0: the data sit exactly on a margin with no variance (no discordant pair at margin 0, or
+        # every pair n01 at margin -1). Like the exact conditional test we give 1; the score p tends to 0.5
+        # on either side, so this one point breaks the monotonicity in the margin.
+        return 1.0
     return float(norm.sf(statistic))
 
 

@@ -36,8 +36,10 @@ def wilson_interval(refusals: int, n: int, alpha: float = 0.05) -> tuple[float, 
     if n == 0:
         return 0.0, 1.0
     low, high = proportion_confint(refusals, n, alpha=alpha, method="wilson")
-    # statsmodels can return -1e-17 at 0 refusals; a rate bound outside [0, 1] is meaningless
-    return max(0.0, float(low)), min(1.0, float(high))
+    # the exact bounds at 0 and n refusals are 0 and 1; statsmodels' float arithmetic can leave ±1e-17
+    low = 0.0 if refusals == 0 else max(0.0, float(low))
+    high = 1.0 if refusals == n else min(1.0, float(high))
+    return low, high
 
 
 def refusal_rates(
