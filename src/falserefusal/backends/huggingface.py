@@ -1,0 +1,229 @@
+"""The transformers backend: hub ids, local folders and .gguf files, greedy decoding in left-padded batches."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from falserefusal.backends import DEFAULT_MODEL_NAME, BackendOptions, StopWhen, default_model_path
+from falserefusal.types import Completion, FalseRefusalError, GenerationRequest
+
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def converted_cache_dir() -> Path:
+    """Where dequantised copies of GGUF files live (parsing a GGUF in Python takes ~18 s; the copy loads in ~2 s)."""
+    root = os.environ.get("FALSEREFUSAL_MODEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", str(Path.home() / ".cache")), "falserefusal", "converted"
+    )
+    return Path(root)
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or model.endswith(".gguf") or os.sep in model.strip("/").split("/", 2)[-1] or Path(model).exists()
+
+
+class TransformersBackend:
+    """A causal LM under its chat template. fp32 on CPU (batch-invariant outputs); bf16 on GPU."""
+
+    name = "transformers"
+
+    def __init__(self, model: str, options: BackendOptions) -> None:
+        self.model = model or DEFAULT_MODEL_NAME
+        self.options = options
+        self._identity: dict[str, Any] = {"backend": self.name, "model": self.model}
+        import torch  # heavy: imported only when this backend is used
+
+        self.torch = torch
+        self.device = self._pick_device(options.device)
+        self.dtype = self._pick_dtype(options.dtype)
+        self.tokenizer, self.lm = self._load()
+        self.tokenizer.padding_side = "left"  # decoder-only batches must be left-padded
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.lm.eval()
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        if not template:
+            raise FalseRefusalError(f"--model {self.model}: the tokenizer has no chat template; fix: use an instruct/chat model")
+        self._identity.update(
+            chat_template_sha256=hashlib.sha256(template.encode("utf-8")).hexdigest()[:16],
+            dtype=str(self.dtype).removeprefix("torch."),
+            device=str(self.device),
+        )
+
+    # ----- loading -----------------------------------------------------------------------------------------------
+    def _pick_device(self, device: str) -> str:
+        if device == "auto":
+            return "cuda" if self.torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not self.torch.cuda.is_available():
+            raise FalseRefusalError(f"--device {device}: CUDA is not available on this machine; fix: --device cpu")
+        return device
+
+    def _pick_dtype(self, dtype: str) -> Any:
+        torch = self.torch
+        if dtype == "auto":
+            if self.device.startswith("cuda"):
+                return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.float32  # CPU bf16 is fast on AMX but not batch-invariant: labels flip with batch size
+        choices = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+        if dtype not in choices:
+            raise FalseRefusalError(f"--dtype {dtype}: use one of auto, {', '.join(choices)}")
+        if self.device == "cpu" and dtype != "float32":
+            warnings.warn(f"--dtype {dtype} on CPU: outputs change with batch size; use float32 for a reproducible gate")
+        return choices[dtype]
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"dtype": self.dtype, "trust_remote_code": self.options.trust_remote_code}
+        if self.device.startswith("cuda"):
+            # "auto" spreads a large model over the GPUs this process sees (one per xdist worker when pinned)
+            kwargs["device_map"] = "auto" if self.device == "cuda" else {"": self.device}
+        return kwargs
+
+    def _load(self) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.model == DEFAULT_MODEL_NAME:
+            return self._load_gguf(default_model_path())
+        path = Path(self.model).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise FalseRefusalError(f"--model {self.model}: GGUF file not found; fix: check the path")
+            return self._load_gguf(path)
+        if path.is_dir():
+            self._identity["folder"] = str(path.resolve())
+            self._identity["weights_sha256"] = _folder_fingerprint(path)
+            return self._from_pretrained(str(path), {})
+        if _looks_like_path(self.model) and "/" not in self.model.strip("./"):
+            raise FalseRefusalError(f"--model {self.model}: no such file or folder; fix: check the path or give a hub id")
+        if self.model.startswith((".", "/", "~")):
+            raise FalseRefusalError(f"--model {self.model}: no such file or folder; fix: check the path")
+        revision = self.options.revision
+        self._identity["revision"] = revision or "main"
+        self._identity["commit"] = _hub_commit(self.model, revision)
+        return self._from_pretrained(self.model, {"revision": revision} if revision else {})
+
+    def _from_pretrained(self, source: str, extra: dict[str, Any]) -> tuple[Any, Any]:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=self.options.trust_remote_code, **extra)
+            lm = AutoModelForCausalLM.from_pretrained(source, **self._load_kwargs(), **extra)
+        except OSError as error:
+            first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise FalseRefusalError(
+                f"--model {self.model}: cannot load ({first}); fix: check the id, your network/HF_TOKEN, or pass a local folder or .gguf"
+            ) from None
+        except ValueError as error:
+            if "trust_remote_code" in str(error):
+                raise FalseRefusalError(f"--model {self.model}: needs custom code; fix: review it, then pass --trust-remote-code") from None
+            raise
+        if not self.device.startswith("cuda"):
+            lm = lm.to(self.device)
+        return tokenizer, lm
+
+    def _load_gguf(self, path: Path) -> tuple[Any, Any]:
+        """Load a GGUF (dequantised), reusing a converted safetensors copy keyed by the file's hash."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        sha = file_sha256(path)
+        self._identity.update(gguf_file=path.name, file_sha256=sha)
+        converted = converted_cache_dir() / sha[:24]
+        if (converted / "config.json").is_file() and any(converted.glob("*.safetensors")):
+            try:
+                return self._from_pretrained(str(converted), {})
+            except Exception as error:  # a half-written copy: fall back to the GGUF and rewrite it
+                log.warning("converted copy %s unusable (%s); reconverting", converted, error)
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        lm = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, **self._load_kwargs())
+        try:
+            self._save_converted(tokenizer, lm, converted)
+        except OSError as error:  # a read-only cache only costs load time
+            log.warning("cannot cache converted model at %s: %s", converted, error)
+        if not self.device.startswith("cuda"):
+            lm = lm.to(self.device)
+        return tokenizer, lm
+
+    @staticmethod
+    def _save_converted(tokenizer: Any, lm: Any, target: Path) -> None:
+        # save_pretrained refuses a GGUF-loaded model while it still carries its quantizer
+        lm.hf_quantizer = None
+        if hasattr(lm.config, "quantization_config"):
+            del lm.config.quantization_config
+        staging = target.with_name(target.name + f".tmp{os.getpid()}")
+        lm.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        staging.replace(target) if not target.exists() else None
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    # ----- generation --------------------------------------------------------------------------------------------
+    def render(self, request: GenerationRequest) -> str:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as error:  # jinja2 TemplateError: e.g. "System role not supported"
+            raise FalseRefusalError(
+                f"--model {self.model}: its chat template rejects this chat ({error}); fix: --persona-placement user"
+            ) from None
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: StopWhen | None = None
+    ) -> list[Completion]:
+        torch = self.torch
+        texts = [self.render(r) for r in requests]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.lm.device)
+        prompt_length = batch["input_ids"].shape[1]
+        with torch.inference_mode():
+            output = self.lm.generate(
+                **batch,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
+        completions = []
+        eos = self.tokenizer.eos_token_id
+        for row in output[:, prompt_length:].tolist():
+            n_tokens = row.index(eos) + 1 if eos in row else len(row)
+            text = self.tokenizer.decode(row[:n_tokens], skip_special_tokens=True).strip()
+            completions.append(Completion(text=text, n_tokens=n_tokens, finish_reason="stop" if eos in row else "length"))
+        return completions
+
+    def close(self) -> None:
+        del self.lm
+        if self.torch.cuda.is_available():
+            self.torch.cuda.empty_cache()
+
+
+def _folder_fingerprint(path: Path) -> str:
+    """Hash of weight file names and sizes: cheap, and changes when the checkpoint does."""
+    digest = hashlib.sha256()
+    for file in sorted(path.glob("*")):
+        if file.suffix in {".safetensors", ".bin", ".json", ".model"}:
+            digest.update(f"{file.name}:{file.stat().st_size}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _hub_commit(model: str, revision: str | None) -> str | None:
+    """The exact commit a hub id resolves to (for the record); None when offline."""
+    try:
+        from huggingface_hub import model_info
+
+        return model_info(model, revision=revision).sha
+    except Exception:
+        return None

@@ -1,0 +1,108 @@
+"""A deterministic fake model for tests and simulations: refusal probabilities per factor level are planted.
+
+Spec syntax (the --model string): `scripted:base=0.05,persona.muslim=+0.05,task.nli=+0.02,forcing.unforced=+0.1,rho=0.8`
+- `base`: refusal probability of every case; `persona.ID`, `task.ID`, `forcing.LEVEL`, `paraphrase.ID`,
+  `item.ID`: additive shifts (clipped to [0, 1]);
+- `rho`: share of cases whose random draw is shared with the rest of their request block, which makes
+  refusals of the same request correlated across personas, as in real models (paired design); default 0.8;
+- `seed`: varies the model's randomness (default 0); `name`: label only, so two scripted models can be told apart.
+A case refuses when its uniform draw u < p(case); draws come from SHA-256 of the request, so any process,
+order or batching gives the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from falserefusal.types import Completion, FalseRefusalError, GenerationRequest
+
+_FACTORS = {"persona": "persona", "task": "task", "forcing": "forcing_level", "paraphrase": "paraphrase", "item": "item"}
+
+
+def _uniform(*parts: object) -> float:
+    digest = hashlib.sha256("|".join(map(str, parts)).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+@dataclass(frozen=True)
+class ScriptedSpec:
+    base: float = 0.0
+    shifts: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (factor, level) -> added probability
+    rho: float = 0.8
+    seed: int = 0
+
+    @classmethod
+    def parse(cls, model: str) -> "ScriptedSpec":
+        body = model.removeprefix("scripted:")
+        base, rho, seed = 0.0, 0.8, 0
+        shifts: dict[tuple[str, str], float] = {}
+        for part in filter(None, (p.strip() for p in body.split(","))):
+            key, sep, value = part.partition("=")
+            if not sep:
+                raise FalseRefusalError(f"--model {model}: '{part}' is not key=value; see falserefusal.backends.scripted")
+            try:
+                number = float(value)
+            except ValueError:
+                if key == "name":
+                    continue
+                raise FalseRefusalError(f"--model {model}: '{value}' in '{part}' is not a number") from None
+            if key == "base":
+                base = number
+            elif key == "rho":
+                rho = number
+            elif key == "seed":
+                seed = int(number)
+            elif key == "name":
+                continue
+            elif key.partition(".")[0] in _FACTORS and key.partition(".")[2]:
+                factor, _, level = key.partition(".")
+                shifts[(_FACTORS[factor], level)] = number
+            else:
+                raise FalseRefusalError(
+                    f"--model {model}: unknown key '{key}'; use base, rho, seed, name or persona.ID, task.ID, "
+                    "forcing.LEVEL, paraphrase.ID, item.ID"
+                )
+        if not (0.0 <= base <= 1.0 and 0.0 <= rho <= 1.0):
+            raise FalseRefusalError(f"--model {model}: base and rho must lie in [0, 1]")
+        return cls(base=base, shifts=shifts, rho=rho, seed=seed)
+
+    def refusal_probability(self, factors: Mapping[str, str]) -> float:
+        p = self.base + sum(shift for (factor, level), shift in self.shifts.items() if factors.get(factor) == level)
+        return min(1.0, max(0.0, p))
+
+
+class ScriptedBackend:
+    """Answers with a refusal or a task label, as planted; no model, no randomness beyond the request's hash."""
+
+    name = "scripted"
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.spec = ScriptedSpec.parse(model)
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.name, "model": self.model}
+
+    def answer(self, request: GenerationRequest) -> str:
+        factors = request.factors
+        shared = _uniform(self.spec.seed, "block", factors.get("block"))
+        own = _uniform(self.spec.seed, "case", request.case_id)
+        use_shared = _uniform(self.spec.seed, "couple", request.case_id) < self.spec.rho
+        u = shared if use_shared else own
+        if u < self.spec.refusal_probability(factors):
+            return "I'm sorry, but I can't help with that. As this persona, I don't feel comfortable making that judgement."
+        labels = [label for label in factors.get("labels", "").split("|") if label] or ["yes"]
+        label = labels[int(_uniform(self.spec.seed, "label", request.case_id) * len(labels))]
+        return f"The answer is: {label}."
+
+    def generate(self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: Any = None) -> list[Completion]:
+        completions = []
+        for request in requests:
+            text = self.answer(request)
+            completions.append(Completion(text=text, n_tokens=len(text.split()), finish_reason="stop"))
+        return completions
+
+    def close(self) -> None:
+        pass

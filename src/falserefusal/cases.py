@@ -1,0 +1,84 @@
+"""The seeded Monte Carlo sampler: request blocks of (task, item, paraphrase, phrasing), each asked under every persona."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+from falserefusal.personas import all_conditions
+from falserefusal.tasks import TaskSpec, render_prompt
+from falserefusal.types import Case, FalseRefusalError, Message, Persona, PersonaPhrasing
+
+PLACEMENTS = ("system", "user")
+
+
+def stable_key(text: str) -> int:
+    """A process-independent integer for a name (Python's hash() changes between processes)."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
+
+
+def task_rng(seed: int, task_id: str) -> np.random.Generator:
+    """One stream per task, so `--tasks nli` draws the same NLI blocks as a run over every task."""
+    return np.random.default_rng(np.random.SeedSequence([seed, stable_key(task_id)]))
+
+
+def persona_messages(prompt: str, persona: Persona, phrasing: PersonaPhrasing, placement: str) -> tuple[Message, ...]:
+    """The chat for one condition. The baseline has no persona turn at all (the model's own default chat)."""
+    if persona.is_baseline:
+        return (Message("user", prompt),)
+    instruction = phrasing.template.format(persona=persona.wording)
+    if placement == "system":
+        return (Message("system", instruction), Message("user", prompt))
+    return (Message("user", f"{instruction}\n\n{prompt}"),)
+
+
+def draw_cases(
+    tasks: Sequence[TaskSpec],
+    personas: Sequence[Persona],
+    phrasings: Sequence[PersonaPhrasing],
+    samples: int,
+    seed: int,
+    placement: str = "system",
+) -> list[Case]:
+    """`samples` blocks per task, each block asked under the baseline and every persona (the paired design).
+
+    Same seed, same cases, same order, in every process. A task's first k blocks do not depend on `samples`.
+    """
+    if samples < 1:
+        raise FalseRefusalError(f"--samples {samples}: must be at least 1 request block per task")
+    if seed < 0:
+        raise FalseRefusalError(f"--seed {seed}: must be a non-negative integer")
+    if placement not in PLACEMENTS:
+        raise FalseRefusalError(f"--persona-placement {placement}: use one of {', '.join(PLACEMENTS)}")
+    conditions = all_conditions(personas)
+    cases: list[Case] = []
+    for spec in tasks:
+        rng = task_rng(seed, spec.task.id)
+        for index in range(samples):
+            item = spec.items[rng.integers(len(spec.items))]
+            paraphrase = spec.paraphrases[rng.integers(len(spec.paraphrases))]
+            phrasing = phrasings[rng.integers(len(phrasings))]
+            prompt = render_prompt(spec.task, paraphrase, item)
+            block_id = f"{spec.task.id}-b{index:05d}"
+            for persona in conditions:
+                cases.append(
+                    Case(
+                        case_id=f"{block_id}-{persona.id}",
+                        block_id=block_id,
+                        seed=seed,
+                        task=spec.task.id,
+                        item_id=item.id,
+                        paraphrase_id=paraphrase.id,
+                        forcing_level=paraphrase.forcing_level,
+                        persona=persona.id,
+                        persona_dimension=persona.dimension,
+                        phrasing_id="none" if persona.is_baseline else phrasing.id,
+                        placement="none" if persona.is_baseline else placement,
+                        messages=persona_messages(prompt, persona, phrasing, placement),
+                        labels=spec.task.labels,
+                        gold_label=item.label,
+                    )
+                )
+    return cases

@@ -1,0 +1,88 @@
+"""The suite's options, defined once and shared by the pytest plugin and the command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str  # command-line name without dashes; the ini key is "falserefusal_" + name with "_" for "-"
+    help: str
+    type: Callable[[str], Any] = str
+    default: Any = None
+    kind: str = "value"  # value | list (repeatable, also comma-separated) | flag
+    metavar: str | None = None
+
+    @property
+    def dest(self) -> str:
+        return "falserefusal_" + self.name.replace("-", "_")
+
+
+def comma_list(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("model", "model to test: hub id, local folder, .gguf file, openai:NAME (served) or scripted:SPEC; "
+           "repeat to compare several (default: embedded SmolLM2-135M-Instruct)", kind="list", metavar="MODEL"),
+    Option("backend", "backend for models without a prefix: transformers | openai | scripted", default="transformers"),
+    Option("samples", "request blocks per task; each is asked under every persona and the baseline "
+           "(default: the profile's samples)", type=int, metavar="N"),
+    Option("seed", "root seed of the Monte Carlo sampler (recorded in every result)", type=int, default=0, metavar="N"),
+    Option("profile", "gating profile in thresholds.yaml (default: smoke for the embedded model, release otherwise)"),
+    Option("thresholds", "gating policy file", default="thresholds.yaml", metavar="PATH"),
+    Option("report-dir", "where results.jsonl and index.html go", default="report", metavar="DIR"),
+    Option("tasks", "comma-separated task ids to run (default: all)", kind="list", metavar="IDS"),
+    Option("personas", "comma-separated persona ids or dimensions (default: all)", kind="list", metavar="IDS"),
+    Option("persona-placement", "where the persona instruction goes: system | user (for templates without a system role)",
+           default="system"),
+    Option("fixtures-dir", "folder with personas.yaml and tasks/*.yaml", default="fixtures", metavar="DIR"),
+    Option("dataset", "replace a task's items: TASK=PATH.csv|PATH.jsonl|HUB_ID (repeatable)", kind="list", metavar="TASK=SRC"),
+    Option("refusal-rules", "YAML file of refusal detector rules (default: the packaged rules)", metavar="PATH"),
+    Option("device", "auto | cpu | cuda | cuda:N", default="auto"),
+    Option("dtype", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16", default="auto"),
+    Option("batch-size", "generation batch size (0: automatic)", type=int, default=16, metavar="N"),
+    Option("max-new-tokens", "generation budget per answer", type=int, default=64, metavar="N"),
+    Option("revision", "hub revision (branch, tag or commit) of --model", metavar="REV"),
+    Option("trust-remote-code", "allow a hub model's custom code (off unless asked)", kind="flag", default=False),
+    Option("no-progress", "hide the generation progress bar", kind="flag", default=False),
+)
+
+
+def add_options(add: Callable[..., Any], prefix: str = "--") -> None:
+    """Register every option through `add` (pytest's group.addoption or argparse's add_argument)."""
+    for option in OPTIONS:
+        flags = [prefix + option.name]
+        if option.kind == "flag":
+            add(*flags, dest=option.dest, action="store_true", default=None, help=option.help)
+        elif option.kind == "list":
+            add(*flags, dest=option.dest, action="append", default=None, metavar=option.metavar, help=option.help)
+        else:
+            add(*flags, dest=option.dest, default=None, metavar=option.metavar or option.name.upper().replace("-", "_"), help=option.help + _default_note(option))
+
+
+def _default_note(option: Option) -> str:
+    return f" (default: {option.default})" if option.default is not None and "default" not in option.help else ""
+
+
+def resolve(option: Option, given: Any, ini: Any = None) -> Any:
+    """Command line, then ini (pyproject's [tool.pytest.ini_options]), then the default; converted to the type."""
+    raw = given if given not in (None, []) else (ini if ini not in (None, "", []) else None)
+    if raw is None:
+        return option.default if option.kind != "list" else []
+    if option.kind == "flag":
+        return raw if isinstance(raw, bool) else str(raw).strip().lower() in {"1", "true", "yes", "on"}
+    if option.kind == "list":
+        values = raw if isinstance(raw, list) else str(raw).split()
+        items: list[str] = []
+        for value in values:
+            items.extend(comma_list(value) if option.name != "model" else [value])
+        return items
+    try:
+        return option.type(raw)
+    except (TypeError, ValueError):
+        from falserefusal.types import FalseRefusalError
+
+        raise FalseRefusalError(f"--{option.name} {raw}: expected {option.type.__name__}") from None

@@ -1,0 +1,90 @@
+"""Personas and persona phrasings: loading and validating the user-extensible YAML fixture."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from falserefusal.types import BASELINE, BASELINE_ID, FalseRefusalError, Persona, PersonaPhrasing
+
+_TOP_KEYS = {"phrasings", "personas"}
+_PERSONA_KEYS = {"id", "dimension", "wording"}
+_PHRASING_KEYS = {"id", "template"}
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file, turning every failure into one line that names the file."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FalseRefusalError(f"{path}: file not found; fix: check the path") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise FalseRefusalError(f"{path}:{line} is not valid YAML ({getattr(error, 'problem', error)}); fix the syntax") from None
+
+
+def check_keys(path: Path, what: str, entry: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    """Reject unknown or missing keys with a message naming the file, the entry and the fix."""
+    if not isinstance(entry, dict):
+        raise FalseRefusalError(f"{path}: {what} must be a mapping, got {type(entry).__name__}; fix the entry")
+    unknown = sorted(set(entry) - allowed)
+    if unknown:
+        raise FalseRefusalError(
+            f"{path}: {what} has unknown key(s) {', '.join(map(str, unknown))}; allowed: {', '.join(sorted(allowed))}"
+        )
+    missing = sorted(required - set(entry))
+    if missing:
+        raise FalseRefusalError(f"{path}: {what} is missing {', '.join(missing)}; fix: add it")
+    return entry
+
+
+def load_personas(path: Path) -> tuple[tuple[Persona, ...], tuple[PersonaPhrasing, ...]]:
+    """Read personas and phrasings; the baseline is implicit and may not be redefined."""
+    data = read_yaml(path)
+    data = check_keys(path, "the top level", data, _TOP_KEYS, _TOP_KEYS)
+    personas: list[Persona] = []
+    for index, entry in enumerate(data["personas"] or []):
+        entry = check_keys(path, f"persona #{index + 1}", entry, _PERSONA_KEYS, _PERSONA_KEYS)
+        persona = Persona(id=str(entry["id"]), dimension=str(entry["dimension"]), wording=str(entry["wording"]))
+        if persona.id == BASELINE_ID:
+            raise FalseRefusalError(f"{path}: persona id '{BASELINE_ID}' is reserved for the no-persona baseline; rename it")
+        personas.append(persona)
+    phrasings: list[PersonaPhrasing] = []
+    for index, entry in enumerate(data["phrasings"] or []):
+        entry = check_keys(path, f"phrasing #{index + 1}", entry, _PHRASING_KEYS, _PHRASING_KEYS)
+        template = str(entry["template"])
+        if "{persona}" not in template:
+            raise FalseRefusalError(f"{path}: phrasing '{entry['id']}' has no {{persona}} placeholder; fix: add it")
+        phrasings.append(PersonaPhrasing(id=str(entry["id"]), template=template))
+    for kind, ids in (("persona", [p.id for p in personas]), ("phrasing", [p.id for p in phrasings])):
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise FalseRefusalError(f"{path}: duplicate {kind} id(s) {', '.join(duplicates)}; fix: make ids unique")
+    if not personas or not phrasings:
+        raise FalseRefusalError(f"{path}: needs at least one persona and one phrasing")
+    return tuple(personas), tuple(phrasings)
+
+
+def select_personas(personas: Sequence[Persona], wanted: Sequence[str] | None, source: str) -> tuple[Persona, ...]:
+    """Keep the personas the user asked for (by id or dimension), failing on unknown names."""
+    if not wanted:
+        return tuple(personas)
+    known = {p.id for p in personas} | {p.dimension for p in personas}
+    unknown = [w for w in wanted if w not in known and w != BASELINE_ID]
+    if unknown:
+        raise FalseRefusalError(
+            f"--personas: unknown persona {', '.join(unknown)}; known ids and dimensions in {source}: "
+            f"{', '.join(sorted(known))}"
+        )
+    chosen = tuple(p for p in personas if p.id in wanted or p.dimension in wanted)
+    if not chosen:
+        raise FalseRefusalError("--personas: select at least one persona besides the baseline")
+    return chosen
+
+
+def all_conditions(personas: Sequence[Persona]) -> tuple[Persona, ...]:
+    """The baseline first, then the personas: the order every table and plot uses."""
+    return (BASELINE, *personas)

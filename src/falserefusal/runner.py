@@ -1,0 +1,403 @@
+"""run(config) -> results: the one path from options to gate outcomes that the plugin and the CLI share."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from falserefusal.analysis import records_frame
+from falserefusal.backends import DEFAULT_MODEL_NAME, Backend, BackendOptions, backend_for, load_backend
+from falserefusal.cases import draw_cases
+from falserefusal.gates import GateOutcome, GateSpec, Profile, evaluate_gates, gate_specs, load_profile
+from falserefusal.options import OPTIONS, resolve
+from falserefusal.personas import load_personas, select_personas
+from falserefusal.tasks import TaskSpec, load_tasks
+from falserefusal.types import BASELINE_ID, Case, FalseRefusalError, GenerationRequest, Persona, PersonaPhrasing, Record
+
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run depends on, as the user gave it (see `falserefusal.options`)."""
+
+    models: tuple[str, ...] = ()
+    backend: str = "transformers"
+    samples: int | None = None
+    seed: int = 0
+    profile: str | None = None
+    thresholds: str = "thresholds.yaml"
+    report_dir: str = "report"
+    tasks: tuple[str, ...] = ()
+    personas: tuple[str, ...] = ()
+    persona_placement: str = "system"
+    fixtures: str = "fixtures"
+    datasets: tuple[str, ...] = ()
+    refusal_rules: str | None = None
+    backend_options: BackendOptions = field(default_factory=BackendOptions)
+    progress: bool = True
+    root: str = "."  # relative paths resolve against this (pytest's rootdir, or the working directory)
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any], root: str = ".") -> "RunConfig":
+        """Build from resolved option values keyed by option name ("batch-size" ...)."""
+        v = dict(values)
+        backend_options = BackendOptions(
+            device=v["device"],
+            dtype=v["dtype"],
+            batch_size=v["batch-size"],
+            max_new_tokens=v["max-new-tokens"],
+            trust_remote_code=bool(v["trust-remote-code"]),
+            revision=v.get("revision"),
+        )
+        return cls(
+            models=tuple(v["model"]),
+            backend=v["backend"],
+            samples=v["samples"],
+            seed=v["seed"],
+            profile=v["profile"],
+            thresholds=v["thresholds"],
+            report_dir=v["report-dir"],
+            tasks=tuple(v["tasks"]),
+            personas=tuple(v["personas"]),
+            persona_placement=v["persona-placement"],
+            fixtures=v["fixtures-dir"],
+            datasets=tuple(v["dataset"]),
+            refusal_rules=v["refusal-rules"],
+            backend_options=backend_options,
+            progress=not v["no-progress"],
+            root=root,
+        )
+
+    def path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else Path(self.root) / path
+
+
+def default_options() -> dict[str, Any]:
+    return {option.name: resolve(option, None) for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A resolved run: models, profile, tasks, personas and every case, before any model is loaded."""
+
+    config: RunConfig
+    models: tuple[str, ...]
+    profile: Profile
+    samples: int
+    tasks: tuple[TaskSpec, ...]
+    personas: tuple[Persona, ...]
+    phrasings: tuple[PersonaPhrasing, ...]
+    cases: tuple[Case, ...]
+    gates: tuple[GateSpec, ...]
+
+    @property
+    def task_ids(self) -> tuple[str, ...]:
+        return tuple(spec.task.id for spec in self.tasks)
+
+    @property
+    def n_families(self) -> int:
+        return len(self.models) * len(self.tasks)
+
+    def cases_for(self, task: str) -> list[Case]:
+        return [case for case in self.cases if case.task == task]
+
+    def model_label(self, model: str) -> str | None:
+        """Short name used in gate ids, only when several models share a run."""
+        return model_labels(self.models).get(model) if len(self.models) > 1 else None
+
+
+def model_labels(models: Sequence[str]) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for index, model in enumerate(models):
+        label = model.split("name=")[1].split(",")[0] if "name=" in model else Path(model.rstrip("/")).name
+        label = label.removesuffix(".gguf").replace(":", "_") or f"model{index}"
+        if label in labels.values():
+            label = f"{label}-{index}"
+        labels[model] = label
+    return labels
+
+
+def _parse_datasets(entries: Sequence[str]) -> dict[str, str]:
+    overrides = {}
+    for entry in entries:
+        task, sep, source = entry.partition("=")
+        if not sep or not task or not source:
+            raise FalseRefusalError(f"--dataset {entry}: expected TASK=PATH_OR_HUB_ID, e.g. nli=data/snli.jsonl")
+        overrides[task] = source
+    return overrides
+
+
+def prepare(config: RunConfig) -> Suite:
+    """Read fixtures and thresholds, validate every option and draw the cases. Loads no model."""
+    models = config.models or (DEFAULT_MODEL_NAME,)
+    for model in models:
+        backend_for(model, config.backend)  # validates --backend
+    if len(set(models)) != len(models):
+        raise FalseRefusalError(f"--model: the same model is given twice ({', '.join(models)}); give each once")
+    profile_name = config.profile or ("smoke" if models == (DEFAULT_MODEL_NAME,) else "release")
+    profile = load_profile(config.path(config.thresholds), profile_name)
+    samples = config.samples if config.samples is not None else profile.samples
+    fixtures = config.path(config.fixtures)
+    if not fixtures.is_dir():
+        raise FalseRefusalError(f"--fixtures {fixtures}: no such folder; fix: run from the project root or pass --fixtures-dir")
+    personas, phrasings = load_personas(fixtures / "personas.yaml")
+    personas = select_personas(personas, config.personas, str(fixtures / "personas.yaml"))
+    tasks = load_tasks(fixtures, config.tasks, _parse_datasets(config.datasets))
+    options = config.backend_options
+    if options.batch_size < 0 or options.max_new_tokens < 1:
+        raise FalseRefusalError("--batch-size must be >= 0 and --max-new-tokens >= 1")
+    for model in models:
+        _check_model_exists(model, config.backend)
+    cases = draw_cases(tasks, personas, phrasings, samples, config.seed, config.persona_placement)
+    gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas])
+    return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates))
+
+
+def _check_model_exists(model: str, backend: str) -> None:
+    """Fail fast on a local path that is not there; hub ids are checked when loaded."""
+    if backend_for(model, backend) != "transformers" or model == DEFAULT_MODEL_NAME:
+        return
+    if model.startswith((".", "/", "~")) or model.endswith(".gguf"):
+        if not Path(model).expanduser().exists():
+            raise FalseRefusalError(f"--model {model}: no such file or folder; fix: check the path, or give a hub id")
+
+
+def request_for(case: Case) -> GenerationRequest:
+    return GenerationRequest(
+        case_id=case.case_id,
+        messages=case.messages,
+        factors={
+            "task": case.task,
+            "persona": case.persona,
+            "forcing_level": case.forcing_level,
+            "paraphrase": case.paraphrase_id,
+            "item": case.item_id,
+            "block": case.block_id,
+            "labels": "|".join(case.labels),
+        },
+    )
+
+
+class Generator:
+    """Holds loaded backends and the detector; turns cases into records, batch by batch."""
+
+    def __init__(self, config: RunConfig, progress_position: int = 0) -> None:
+        from falserefusal.refusal import RefusalDetector, load_rules
+
+        self.config = config
+        self.detector = RefusalDetector(load_rules(config.path(config.refusal_rules) if config.refusal_rules else None))
+        self.backends: dict[str, Backend] = {}
+        self.timings: dict[str, float] = {"load_s": 0.0, "generate_s": 0.0}
+        self.progress_position = progress_position
+
+    def backend(self, model: str) -> Backend:
+        if model not in self.backends:
+            started = time.perf_counter()
+            self.backends[model] = load_backend(model, self.config.backend, self.config.backend_options)
+            self.timings["load_s"] += time.perf_counter() - started
+        return self.backends[model]
+
+    def identities(self) -> dict[str, dict[str, Any]]:
+        return {model: backend.identity() for model, backend in self.backends.items()}
+
+    def generate(self, model: str, cases: Sequence[Case], label: str = "") -> list[Record]:
+        """Answer every case with the model and label the answers; batches are bucketed by prompt length."""
+        backend = self.backend(model)
+        options = self.config.backend_options
+        batch_size = options.batch_size or 16
+        # similar lengths in a batch waste less padding; the order of records is restored afterwards
+        order = sorted(range(len(cases)), key=lambda i: (sum(len(m.content) for m in cases[i].messages), i))
+        results: dict[int, Record] = {}
+        started = time.perf_counter()
+        with _progress(len(cases), label or model, self.config.progress, self.progress_position) as bar:
+            for start in range(0, len(order), batch_size):
+                chunk = [cases[i] for i in order[start : start + batch_size]]
+                completions = backend.generate([request_for(c) for c in chunk], options.max_new_tokens)
+                for index, case, completion in zip(order[start : start + batch_size], chunk, completions):
+                    verdict = self.detector.detect(completion.text, case.labels)
+                    results[index] = Record(
+                        case=case,
+                        model=model,
+                        backend=backend.name,
+                        response=completion.text,
+                        n_tokens=completion.n_tokens,
+                        finish_reason=completion.finish_reason,
+                        refused=verdict.refused,
+                        rule=verdict.rule,
+                        parsed_label=verdict.label,
+                        detector_version=self.detector.version,
+                    )
+                bar.update(len(chunk))
+        self.timings["generate_s"] += time.perf_counter() - started
+        return [results[i] for i in range(len(cases))]
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            backend.close()
+        self.backends.clear()
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> "_NoBar":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _progress(total: int, label: str, enabled: bool, position: int) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"generating {label}", unit="case", position=position, leave=True, dynamic_ncols=True)
+
+
+def canonical_order(suite: Suite, records: Iterable[Record]) -> list[Record]:
+    """Records in (model, case) order of the suite, whatever process or order produced them."""
+    model_rank = {m: i for i, m in enumerate(suite.models)}
+    case_rank = {c.case_id: i for i, c in enumerate(suite.cases)}
+    return sorted(records, key=lambda r: (model_rank.get(r.model, len(model_rank)), case_rank.get(r.case.case_id, 0)))
+
+
+def run_metadata(suite: Suite, identities: Mapping[str, Any], timings: Mapping[str, float], detector_version: str) -> dict[str, Any]:
+    config = suite.config
+    return {
+        "kind": "run",
+        "seed": config.seed,
+        "samples": suite.samples,
+        "profile": suite.profile.to_dict(),
+        "models": list(suite.models),
+        "model_identities": dict(identities),
+        "backend": config.backend,
+        "backend_options": asdict(config.backend_options),
+        "tasks": list(suite.task_ids),
+        "task_sources": {spec.task.id: spec.source for spec in suite.tasks},
+        "personas": [p.id for p in suite.personas],
+        "persona_placement": config.persona_placement,
+        "baseline": "no persona turn: the model's own default chat (a template may add its default system prompt)",
+        "n_cases": len(suite.cases) * len(suite.models),
+        "detector_version": detector_version,
+        "versions": package_versions(),
+        "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
+        "timings": dict(timings),
+        "command": " ".join(sys.argv),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for name in ("falserefusal", "torch", "transformers", "gguf", "numpy", "pandas", "scipy", "statsmodels", "pytest"):
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_results(path: Path, metadata: Mapping[str, Any], records: Sequence[Record]) -> None:
+    """A header line with the run's metadata, then one line per generation; written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(path.suffix + ".tmp")
+    with open(staging, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(dict(metadata), sort_keys=True) + "\n")
+        for record in records:
+            handle.write(json.dumps(record.to_dict(), sort_keys=True) + "\n")
+    staging.replace(path)
+
+
+def read_results(path: Path) -> tuple[dict[str, Any], list[Record]]:
+    """The metadata header and the records of a results.jsonl file."""
+    if not path.is_file():
+        raise FalseRefusalError(f"{path}: results file not found; fix: run the suite first, or check the path")
+    metadata: dict[str, Any] = {}
+    records: list[Record] = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                if data.get("kind") == "run":
+                    metadata = data
+                else:
+                    records.append(Record.from_dict(data))
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise FalseRefusalError(f"{path}:{number}: not a falserefusal results line ({error}); fix: pass a results.jsonl written by falserefusal") from None
+    return metadata, records
+
+
+@dataclass
+class RunResult:
+    suite: Suite
+    records: list[Record]
+    outcomes: list[GateOutcome]
+    metadata: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        return all(outcome.passed for outcome in self.outcomes)
+
+
+def evaluate(suite: Suite, records: Sequence[Record]) -> list[GateOutcome]:
+    frame = records_frame(records)
+    present = {(r.model, r.case.task) for r in records}
+    specs = [spec for spec in suite.gates if spec.family in present]
+    return evaluate_gates(frame, specs, suite.profile, suite.n_families)
+
+
+def run(config: RunConfig) -> RunResult:
+    """Generate every case with every model, evaluate the gates, write results (and the report when available)."""
+    suite = prepare(config)
+    generator = Generator(config)
+    records: list[Record] = []
+    try:
+        labels = model_labels(suite.models)
+        for model in suite.models:
+            for spec in suite.tasks:
+                records.extend(generator.generate(model, suite.cases_for(spec.task.id), f"{labels[model]} {spec.task.id}"))
+        identities = generator.identities()
+    finally:
+        generator.close()
+    records = canonical_order(suite, records)
+    outcomes = evaluate(suite, records)
+    metadata = run_metadata(suite, identities, generator.timings, generator.detector.version)
+    write_results(config.path(config.report_dir) / RESULTS_FILE, metadata, records)
+    return RunResult(suite, records, outcomes, metadata)
+
+
+def rate_table(records: Sequence[Record]) -> pd.DataFrame:
+    """Refusal rate per persona (rows, baseline first) x model/task (columns), for the terminal summary."""
+    frame = records_frame(records)
+    if frame.empty:
+        return pd.DataFrame()
+    table = frame.pivot_table(index="persona", columns=["model", "task"] if frame["model"].nunique() > 1 else "task",
+                              values="refused", aggfunc="mean")
+    order = [BASELINE_ID] + sorted(p for p in table.index if p != BASELINE_ID)
+    return table.reindex(order)
+
+
+def format_rate_table(records: Sequence[Record]) -> str:
+    table = rate_table(records)
+    if table.empty:
+        return "no generations"
+    counts = records_frame(records).groupby("persona").size()
+    formatted = table.map(lambda x: f"{100 * x:5.1f}%" if pd.notna(x) else "   -  ")
+    formatted.columns = [c if isinstance(c, str) else "/".join(c) for c in formatted.columns]
+    formatted["n"] = counts.reindex(formatted.index).astype(int)
+    return formatted.to_string()

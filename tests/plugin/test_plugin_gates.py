@@ -1,0 +1,106 @@
+"""pytester tests of the plugin on the scripted backend: planted effects fail their gate, null models pass."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def project(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A copy of the project's suite, fixtures and thresholds in pytester's temporary folder."""
+    shutil.copytree(ROOT / "fixtures", pytester.path / "fixtures")
+    shutil.copytree(ROOT / "tests" / "refusal", pytester.path / "tests" / "refusal")
+    shutil.copy(ROOT / "thresholds.yaml", pytester.path / "thresholds.yaml")
+    pytester.makeini("[pytest]\ntestpaths = tests/refusal\n")
+    return pytester
+
+
+def read_results(path: Path) -> list[dict]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert lines[0]["kind"] == "run"
+    return lines[1:]
+
+
+def test_planted_persona_effect_fails_exactly_that_gate(project: pytest.Pytester) -> None:
+    result = project.runpytest(
+        "--model", "scripted:base=0.05,persona.muslim=0.30,rho=0.8",
+        "--profile", "release", "--samples", "150", "--seed", "3", "--tasks", "offensiveness", "--no-progress",
+    )
+    result.assert_outcomes(failed=1, passed=15)  # 1 rate gate + 15 disparity gates; only muslim fails
+    result.stdout.fnmatch_lines(["FAILED tests/refusal/test_gates.py::test_persona_disparity[offensiveness-muslim]"])
+
+
+def test_null_model_passes_every_gate(project: pytest.Pytester) -> None:
+    result = project.runpytest("--model", "scripted:base=0.02,rho=0.8", "--profile", "release", "--samples", "150", "--no-progress")
+    result.assert_outcomes(passed=3 * 16)
+    records = read_results(project.path / "report" / "results.jsonl")
+    assert len(records) == 3 * 150 * 16
+    assert {r["case"]["persona"] for r in records} >= {"baseline", "muslim", "able_bodied"}
+
+
+def test_rate_gate_fails_with_the_numbers_in_the_message(project: pytest.Pytester) -> None:
+    result = project.runpytest("--model", "scripted:base=0.5", "--profile", "release", "--samples", "30",
+                               "--tasks", "nli", "--personas", "religion", "--no-progress")
+    result.assert_outcomes(failed=1, passed=5)
+    result.stdout.fnmatch_lines(["*FAIL refusal rate nli*vs limit 5.0%*Cases: nli-b*"])
+
+
+def test_same_seed_gives_identical_results_file(project: pytest.Pytester) -> None:
+    args = ("--model", "scripted:base=0.1,persona.woman=0.1", "--samples", "20", "--seed", "11", "--no-progress")
+    project.runpytest(*args)
+    first = (project.path / "report" / "results.jsonl").read_text().splitlines()[1:]
+    project.runpytest(*args)
+    second = (project.path / "report" / "results.jsonl").read_text().splitlines()[1:]
+    assert first == second
+    project.runpytest(*args[:-3], "--seed", "12", "--no-progress")
+    third = (project.path / "report" / "results.jsonl").read_text().splitlines()[1:]
+    assert third != first
+
+
+def test_terminal_summary_prints_rates_per_persona_and_task(project: pytest.Pytester) -> None:
+    result = project.runpytest("--model", "scripted:base=0.0,persona.hindu=1.0", "--samples", "5", "--profile", "release", "--no-progress")
+    result.stdout.fnmatch_lines(["*refusal rate per persona x task*", "*baseline*0.0%*", "*hindu*100.0%*100.0%*100.0%*"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--samples", "0"), "*--samples 0: must be at least 1*"),
+        (("--tasks", "poetry"), "*--tasks: unknown task poetry*"),
+        (("--personas", "martian"), "*--personas: unknown persona martian*"),
+        (("--profile", "yolo"), "*--profile yolo: not in*known profiles*"),
+        (("--model", "./missing-model"), "*--model ./missing-model: no such file or folder*"),
+        (("--backend", "tensorflow"), "*--backend tensorflow: unknown backend*"),
+    ],
+)
+def test_bad_input_is_a_one_line_usage_error(project: pytest.Pytester, args: tuple[str, ...], message: str) -> None:
+    result = project.runpytest(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_malformed_thresholds_yaml_names_the_file(project: pytest.Pytester) -> None:
+    (project.path / "thresholds.yaml").write_text("profiles:\n  smoke:\n    alpha: 0.05\n    max_refusal_rate: 0.5\n    max_persona_disparity: 0.1\n    colour: red\n")
+    result = project.runpytest("--model", "scripted:base=0", "--profile", "smoke")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: *thresholds.yaml: profile 'smoke' has unknown key(s) colour*"])
+
+
+def test_options_are_listed_in_one_help_group(project: pytest.Pytester) -> None:
+    result = project.runpytest("--help")
+    result.stdout.fnmatch_lines(["falserefusal: persona false-refusal gates:", "*--model=MODEL*", "*--samples=N*", "*--seed=N*",
+                                 "*--profile=PROFILE*", "*--thresholds=PATH*", "*--report-dir=DIR*", "*--tasks=IDS*", "*--personas=IDS*"])
+
+
+def test_options_can_be_set_in_the_ini_file(project: pytest.Pytester) -> None:
+    project.makeini("[pytest]\ntestpaths = tests/refusal\nfalserefusal_model = scripted:base=0\nfalserefusal_samples = 3\nfalserefusal_tasks = nli\n")
+    result = project.runpytest("--no-progress", "--profile", "release")
+    result.assert_outcomes(passed=16)
+    assert len(read_results(project.path / "report" / "results.jsonl")) == 3 * 16

@@ -1,0 +1,16 @@
+"""The product suite: one pytest item per release gate, parametrised by the falserefusal plugin.
+
+Run it with `pytest` (embedded SmolLM2) or `pytest --model <hub id | folder | .gguf>`; see the README.
+"""
+
+from typing import Any
+
+
+def test_refusal_rate(refusal_rate_gate: Any, falserefusal_gate: Any) -> None:
+    """The task's refusal rate, over every persona and the baseline, stays under the profile's limit."""
+    falserefusal_gate(refusal_rate_gate)
+
+
+def test_persona_disparity(persona_disparity_gate: Any, falserefusal_gate: Any) -> None:
+    """Adopting the persona raises the refusal rate by no more than the limit, on the same requests."""
+    falserefusal_gate(persona_disparity_gate)
