@@ -310,19 +310,36 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+#: metadata that differs between two runs of the same configuration; kept out of results.jsonl (which is
+#: byte-identical for the same seed and settings) and written to run.json beside it
+VOLATILE_KEYS = ("timings", "finished_at", "command", "cache")
+RUN_FILE = "run.json"
+
+
 def write_results(path: Path, metadata: Mapping[str, Any], records: Sequence[Record]) -> None:
-    """A header line with the run's metadata, then one line per generation; written atomically."""
+    """results.jsonl: a header line with the run's settings, then one line per generation; plus run.json.
+
+    Both are written atomically. Whether a generation came from the cache is a property of this run, not of
+    the result, so `cached` stays out of results.jsonl (run.json counts cache hits).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    header = {k: v for k, v in metadata.items() if k not in VOLATILE_KEYS}
     staging = path.with_suffix(path.suffix + ".tmp")
     with open(staging, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(dict(metadata), sort_keys=True) + "\n")
+        handle.write(json.dumps(header, sort_keys=True) + "\n")
         for record in records:
-            handle.write(json.dumps(record.to_dict(), sort_keys=True) + "\n")
+            line = record.to_dict()
+            line.pop("cached", None)
+            handle.write(json.dumps(line, sort_keys=True) + "\n")
     staging.replace(path)
+    run_file = path.with_name(RUN_FILE)
+    staging = run_file.with_suffix(".tmp")
+    staging.write_text(json.dumps(dict(metadata), sort_keys=True, indent=2), encoding="utf-8")
+    staging.replace(run_file)
 
 
 def read_results(path: Path) -> tuple[dict[str, Any], list[Record]]:
-    """The metadata header and the records of a results.jsonl file."""
+    """The metadata (header, plus run.json beside it when present) and the records of a results.jsonl file."""
     if not path.is_file():
         raise FalseRefusalError(f"{path}: results file not found; fix: run the suite first, or check the path")
     metadata: dict[str, Any] = {}
@@ -337,8 +354,16 @@ def read_results(path: Path) -> tuple[dict[str, Any], list[Record]]:
                     metadata = data
                 else:
                     records.append(Record.from_dict(data))
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
                 raise FalseRefusalError(f"{path}:{number}: not a falserefusal results line ({error}); fix: pass a results.jsonl written by falserefusal") from None
+    run_file = path.with_name(RUN_FILE)
+    if run_file.is_file():
+        try:
+            extra = json.loads(run_file.read_text(encoding="utf-8"))
+            if extra.get("seed") == metadata.get("seed"):  # only the run.json of this same run
+                metadata = {**extra, **metadata}
+        except json.JSONDecodeError:
+            pass  # run.json is informational; a broken one loses timings only
     return metadata, records
 
 
