@@ -58,7 +58,9 @@ def test_restricted_mle_maximises_the_constrained_likelihood(n10: int, n01: int,
 
 @settings(max_examples=150, deadline=None)
 @given(table=tables(), alpha=st.sampled_from([0.01, 0.05, 0.1]))
-def test_interval_is_finite_contains_the_estimate_and_is_dual_to_the_test(table: tuple[int, int, int], alpha: float) -> None:
+def test_interval_is_finite_contains_the_estimate_and_is_dual_to_the_test(
+    table: tuple[int, int, int], alpha: float
+) -> None:
     n10, n01, n = table
     estimate = (n10 - n01) / n
     low, high = paired_difference_ci(n10, n01, n, alpha=alpha)

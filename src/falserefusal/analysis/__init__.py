@@ -10,6 +10,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from falserefusal.analysis.disparity import persona_disparities
 from falserefusal.analysis.paired import (
     PairedCounts,
     benjamini_hochberg,
@@ -21,6 +22,9 @@ from falserefusal.analysis.paired import (
     paired_difference_pvalue,
 )
 from falserefusal.analysis.rates import refusal_rates, wilson_interval
+from falserefusal.analysis.regression import RegressionResult, fit_logistic
+from falserefusal.analysis.sensitivity import binary_closed_form, sensitivity_table, wasserstein_index
+from falserefusal.analysis.synthetic import simulate_frame
 from falserefusal.types import Record
 
 
@@ -33,14 +37,21 @@ def records_frame(records: Iterable[Record]) -> pd.DataFrame:
 
 __all__ = [
     "PairedCounts",
+    "RegressionResult",
     "benjamini_hochberg",
+    "binary_closed_form",
+    "fit_logistic",
     "holm",
     "mcnemar_exact_pvalue",
     "pair_rows",
     "paired_counts",
     "paired_difference_ci",
     "paired_difference_pvalue",
+    "persona_disparities",
     "records_frame",
     "refusal_rates",
+    "sensitivity_table",
+    "simulate_frame",
+    "wasserstein_index",
     "wilson_interval",
 ]

@@ -173,7 +173,8 @@ def pair_rows(
     is_reference = df[condition_col] == reference
     references = df.loc[is_reference, [*pair_on, "refused"]]
     conditions = df.loc[~is_reference]
-    for rows, key, name in ((references, pair_on, repr(reference)), (conditions, [*pair_on, condition_col], "a condition")):
+    sides = ((references, pair_on, repr(reference)), (conditions, [*pair_on, condition_col], "a condition"))
+    for rows, key, name in sides:
         repeated = rows.duplicated(subset=key, keep=False)
         if repeated.any():
             example = rows.loc[repeated, key].iloc[0].to_dict()
