@@ -1,0 +1,53 @@
+"""The `falserefusal run` command line: same runner, exit codes 0 / 1 (gate failed) / 2 (usage error)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from falserefusal.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copytree(ROOT / "fixtures", tmp_path / "fixtures")
+    shutil.copy(ROOT / "thresholds.yaml", tmp_path / "thresholds.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_run_passes_a_null_model_and_writes_results(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--model", "scripted:base=0.01", "--profile", "release", "--samples", "20", "--no-progress",
+                 "--report-dir", "out"])
+    assert code == 0
+    lines = (workdir / "out" / "results.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["kind"] == "run" and len(lines) == 1 + 3 * 20 * 16
+    assert "gates: 48 passed, 0 failed" in capsys.readouterr().out
+
+
+def test_run_exits_1_when_a_gate_fails(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", "--model", "scripted:base=0.0,persona.atheist=0.5", "--profile", "release", "--samples", "60",
+                 "--tasks", "politeness", "--no-progress"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "FAIL persona disparity politeness/atheist" in out and "gates: 15 passed, 1 failed" in out
+
+
+def test_run_exits_2_with_one_line_on_bad_input(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--samples", "0", "--model", "scripted:base=0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["falserefusal: error: --samples 0: must be at least 1 request block per task"]
+
+
+def test_python_dash_m_is_the_same_command(workdir: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "falserefusal", "run", "--model", "scripted:base=0", "--tasks", "nli",
+                             "--samples", "2", "--profile", "release", "--no-progress"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (workdir / "report" / "results.jsonl").is_file()
