@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from falserefusal.analysis import records_frame
-from falserefusal.backends import DEFAULT_MODEL_NAME, Backend, BackendOptions, backend_for, load_backend
+from falserefusal.backends import DEFAULT_MODEL_NAME, Backend, BackendOptions, backend_for, check_hub_model, load_backend
 from falserefusal.cases import draw_cases
 from falserefusal.gates import GateOutcome, GateSpec, Profile, evaluate_gates, gate_specs, load_profile
 from falserefusal.options import OPTIONS, resolve
@@ -158,19 +158,22 @@ def prepare(config: RunConfig) -> Suite:
     if options.batch_size < 0 or options.max_new_tokens < 1:
         raise FalseRefusalError("--batch-size must be >= 0 and --max-new-tokens >= 1")
     for model in models:
-        _check_model_exists(model, config.backend)
+        _check_model_exists(model, config.backend, options.revision)
     cases = draw_cases(tasks, personas, phrasings, samples, config.seed, config.persona_placement)
     gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas])
     return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates))
 
 
-def _check_model_exists(model: str, backend: str) -> None:
-    """Fail fast on a local path that is not there; hub ids are checked when loaded."""
+def _check_model_exists(model: str, backend: str, revision: str | None) -> None:
+    """Fail before any generation on a local path that is not there or a hub id that cannot be reached."""
     if backend_for(model, backend) != "transformers" or model == DEFAULT_MODEL_NAME:
         return
-    if model.startswith((".", "/", "~")) or model.endswith(".gguf"):
-        if not Path(model).expanduser().exists():
-            raise FalseRefusalError(f"--model {model}: no such file or folder; fix: check the path, or give a hub id")
+    path = Path(model).expanduser()
+    if path.exists():
+        return
+    if model.startswith((".", "/", "~")) or model.endswith(".gguf") or model.count("/") > 1:
+        raise FalseRefusalError(f"--model {model}: no such file or folder; fix: check the path, or give a hub id")
+    check_hub_model(model, revision)
 
 
 def request_for(case: Case) -> GenerationRequest:

@@ -77,6 +77,7 @@ def test_terminal_summary_prints_rates_per_persona_and_task(project: pytest.Pyte
         (("--profile", "yolo"), "*--profile yolo: not in*known profiles*"),
         (("--model", "./missing-model"), "*--model ./missing-model: no such file or folder*"),
         (("--backend", "tensorflow"), "*--backend tensorflow: unknown backend*"),
+        (("--model", "no-such-org/no-such-model"), "*--model no-such-org/no-such-model: *hub*fix:*"),
     ],
 )
 def test_bad_input_is_a_one_line_usage_error(project: pytest.Pytester, args: tuple[str, ...], message: str) -> None:

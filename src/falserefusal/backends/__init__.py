@@ -80,6 +80,28 @@ def backend_for(model: str, requested: str) -> str:
     return requested
 
 
+def check_hub_model(model: str, revision: str | None = None) -> None:
+    """Before any generation: is a hub id in the local cache, or reachable on the hub? One clear line if not."""
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(try_to_load_from_cache(model, "config.json", revision=revision), str):
+        return  # already downloaded: works offline (HF_HUB_OFFLINE=1)
+    try:
+        model_info(model, revision=revision, timeout=15)
+    except GatedRepoError:
+        raise FalseRefusalError(f"--model {model}: gated on the hub; fix: accept its licence and set HF_TOKEN") from None
+    except RepositoryNotFoundError:
+        raise FalseRefusalError(f"--model {model}: no such model on the hub (or private); fix: check the id or set HF_TOKEN") from None
+    except RevisionNotFoundError:
+        raise FalseRefusalError(f"--revision {revision}: not a revision of {model}; fix: give a branch, tag or commit") from None
+    except Exception as error:  # connection errors come from several HTTP stacks
+        raise FalseRefusalError(
+            f"--model {model}: cannot reach the Hugging Face hub ({type(error).__name__}); "
+            "fix: check the network/HF_ENDPOINT, or download it and pass the local folder"
+        ) from None
+
+
 def load_backend(model: str, requested: str, options: BackendOptions) -> Backend:
     """Import only the backend that is used (torch and transformers are heavy; the scripted one needs neither)."""
     kind = backend_for(model, requested)

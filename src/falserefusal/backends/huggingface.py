@@ -31,10 +31,6 @@ def converted_cache_dir() -> Path:
     return Path(root)
 
 
-def _looks_like_path(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or model.endswith(".gguf") or os.sep in model.strip("/").split("/", 2)[-1] or Path(model).exists()
-
-
 class TransformersBackend:
     """A causal LM under its chat template. fp32 on CPU (batch-invariant outputs); bf16 on GPU."""
 
@@ -105,8 +101,6 @@ class TransformersBackend:
             self._identity["folder"] = str(path.resolve())
             self._identity["weights_sha256"] = _folder_fingerprint(path)
             return self._from_pretrained(str(path), {})
-        if _looks_like_path(self.model) and "/" not in self.model.strip("./"):
-            raise FalseRefusalError(f"--model {self.model}: no such file or folder; fix: check the path or give a hub id")
         if self.model.startswith((".", "/", "~")):
             raise FalseRefusalError(f"--model {self.model}: no such file or folder; fix: check the path")
         revision = self.options.revision
