@@ -88,8 +88,6 @@ class TransformersBackend:
         return kwargs
 
     def _load(self) -> tuple[Any, Any]:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         if self.model == DEFAULT_MODEL_NAME:
             return self._load_gguf(default_model_path())
         path = Path(self.model).expanduser()
