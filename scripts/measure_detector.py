@@ -50,9 +50,9 @@ class Scores:
 
 
 def default_data_dir() -> Path | None:
-    """FALSEREFUSAL_XSTEST_DIR, else ../shared/data/xstest-dev beside the repository; None when absent."""
+    """FALSEREFUSAL_XSTEST_DIR, else the copy in tests/data/xstest-dev (CC BY 4.0, see its README); None when absent."""
     env = os.environ.get("FALSEREFUSAL_XSTEST_DIR")
-    candidate = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data" / "xstest-dev"
+    candidate = Path(env) if env else Path(__file__).resolve().parents[1] / "tests" / "data" / "xstest-dev"
     return candidate if candidate.is_dir() and any(candidate.glob("*.csv")) else None
 
 

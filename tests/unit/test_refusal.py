@@ -221,7 +221,7 @@ def _measurement_script():
 
 def test_detector_beats_the_xstest_string_matcher_on_xstest_dev() -> None:
     script = _measurement_script()
-    data_dir = script.default_data_dir()  # FALSEREFUSAL_XSTEST_DIR or ../shared/data/xstest-dev
+    data_dir = script.default_data_dir()  # FALSEREFUSAL_XSTEST_DIR or tests/data/xstest-dev
     if data_dir is None:
         pytest.skip("XSTest dev completions not found (set FALSEREFUSAL_XSTEST_DIR)")
     rows = script.load_rows(data_dir)
