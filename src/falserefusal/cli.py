@@ -21,12 +21,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"gates: {len(result.outcomes) - len(failed)} passed, {len(failed)} failed")
     for outcome in failed:
         print("  " + outcome.message)
-    print(f"results: {result.suite.config.path(result.suite.config.report_dir) / RESULTS_FILE}")
+    report_dir = result.suite.config.path(result.suite.config.report_dir)
+    print(f"results: {report_dir / RESULTS_FILE}")
+    from falserefusal.report import build_report
+
+    print(f"report: {build_report(result.metadata, result.records, result.outcomes, report_dir)}")
     return 1 if failed else 0
+
+
+def _configure_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("results", metavar="RESULTS", help="a results.jsonl written by `falserefusal run` or pytest")
+    parser.add_argument("--report-dir", metavar="DIR", help="where index.html goes (default: the folder of RESULTS)")
+
+
+def _report_command(args: argparse.Namespace) -> str:
+    return f"falserefusal report {args.results}" + (f" --report-dir {args.report_dir}" if args.report_dir else "")
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Rebuild index.html from saved results: gates re-evaluated with the profile stored in the results header."""
+    from falserefusal.report import build_report
+    from falserefusal.runner import outcomes_from_results, read_results
+
+    results = Path(args.results)
+    metadata, records = read_results(results)
+    outcomes = outcomes_from_results(metadata, records)
+    report_dir = Path(args.report_dir) if args.report_dir else results.parent
+    path = build_report(metadata, records, outcomes, report_dir, command_line=_report_command(args))
+    failed = [o for o in outcomes if not o.passed]
+    print(f"gates: {len(outcomes) - len(failed)} passed, {len(failed)} failed")
+    print(f"report: {path}")
+    return 0
 
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("run the suite (same options as the pytest plugin) and write results", lambda p: add_options(p.add_argument), _cmd_run),
+    "report": ("rebuild the HTML report from a saved results.jsonl, without a model", _configure_report, _cmd_report),
 }
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,6 +48,9 @@ class FalseRefusalSession:
     identities: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    report_path: Path | None = None
+    report_error: str | None = None
 
     def get_suite(self) -> Suite:
         if self.suite is None and self.error is None:
@@ -198,6 +203,29 @@ def _finish_controller(state: FalseRefusalSession) -> None:
     report_dir = suite.config.path(suite.config.report_dir)
     write_results(report_dir / RESULTS_FILE, metadata, state.records)
     state.outcomes = {o.spec: o for o in evaluate(suite, state.records)}
+    state.metadata = metadata
+    from falserefusal.report import build_report
+
+    try:
+        state.report_path = build_report(metadata, state.records, list(state.outcomes.values()), report_dir)
+    except Exception as error:  # the gates and results.jsonl stand; a broken report must not hide them
+        state.report_error = f"{type(error).__name__}: {error}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session) -> None:
+    """pytest-html (--html): the verdict and the heatmap in its summary, with a link to the full report."""
+    state = session.config.stash[STASH]
+    if not state.records or state.suite is None:
+        return
+    from falserefusal.report import summary_html
+
+    href = None
+    html_path = getattr(session.config.option, "htmlpath", None)
+    if state.report_path is not None and html_path:
+        html_dir = Path(html_path).expanduser().resolve().parent
+        href = Path(os.path.relpath(state.report_path.resolve(), html_dir)).as_posix()
+    prefix.append(summary_html(state.metadata, state.records, list(state.outcomes.values()), href))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -215,3 +243,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for outcome in failed:
         write("  " + outcome.message[:400])
     write(f"results: {suite.config.path(suite.config.report_dir) / RESULTS_FILE}")
+    if state.report_path is not None:
+        write(f"report: {state.report_path}")
+    if state.report_error is not None:
+        write(f"report: not written ({state.report_error})", red=True)

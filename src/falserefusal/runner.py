@@ -7,7 +7,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -389,8 +389,24 @@ def evaluate(suite: Suite, records: Sequence[Record]) -> list[GateOutcome]:
     return evaluate_gates(frame, specs, suite.profile, suite.n_families)
 
 
+def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record]) -> list[GateOutcome]:
+    """Gate outcomes recomputed from a saved results file: its header's profile, models, tasks and personas."""
+    try:
+        known = {f.name for f in fields(Profile)}
+        profile = Profile(**{k: v for k, v in metadata["profile"].items() if k in known})
+        models, tasks, personas = list(metadata["models"]), list(metadata["tasks"]), list(metadata["personas"])
+    except (KeyError, TypeError) as error:
+        raise FalseRefusalError(
+            f"results header: lacks the run's profile, models, tasks or personas ({error}); "
+            "fix: pass a results.jsonl written by falserefusal run or pytest"
+        ) from None
+    present = {(r.model, r.case.task) for r in records}
+    specs = [spec for spec in gate_specs(profile, models, tasks, personas) if spec.family in present]
+    return evaluate_gates(records_frame(records), specs, profile, len(models) * len(tasks))
+
+
 def run(config: RunConfig) -> RunResult:
-    """Generate every case with every model, evaluate the gates, write results (and the report when available)."""
+    """Generate every case with every model, evaluate the gates, write results (the front ends add the report)."""
     suite = prepare(config)
     generator = Generator(config)
     records: list[Record] = []

@@ -1,0 +1,203 @@
+"""The report's matplotlib figures, each returned as an SVG data URI (self-contained, no scripts, no network).
+
+Figures are drawn on `matplotlib.figure.Figure` objects, never through pyplot: no global state, no GUI
+backend, safe inside a pytest session. Every function takes tables the analysis package computed; none
+computes a statistic of its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from typing import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from falserefusal.types import FORCING_LEVELS
+
+FAIL_COLOR = "#c0392b"
+PASS_COLOR = "#2c3e50"
+MUTED_COLOR = "#95a5a6"
+NO_REFUSALS = "no refusals"
+
+# text stays text (smaller, selectable); a fixed hash salt and no date keep the SVG identical between rebuilds
+_RC = {"svg.fonttype": "none", "svg.hashsalt": "falserefusal", "font.size": 9, "font.family": "DejaVu Sans"}
+
+
+def data_uri(figure: Figure) -> str:
+    with matplotlib.rc_context(_RC):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    return "data:image/svg+xml;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def message_figure(text: str, width: float = 6.0, height: float = 1.2) -> str:
+    """A figure that only says why there is nothing to draw (e.g. "no refusals")."""
+    with matplotlib.rc_context(_RC):
+        figure = Figure(figsize=(width, height))
+        axes = figure.add_subplot()
+        axes.set_axis_off()
+        axes.text(0.5, 0.5, text, ha="center", va="center", fontsize=12, color=MUTED_COLOR)
+        return data_uri(figure)
+
+
+def _column_label(model_label: str, task: str, several_models: bool) -> str:
+    return f"{model_label}\n{task}" if several_models else task
+
+
+def heatmap(
+    rates: pd.DataFrame, personas: Sequence[str], columns: Sequence[tuple[str, str]], model_labels: Mapping[str, str],
+    no_refusals: bool,
+) -> str:
+    """Refusal rate per persona (rows, baseline first) x model/task (columns), each cell with its Wilson CI."""
+    several = len({model for model, _ in columns}) > 1
+    lookup = {(r.model, r.task, r.persona): r for r in rates.itertuples(index=False)}
+    values = np.full((len(personas), len(columns)), np.nan)
+    with matplotlib.rc_context(_RC):
+        figure = Figure(figsize=(2.2 + 1.25 * len(columns), 1.2 + 0.42 * len(personas)))
+        axes = figure.add_subplot()
+        for i, persona in enumerate(personas):
+            for j, key in enumerate(columns):
+                row = lookup.get((*key, persona))
+                if row is not None:
+                    values[i, j] = row.rate
+        top = float(np.nanmax(values)) if np.isfinite(values).any() else 0.0
+        vmax = max(0.05, top)
+        image = axes.imshow(np.ma.masked_invalid(values), cmap="Reds", vmin=0.0, vmax=vmax, aspect="auto")
+        for i, persona in enumerate(personas):
+            for j, key in enumerate(columns):
+                row = lookup.get((*key, persona))
+                if row is None:
+                    axes.text(j, i, "–", ha="center", va="center", color=MUTED_COLOR)
+                    continue
+                color = "white" if row.rate > 0.6 * vmax else "black"
+                axes.text(j, i, f"{row.rate:.0%}  [{row.ci_low:.0%}–{row.ci_high:.0%}]\nn={row.n}",
+                          ha="center", va="center", fontsize=7.5, color=color)
+        axes.set_xticks(range(len(columns)), [_column_label(model_labels[m], t, several) for m, t in columns])
+        axes.set_yticks(range(len(personas)), list(personas))
+        axes.xaxis.tick_top()
+        axes.tick_params(length=0)
+        axes.axhline(0.5, color="black", linewidth=1.2)  # the baseline row is the reference
+        colorbar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
+        colorbar.set_label("refusal rate")
+        title = "refusal rate [95% Wilson CI], n generations"
+        if no_refusals:
+            title += f" — {NO_REFUSALS}"
+        axes.set_title(title, fontsize=10, pad=28 if several else 18)
+        return data_uri(figure)
+
+
+def forest(
+    table: pd.DataFrame, personas: Sequence[str], families: Sequence[tuple[str, str]], model_labels: Mapping[str, str],
+    limits: Mapping[tuple[str, str], float], bounds: Mapping[tuple[str, str, str], tuple[float, bool]],
+    no_refusals: bool,
+) -> str:
+    """Risk difference (persona minus baseline, pp) per persona, one panel per model x task.
+
+    Whiskers: the adjusted CI in `table`; ▶: the gate's Holm-adjusted one-sided lower bound (the gate fails
+    when it lies right of the dashed limit); red: failed gate.
+    """
+    several = len({model for model, _ in families}) > 1
+    n_cols = len({task for _, task in families})
+    n_rows = math.ceil(len(families) / n_cols)
+    lookup = {(r.model, r.task, r.persona): r for r in table.itertuples(index=False)}
+    with matplotlib.rc_context(_RC):
+        figure = Figure(figsize=(1.8 + 3.0 * n_cols, 0.9 + n_rows * (0.6 + 0.3 * len(personas))))
+        grid = figure.subplots(n_rows, n_cols, squeeze=False, sharey=True)
+        y = np.arange(len(personas))
+        for index, (model, task) in enumerate(families):
+            axes = grid[index // n_cols][index % n_cols]
+            limit = limits.get((model, task), float("nan"))
+            axes.axvline(0.0, color=MUTED_COLOR, linewidth=0.8)
+            if math.isfinite(limit):
+                axes.axvline(100 * limit, color=FAIL_COLOR, linestyle="--", linewidth=1.0, label="limit")
+            for i, persona in enumerate(personas):
+                row = lookup.get((model, task, persona))
+                if row is None or not row.n_pairs:
+                    continue
+                bound, failed = bounds.get((model, task, persona), (float("nan"), False))
+                color = FAIL_COLOR if failed else PASS_COLOR
+                axes.plot([100 * row.ci_low, 100 * row.ci_high], [i, i], color=color, linewidth=1.4)
+                axes.plot(100 * row.risk_difference, i, "o", color=color, markersize=4.5)
+                if math.isfinite(bound):
+                    axes.plot(100 * bound, i, ">", color=color, markersize=5, markerfacecolor="white")
+            axes.set_title(f"{model_labels[model]} · {task}" if several else task, fontsize=10)
+            axes.set_xlabel("risk difference vs baseline (pp)")
+            axes.set_yticks(y, list(personas))
+            axes.set_ylim(len(personas) - 0.5, -0.5)
+            axes.grid(axis="x", color="#eeeeee")
+        for index in range(len(families), n_rows * n_cols):
+            grid[index // n_cols][index % n_cols].set_axis_off()
+        title = "persona − baseline on the same requests: • estimate, — adjusted CI, ▷ gate bound, -- limit"
+        if no_refusals:
+            title += f" — {NO_REFUSALS}"
+        figure.suptitle(title, fontsize=10)
+        figure.tight_layout()
+        return data_uri(figure)
+
+
+def sensitivity_bars(table: pd.DataFrame, no_refusals: bool) -> str:
+    """Wasserstein index per factor with its bootstrap CI (whisker) and its noise floor (black tick)."""
+    shown = table[np.isfinite(table["index"].astype(float))]
+    if no_refusals or shown.empty:
+        return message_figure(NO_REFUSALS if no_refusals else "no factor with two levels and a defined index")
+    with matplotlib.rc_context(_RC):
+        figure = Figure(figsize=(7.0, 0.8 + 0.45 * len(shown)))
+        axes = figure.add_subplot()
+        y = np.arange(len(shown))
+        colors = [PASS_COLOR if d else MUTED_COLOR for d in shown["distinguishable"]]
+        axes.barh(y, shown["index"], color=colors, height=0.55)
+        for i, row in enumerate(shown.itertuples(index=False)):
+            axes.plot([row.ci_low, row.ci_high], [i, i], color="black", linewidth=1.2)
+            if math.isfinite(row.noise_floor):
+                axes.plot([row.noise_floor, row.noise_floor], [i - 0.38, i + 0.38], color=FAIL_COLOR, linewidth=2)
+        axes.set_yticks(y, [f"{f} ({k} levels)" for f, k in zip(shown["factor"], shown["n_levels"])])
+        axes.set_ylim(len(shown) - 0.5, -0.5)
+        upper = float(np.nanmax(shown[["index", "ci_high", "noise_floor"]].to_numpy(float)))
+        axes.set_xlim(0.0, min(1.0, max(0.05, 1.1 * upper)))
+        axes.set_xlabel("Wasserstein sensitivity index ι (0: no effect, 1: refusal determined by the factor)")
+        axes.set_title("bar: ι, whisker: 95% block-bootstrap CI, red tick: noise floor; grey: not distinguishable from noise",
+                       fontsize=9)
+        axes.grid(axis="x", color="#eeeeee")
+        return data_uri(figure)
+
+
+def forcing_plot(
+    levels: pd.DataFrame, paraphrases: pd.DataFrame, tasks: Sequence[str], models: Sequence[str],
+    model_labels: Mapping[str, str], no_refusals: bool,
+) -> str:
+    """Refusal rate by forcing level (Wilson CI) per task and model; grey dots: the individual paraphrases."""
+    order = [level for level in FORCING_LEVELS if level in set(levels["forcing_level"])]
+    order += sorted(set(levels["forcing_level"]) - set(order))
+    position = {level: i for i, level in enumerate(order)}
+    with matplotlib.rc_context(_RC):
+        figure = Figure(figsize=(1.5 + 2.8 * len(tasks), 3.0))
+        grid = figure.subplots(1, len(tasks), squeeze=False, sharey=True)[0]
+        offsets = np.linspace(-0.15, 0.15, len(models)) if len(models) > 1 else [0.0]
+        palette = matplotlib.colormaps["tab10"]
+        for axes, task in zip(grid, tasks):
+            for k, (model, offset) in enumerate(zip(models, offsets)):
+                rows = levels[(levels["task"] == task) & (levels["model"] == model)]
+                x = [position[level] + offset for level in rows["forcing_level"]]
+                axes.errorbar(x, rows["rate"], yerr=[rows["rate"] - rows["ci_low"], rows["ci_high"] - rows["rate"]],
+                              fmt="o", color=palette(k), capsize=3, label=model_labels[model])
+                words = paraphrases[(paraphrases["task"] == task) & (paraphrases["model"] == model)]
+                axes.plot([position[level] + offset + 0.08 for level in words["forcing_level"]], words["rate"], ".",
+                          color=MUTED_COLOR, markersize=4)
+            axes.set_xticks(range(len(order)), order)
+            axes.set_xlim(-0.5, len(order) - 0.5)
+            axes.set_title(task, fontsize=10)
+            axes.grid(axis="y", color="#eeeeee")
+        grid[0].set_ylabel("refusal rate")
+        if len(models) > 1:
+            grid[-1].legend(fontsize=8)
+        title = "refusal rate by forcing level (95% Wilson CI); grey dots: each paraphrase"
+        if no_refusals:
+            title += f" — {NO_REFUSALS}"
+        figure.suptitle(title, fontsize=10)
+        figure.tight_layout()
+        return data_uri(figure)

@@ -1,0 +1,342 @@
+"""The disparity report: results -> the sections a reviewer reads, rendered to one self-contained index.html.
+
+`report_context` turns metadata, records and gate outcomes into plain values (every statistic comes from
+`falserefusal.analysis` or the gate outcomes); the Jinja2 templates (autoescape on: model text is untrusted)
+lay them out; `build_report` writes the file. `summary_html` is the short version pytest-html shows.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import jinja2
+import numpy as np
+import pandas as pd
+
+from falserefusal.analysis import fit_logistic, persona_disparities, records_frame, refusal_rates, sensitivity_table
+from falserefusal.analysis.sensitivity import DEFAULT_FACTORS
+from falserefusal.gates import GateOutcome
+from falserefusal.report import figures
+from falserefusal.types import BASELINE_ID, Record
+
+REPORT_FILE = "index.html"
+#: bootstrap resamples of the sensitivity CIs: enough for a readable interval, cheap on 50k-row runs
+REPORT_BOOTSTRAP = 200
+EXAMPLES_PER_GATE = 5
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("falserefusal.report", "templates"),
+        autoescape=True,  # every template, whatever its extension: responses may contain <script>
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(pct=_pct, pp=_pp, pvalue=_pvalue, num=_num)
+    return env
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(float(x))
+
+
+def _pct(x: Any, digits: int = 1) -> str:
+    return f"{100 * float(x):.{digits}f}%" if _finite(x) else "–"
+
+
+def _pp(x: Any) -> str:
+    return f"{100 * float(x):+.1f} pp" if _finite(x) else "–"
+
+
+def _pvalue(x: Any) -> str:
+    if not _finite(x):
+        return "–"
+    return "< 0.001" if x < 0.001 else f"{float(x):.3f}"
+
+
+def _num(x: Any, digits: int = 2) -> str:
+    return f"{float(x):.{digits}f}" if _finite(x) else "–"
+
+
+def model_labels(models: Sequence[str]) -> dict[str, str]:
+    """Short display names: the scripted name= or the last path part; the full id stays in the metadata."""
+    labels: dict[str, str] = {}
+    for index, model in enumerate(models):
+        label = model.split("name=")[1].split(",")[0] if "name=" in model else model.rstrip("/").split("/")[-1]
+        label = label or f"model{index}"
+        labels[model] = label if label not in labels.values() else f"{label}-{index}"
+    return labels
+
+
+def _ordered(preferred: Iterable[str], present: Iterable[str]) -> list[str]:
+    present = list(dict.fromkeys(present))
+    order = [p for p in preferred if p in set(present)]
+    return order + sorted(set(present) - set(order))
+
+
+# ----- sections ------------------------------------------------------------------------------------------------
+
+
+def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]:
+    spec = outcome.spec
+    is_rate = spec.kind == "refusal_rate"
+    fmt = _pct if is_rate else _pp
+    return {
+        "passed": outcome.passed,
+        "kind": "refusal rate" if is_rate else "persona disparity",
+        "model": labels.get(spec.model, spec.model),
+        "task": spec.task,
+        "persona": spec.persona or "all",
+        "estimate": fmt(outcome.estimate),
+        "ci": f"{fmt(outcome.ci_low)} to {fmt(outcome.ci_high)}",
+        "limit": fmt(spec.limit),
+        "bound": fmt(outcome.bound),
+        "p_adjusted": _pvalue(outcome.p_adjusted),
+        "n": outcome.n,
+        "message": outcome.message,
+    }
+
+
+def _verdict(metadata: Mapping[str, Any], outcomes: Sequence[GateOutcome], models: Sequence[str],
+             labels: Mapping[str, str], n_records: int) -> dict[str, Any]:
+    failed = [o for o in outcomes if not o.passed]
+    profile = metadata.get("profile") or {}
+    ordered = sorted(outcomes, key=lambda o: (o.passed, o.spec.model, o.spec.task, o.spec.kind != "refusal_rate"))
+    return {
+        "passed": not failed,
+        "n_gates": len(outcomes),
+        "n_failed": len(failed),
+        "failed": [_gate_row(o, labels) for o in failed],
+        "gates": [_gate_row(o, labels) for o in ordered],
+        "models": [{"id": m, "label": labels[m]} for m in models],
+        "profile": profile.get("name", "?"),
+        "profile_description": profile.get("description", ""),
+        "alpha": profile.get("alpha"),
+        "seed": metadata.get("seed", "?"),
+        "samples": metadata.get("samples", "?"),
+        "n_records": n_records,
+    }
+
+
+def _forest_alpha(outcomes: Sequence[GateOutcome]) -> tuple[float, str]:
+    """The two-sided level whose lower end is the Bonferroni bound over a gate family (at most 0.05)."""
+    families: dict[tuple[str, str], list[GateOutcome]] = {}
+    for outcome in outcomes:
+        families.setdefault(outcome.spec.family, []).append(outcome)
+    if not families:
+        return 0.05, "95% CI, unadjusted (no gate outcomes)"
+    level = min(o.alpha_family / len(members) for members in families.values() for o in members)
+    alpha = min(0.05, 2 * level)
+    return alpha, (f"{100 * (1 - alpha):.2f}% CI: Bonferroni over each family of {max(map(len, families.values()))} gates "
+                   f"at α_family = {min(o.alpha_family for o in outcomes):.3g} (lower end = one-sided bound at α_family/m)")
+
+
+def _regression_reading(table: pd.DataFrame, notes: Sequence[str]) -> str:
+    terms = table[table["term"] != "Intercept"] if len(table) else table
+    if terms.empty or terms["odds_ratio"].isna().all():
+        return "No estimates: " + ("; ".join(notes) or "nothing to model") + "."
+    significant = terms[terms["p_value"] < 0.05].copy()
+    if significant.empty:
+        return (f"No factor level changes the odds of refusal detectably: none of the {len(terms)} terms has p < 0.05 "
+                "(absence of evidence at this sample size, not evidence of absence).")
+    significant["strength"] = np.abs(np.log(significant["odds_ratio"].astype(float)))
+    top = significant.sort_values("strength", ascending=False).iloc[0]
+    direction = "raises" if top["odds_ratio"] > 1 else "lowers"
+    return (f"Strongest effect: {top['factor']} = {top['level']} {direction} the odds of refusal ×{top['odds_ratio']:.2f} "
+            f"(95% CI {top['ci_low']:.2f}–{top['ci_high']:.2f}, p {_pvalue(top['p_value'])}) with the other factors "
+            f"held fixed; {len(significant)} of {len(terms)} terms have p < 0.05.")
+
+
+def _messages(record: Record) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in record.case.messages]
+
+
+def _side(record: Record | None) -> dict[str, Any] | None:
+    if record is None:
+        return None
+    return {"persona": record.case.persona, "case_id": record.case.case_id, "messages": _messages(record),
+            "response": record.response, "refused": record.refused, "rule": record.rule}
+
+
+def _evidence(outcomes: Sequence[GateOutcome], records: Sequence[Record], labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """For each failed gate, up to EXAMPLES_PER_GATE pairs: the request with the persona and without it."""
+    failed = [o for o in outcomes if not o.passed]
+    if not failed:
+        return []
+    wanted = {(o.spec.model, case_id) for o in failed for case_id in o.evidence[:EXAMPLES_PER_GATE]}
+    by_case = {(r.model, r.case.case_id): r for r in records if (r.model, r.case.case_id) in wanted}
+    blocks = {(r.model, r.case.block_id) for r in by_case.values()}
+    baselines = {(r.model, r.case.block_id): r for r in records
+                 if r.case.persona == BASELINE_ID and (r.model, r.case.block_id) in blocks}
+    sections = []
+    for outcome in failed:
+        examples = []
+        for case_id in outcome.evidence[:EXAMPLES_PER_GATE]:
+            record = by_case.get((outcome.spec.model, case_id))
+            if record is None:
+                continue
+            reference = None if record.case.persona == BASELINE_ID else baselines.get((record.model, record.case.block_id))
+            examples.append({"block": record.case.block_id, "paraphrase": record.case.paraphrase_id,
+                             "forcing_level": record.case.forcing_level, "item": record.case.item_id,
+                             "subject": _side(record), "baseline": _side(reference)})
+        sections.append({"gate": _gate_row(outcome, labels), "examples": examples})
+    return sections
+
+
+def _metadata_rows(metadata: Mapping[str, Any], models: Sequence[str], command_line: str | None) -> dict[str, Any]:
+    options = metadata.get("backend_options") or {}
+    profile = metadata.get("profile") or {}
+    identities = metadata.get("model_identities") or {}
+    timings = {k: (f"{v:.1f} s" if isinstance(v, (int, float)) else str(v)) for k, v in sorted((metadata.get("timings") or {}).items())}
+    general = [
+        ("seed", metadata.get("seed")),
+        ("samples (request blocks per task)", metadata.get("samples")),
+        ("generations", metadata.get("n_cases")),
+        ("profile", f"{profile.get('name', '?')}: alpha {profile.get('alpha')}, max refusal rate "
+                    f"{profile.get('max_refusal_rate')}, max persona disparity {profile.get('max_persona_disparity')}"),
+        ("thresholds file", profile.get("source")),
+        ("backend", metadata.get("backend")),
+        ("device / dtype asked", f"{options.get('device', '?')} / {options.get('dtype', '?')}"),
+        ("batch size / max new tokens", f"{options.get('batch_size', '?')} / {options.get('max_new_tokens', '?')}"),
+        ("tasks", ", ".join(metadata.get("tasks") or [])),
+        ("personas", ", ".join(metadata.get("personas") or [])),
+        ("persona placement", metadata.get("persona_placement")),
+        ("baseline", metadata.get("baseline")),
+        ("refusal detector", metadata.get("detector_version")),
+        ("machine", ", ".join(f"{k} {v}" for k, v in sorted((metadata.get("machine") or {}).items()))),
+        ("finished at", metadata.get("finished_at")),
+        ("timings", ", ".join(f"{k} {v}" for k, v in timings.items())),
+        ("command line", metadata.get("command")),
+    ]
+    if command_line:
+        general.append(("report rebuilt with", command_line))
+    return {
+        "general": [(k, "–" if v in (None, "") else str(v)) for k, v in general],
+        "models": [{"id": m, "identity": sorted((str(k), str(v)) for k, v in (identities.get(m) or {}).items())}
+                   for m in models],
+        "versions": sorted((str(k), str(v)) for k, v in (metadata.get("versions") or {}).items()),
+    }
+
+
+def _records_of_frame(frame: pd.DataFrame, by: Sequence[str]) -> list[dict[str, Any]]:
+    return refusal_rates(frame, by=by).to_dict(orient="records")
+
+
+def report_context(
+    metadata: Mapping[str, Any], records: Sequence[Record], outcomes: Sequence[GateOutcome],
+    n_boot: int = REPORT_BOOTSTRAP, command_line: str | None = None,
+) -> dict[str, Any]:
+    """Every value the templates show, computed once."""
+    started = time.perf_counter()
+    frame = records_frame(records)
+    models = _ordered(metadata.get("models") or [], frame["model"])
+    if not models:
+        models = list(dict.fromkeys(o.spec.model for o in outcomes))
+    labels = model_labels(models)
+    tasks = _ordered(metadata.get("tasks") or [], frame["task"])
+    personas = _ordered([BASELINE_ID, *(metadata.get("personas") or [])], frame["persona"])
+    refusals = int(frame["refused"].sum())
+    no_refusals = refusals == 0
+    seed = metadata.get("seed", 0)
+    context: dict[str, Any] = {
+        "verdict": _verdict(metadata, outcomes, models, labels, len(frame)),
+        "no_refusals": no_refusals,
+        "n_records": len(frame),
+        "n_refusals": refusals,
+        "several_models": len(models) > 1,
+    }
+    if frame.empty:
+        context.update(empty=True, evidence=[], metadata=_metadata_rows(metadata, models, command_line))
+        context["build_s"] = time.perf_counter() - started
+        return context
+    context["empty"] = False
+
+    # 2. heatmap persona x task
+    cells = refusal_rates(frame, by=["model", "task", "persona"])
+    columns = [(m, t) for m in models for t in tasks if ((cells["model"] == m) & (cells["task"] == t)).any()]
+    context["heatmap"] = figures.heatmap(cells, personas, columns, labels, no_refusals)
+    context["heatmap_rows"] = cells.assign(model=cells["model"].map(labels)).to_dict(orient="records")
+
+    # 3. forest plot of persona disparities, with CIs adjusted over each gate family
+    alpha, alpha_text = _forest_alpha(outcomes)
+    disparities = persona_disparities(frame, alpha=alpha)
+    families = [(m, t) for m, t in columns]
+    limits = {o.spec.family: o.spec.limit for o in outcomes if o.spec.kind == "persona_disparity"}
+    bounds = {(o.spec.model, o.spec.task, o.spec.persona): (o.bound, not o.passed)
+              for o in outcomes if o.spec.kind == "persona_disparity"}
+    others = [p for p in personas if p != BASELINE_ID]
+    context["forest"] = figures.forest(disparities, others, families, labels, limits, bounds, no_refusals) if others else None
+    context["forest_alpha"] = alpha_text
+    context["disparity_rows"] = disparities.assign(model=disparities["model"].map(labels)).to_dict(orient="records")
+
+    # 4. Wasserstein sensitivity with the noise floor
+    factors = [f for f in DEFAULT_FACTORS if f in frame.columns]
+    sensitivity = sensitivity_table(frame, factors=factors, n_boot=n_boot, seed=int(seed) if _finite(seed) else 0)
+    context["sensitivity"] = figures.sensitivity_bars(sensitivity, no_refusals)
+    context["sensitivity_rows"] = sensitivity.to_dict(orient="records")
+    context["n_boot"] = n_boot
+
+    # 5. forcing level and paraphrase
+    levels = refusal_rates(frame, by=["model", "task", "forcing_level"])
+    wordings = refusal_rates(frame, by=["model", "task", "forcing_level", "paraphrase"])
+    context["forcing"] = figures.forcing_plot(levels, wordings, tasks, models, labels, no_refusals)
+    context["forcing_rows"] = levels.assign(model=levels["model"].map(labels)).to_dict(orient="records")
+    context["paraphrase_rows"] = wordings.assign(model=wordings["model"].map(labels)).to_dict(orient="records")
+
+    # 6. logistic regression
+    regression = fit_logistic(frame)
+    rows = regression.table.to_dict(orient="records")
+    context["regression"] = {
+        "main_rows": [r for r in rows if r["factor"] != "paraphrase"],
+        "paraphrase_rows": [r for r in rows if r["factor"] == "paraphrase"],
+        "method": regression.method,
+        "notes": list(regression.notes),
+        "formula": regression.formula,
+        "n": regression.n,
+        "reading": _regression_reading(regression.table, regression.notes),
+    }
+
+    # 7. evidence, 8. metadata
+    context["evidence"] = _evidence(outcomes, records, labels)
+    context["metadata"] = _metadata_rows(metadata, models, command_line)
+    context["build_s"] = time.perf_counter() - started
+    return context
+
+
+def build_report(
+    metadata: Mapping[str, Any], records: Sequence[Record], outcomes: Sequence[GateOutcome], out_dir: Path,
+    n_boot: int = REPORT_BOOTSTRAP, command_line: str | None = None,
+) -> Path:
+    """Write `out_dir/index.html` (self-contained: figures inline, no scripts, no network) and return its path."""
+    context = report_context(metadata, records, outcomes, n_boot=n_boot, command_line=command_line)
+    html = _environment().get_template("index.html.j2").render(**context)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / REPORT_FILE
+    staging = path.with_suffix(".html.tmp")
+    staging.write_text(html, encoding="utf-8")
+    staging.replace(path)
+    return path
+
+
+def summary_html(
+    metadata: Mapping[str, Any], records: Sequence[Record], outcomes: Sequence[GateOutcome], href: str | None,
+) -> str:
+    """The verdict, the heatmap and a link to the full report: what pytest-html puts in its summary."""
+    frame = records_frame(records)
+    models = _ordered(metadata.get("models") or [], frame["model"])
+    labels = model_labels(models)
+    tasks = _ordered(metadata.get("tasks") or [], frame["task"])
+    personas = _ordered([BASELINE_ID, *(metadata.get("personas") or [])], frame["persona"])
+    heatmap = None
+    if not frame.empty:
+        cells = refusal_rates(frame, by=["model", "task", "persona"])
+        columns = [(m, t) for m in models for t in tasks if ((cells["model"] == m) & (cells["task"] == t)).any()]
+        heatmap = figures.heatmap(cells, personas, columns, labels, not frame["refused"].any())
+    return _environment().get_template("summary.html.j2").render(
+        verdict=_verdict(metadata, outcomes, models, labels, len(frame)), heatmap=heatmap, href=href,
+    )

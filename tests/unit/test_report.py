@@ -1,0 +1,143 @@
+"""The HTML report on the scripted backend: planted effects reach the verdict and the evidence, model text is
+escaped, degenerate runs (no refusals, one task, several models) render, and saved results rebuild it."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from falserefusal.cli import main
+from falserefusal.report import build_report
+from falserefusal.runner import RunConfig, RunResult, default_options, outcomes_from_results, read_results, run
+from falserefusal.types import BASELINE_ID
+
+ROOT = Path(__file__).resolve().parents[2]
+PLANTED = "scripted:base=0.05,persona.muslim=0.3"
+INJECTION = '<script>alert(1)</script></table><img src=x onerror="alert(2)">'
+
+
+def run_scripted(report_dir: Path, models: list[str], samples: int, tasks: list[str] | None = None,
+                 personas: list[str] | None = None) -> RunResult:
+    options = default_options()
+    options.update({
+        "model": models, "samples": samples, "report-dir": str(report_dir), "no-progress": True, "profile": "release",
+        "tasks": tasks or [], "personas": personas or [], "seed": 5,
+    })
+    return run(RunConfig.from_options(options, root=str(ROOT)))
+
+
+def section(html: str, name: str) -> str:
+    match = re.search(rf'<section id="{name}">(.*?)</section>', html, flags=re.S)
+    assert match, f"no section {name}"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, Path]:
+    report_dir = tmp_path_factory.mktemp("planted")
+    result = run_scripted(report_dir, [PLANTED], samples=40, tasks=["nli", "offensiveness"])
+    return result, build_report(result.metadata, result.records, result.outcomes, report_dir)
+
+
+def test_planted_persona_fails_in_the_verdict_and_shows_paired_evidence(planted) -> None:
+    result, path = planted
+    failed = {(o.spec.kind, o.spec.task, o.spec.persona) for o in result.outcomes if not o.passed}
+    assert ("persona_disparity", "nli", "muslim") in failed  # the planted effect is found by the gates
+    html = path.read_text()
+    verdict = section(html, "verdict")
+    assert f"FAIL — {len(failed)} of {len(result.outcomes)} gates failed" in verdict
+    assert "<b>muslim</b>" in verdict and "release" in verdict and "seed <b>5</b>" in verdict
+    evidence = section(html, "evidence")
+    assert "persona disparity: nli · muslim" in evidence
+    assert "with persona: muslim — REFUSED" in evidence
+    assert "baseline (no persona) — answered" in evidence  # the same request without the persona
+    assert "refusal:" in evidence and "compliance:" in evidence  # the detector rules that fired
+    # sections in the order the issue asks for
+    order = [html.index(f'<section id="{name}">') for name in
+             ("verdict", "heatmap", "disparities", "sensitivity", "forcing", "regression", "evidence", "metadata")]
+    assert order == sorted(order)
+    assert "muslim" in section(html, "regression") and "Strongest effect: persona = muslim raises" in html
+
+
+def test_report_is_self_contained(planted) -> None:
+    _, path = planted
+    html = path.read_text()
+    assert "<script" not in html  # no scripts at all: nothing can run
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # no network assets
+    images = re.findall(r'<img [^>]*src="([^"]+)"', html)
+    assert len(images) == 4 and all(src.startswith("data:image/svg+xml;base64,") for src in images)
+
+
+def test_model_text_is_escaped(planted, tmp_path: Path) -> None:
+    result, _ = planted
+    failing = next(o for o in result.outcomes if not o.passed and o.spec.kind == "persona_disparity")
+    target = (failing.spec.model, failing.evidence[0])
+    block = next(r.case.block_id for r in result.records if (r.model, r.case.case_id) == target)
+    records = [
+        dataclasses.replace(r, response=INJECTION + r.response)
+        if (r.model, r.case.case_id) == target or (r.case.block_id == block and r.case.persona == BASELINE_ID) else r
+        for r in result.records
+    ]
+    html = build_report(result.metadata, records, result.outcomes, tmp_path).read_text()
+    assert "<script" not in html and "<img src=x" not in html
+    evidence = section(html, "evidence")
+    assert evidence.count("&lt;script&gt;alert(1)&lt;/script&gt;&lt;/table&gt;") == 2  # persona and baseline side
+    assert "&lt;img src=x onerror=&#34;alert(2)&#34;&gt;" in evidence
+
+
+def test_run_without_refusals_says_so_and_passes(tmp_path: Path) -> None:
+    result = run_scripted(tmp_path, ["scripted:base=0"], samples=8, tasks=["nli"], personas=["religion"])
+    html = build_report(result.metadata, result.records, result.outcomes, tmp_path).read_text()
+    assert "PASS — all 6 gates passed" in section(html, "verdict")
+    assert "no refusals" in section(html, "verdict")
+    assert "no refusals" in section(html, "sensitivity")
+    assert "No estimates: no refusals" in section(html, "regression")
+    assert "no failed gates" in section(html, "evidence")
+
+
+def test_several_models_and_one_task(tmp_path: Path) -> None:
+    models = ["scripted:base=0.05,name=alpha", "scripted:base=0.05,persona.jewish=0.4,name=beta"]
+    result = run_scripted(tmp_path, models, samples=40, tasks=["politeness"], personas=["religion"])
+    html = build_report(result.metadata, result.records, result.outcomes, tmp_path).read_text()
+    verdict = section(html, "verdict")
+    assert "models:" in verdict and all(m in verdict for m in models)
+    assert "<td>beta</td><td>politeness</td><td><b>jewish</b></td>" in verdict  # the model column appears
+    assert "· beta" in section(html, "evidence")
+    heatmap = section(html, "heatmap")
+    assert "<td>alpha</td><td>politeness</td><td>baseline</td>" in heatmap
+    assert "<td>beta</td><td>politeness</td><td>jewish</td>" in heatmap
+    assert "model has one level" not in html  # model is a factor of the regression here
+
+
+def test_cli_report_rebuilds_the_report_from_saved_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    code = main(["run", "--model", PLANTED, "--samples", "30", "--tasks", "nli", "--personas", "religion",
+                 "--profile", "release", "--seed", "2", "--report-dir", str(run_dir), "--no-progress",
+                 "--fixtures-dir", str(ROOT / "fixtures"), "--thresholds", str(ROOT / "thresholds.yaml")])
+    assert code == 1  # the planted muslim effect fails its gate
+    assert (run_dir / "index.html").is_file() and (run_dir / "results.jsonl").is_file()
+    assert f"report: {run_dir / 'index.html'}" in capsys.readouterr().out
+    rebuilt_dir = tmp_path / "rebuilt"
+    assert main(["report", str(run_dir / "results.jsonl"), "--report-dir", str(rebuilt_dir)]) == 0
+    assert "gates: 5 passed, 1 failed" in capsys.readouterr().out
+
+    def stable(path: Path) -> str:  # everything but the build time and the rebuild command line
+        text = path.read_text()
+        text = re.sub(r"computed in [0-9.]+ s", "", text)
+        return re.sub(r"<tr><th>report rebuilt with</th><td>.*?</td></tr>", "", text)
+
+    assert stable(rebuilt_dir / "index.html") == stable(run_dir / "index.html")
+
+
+def test_outcomes_from_results_equal_the_run_outcomes(planted) -> None:
+    result, path = planted
+    metadata, records = read_results(path.parent / "results.jsonl")
+    assert [o.to_dict() for o in outcomes_from_results(metadata, records)] == [o.to_dict() for o in result.outcomes]
+
+
+def test_cli_report_rejects_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(tmp_path / "nope.jsonl")]) == 2
+    assert "nope.jsonl: results file not found" in capsys.readouterr().err
