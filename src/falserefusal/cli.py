@@ -12,7 +12,7 @@ from falserefusal.types import FalseRefusalError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from falserefusal.runner import RunConfig, format_rate_table, run, RESULTS_FILE
+    from falserefusal.runner import RunConfig, cache_summary, format_rate_table, run, RESULTS_FILE
 
     values = {option.name: resolve(option, getattr(args, option.dest)) for option in OPTIONS}
     result = run(RunConfig.from_options(values, root="."))
@@ -21,6 +21,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"gates: {len(result.outcomes) - len(failed)} passed, {len(failed)} failed")
     for outcome in failed:
         print("  " + outcome.message)
+    print(cache_summary(result.metadata["cache"]))
     report_dir = result.suite.config.path(result.suite.config.report_dir)
     print(f"results: {report_dir / RESULTS_FILE}")
     from falserefusal.report import build_report

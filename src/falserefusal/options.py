@@ -48,6 +48,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("revision", "hub revision (branch, tag or commit) of --model", metavar="REV"),
     Option("trust-remote-code", "allow a hub model's custom code (off unless asked)", kind="flag", default=False),
     Option("no-progress", "hide the generation progress bar", kind="flag", default=False),
+    Option("cache-dir", "folder of the generation cache; a rerun generates only what is missing "
+           "(default: pytest's cache dir, .falserefusal-cache for the command line)", metavar="DIR"),
+    Option("no-cache", "neither read nor write the generation cache", kind="flag", default=False),
+    Option("rescore", "re-label cached generations with the current refusal detector without calling the model "
+           "(an error if any generation is missing)", kind="flag", default=False),
 )
 
 

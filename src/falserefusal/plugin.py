@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
 from falserefusal.gates import GateOutcome, GateSpec, evaluate_gates
+from falserefusal.gpus import pin_worker_gpu
 from falserefusal.options import OPTIONS, add_options, resolve
 from falserefusal.runner import (
     RESULTS_FILE,
     Generator,
     RunConfig,
     Suite,
+    cache_summary,
     canonical_order,
     evaluate,
     format_rate_table,
@@ -29,6 +33,8 @@ from falserefusal.runner import (
 )
 from falserefusal.types import FalseRefusalError, Record
 
+#: parameter id of the one placeholder gate that a worker collects when the options are bad
+USAGE_ERROR_ID = "falserefusal-usage-error"
 #: gate fixture name -> gate kind; tests/refusal asks for these fixtures
 GATE_FIXTURES = {"refusal_rate_gate": "refusal_rate", "persona_disparity_gate": "persona_disparity"}
 
@@ -47,6 +53,7 @@ class FalseRefusalSession:
     worker_records: list[dict[str, Any]] = field(default_factory=list)
     identities: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     metadata: dict[str, Any] = field(default_factory=dict)
     report_path: Path | None = None
@@ -68,11 +75,13 @@ class FalseRefusalSession:
         suite = self.get_suite()
         if spec.family not in self.families_done:
             if self.generator is None:
-                worker = getattr(self.config, "workerinput", {}).get("workerid", "gw0")
-                self.generator = Generator(suite.config, progress_position=int(worker.removeprefix("gw") or 0))
+                self.generator = Generator(suite.config, progress_position=_worker_index(self.config))
             model, task = spec.family
             label = f"{model_labels(suite.models)[model]} {task}"
-            family_records = self.generator.generate(model, suite.cases_for(task), label)
+            capture = self.config.pluginmanager.getplugin("capturemanager")
+            with capture.global_and_fixture_disabled() if capture and suite.config.progress else _nothing():
+                # the progress bar goes to the terminal, not into this test's captured output
+                family_records = self.generator.generate(model, suite.cases_for(task), label)
             self.records.extend(family_records)
             family_specs = [s for s in suite.gates if s.family == spec.family]
             outcomes = evaluate_gates(records_frame(family_records), family_specs, suite.profile, suite.n_families)
@@ -84,6 +93,17 @@ class FalseRefusalSession:
 STASH = pytest.StashKey[FalseRefusalSession]()
 
 
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+def _worker_index(config: pytest.Config) -> int:
+    """0 without xdist; N for worker gwN."""
+    worker = getattr(config, "workerinput", {}).get("workerid", "gw0")
+    return int(worker.removeprefix("gw") or 0)
+
+
 def _run_config(config: pytest.Config) -> RunConfig:
     values = {}
     for option in OPTIONS:
@@ -91,6 +111,9 @@ def _run_config(config: pytest.Config) -> RunConfig:
         values[option.name] = resolve(option, config.getoption(option.dest), ini)
     if hasattr(config, "workerinput"):
         values["seed"] = int(config.workerinput.get("falserefusal_seed", values["seed"]))
+    if values.get("cache-dir") is None:
+        cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
+        values["cache-dir"] = str(cache.mkdir("falserefusal")) if cache is not None else None
     return RunConfig.from_options(values, root=str(config.rootpath))
 
 
@@ -102,15 +125,73 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(option.dest, f"default for --{option.name}", type=kind, default=None)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config) -> Iterator[Any]:
+    """With -n and no --dist, distribute by xdist_group: each (model, task) family is generated on one worker.
+
+    A wrapper, so it runs before xdist's own (tryfirst) hook, which would pick --dist load and split families.
+    """
+    option = config.option
+    if getattr(option, "numprocesses", None) and getattr(option, "dist", None) == "no" and not getattr(option, "distload", False):
+        option.dist = "loadgroup"
+    return (yield)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "falserefusal_gate: a falserefusal release gate (one per gate)")
     config.stash[STASH] = FalseRefusalSession(config)
+    if hasattr(config, "workerinput"):  # before anything loads torch: one GPU per worker on a multi-GPU machine
+        device = resolve(_option("device"), config.getoption(_option("device").dest), config.getini(_option("device").dest))
+        pin_worker_gpu(device, _worker_index(config))
+        return
+    if getattr(config.option, "dist", "no") in ("load", "worksteal", "each"):
+        warnings.warn(
+            f"falserefusal: --dist {config.option.dist} splits a (model, task) family across workers, which then "
+            "generate it more than once; use --dist loadgroup (the default falserefusal picks with -n)"
+        )
+
+
+def _option(name: str) -> Any:
+    return next(option for option in OPTIONS if option.name == name)
 
 
 def pytest_configure_node(node: Any) -> None:
     """xdist controller -> worker: every worker draws cases from the controller's seed."""
     session = node.config.stash[STASH]
     node.workerinput["falserefusal_seed"] = _run_config(session.config).seed
+
+
+def _family_group(suite: Suite, spec: GateSpec) -> str:
+    """The xdist group of a gate: its (model, task) family, generated in one batch run on one worker."""
+    label = suite.model_label(spec.model)
+    return f"falserefusal-{label}-{spec.task}" if label else f"falserefusal-{spec.task}"
+
+
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """--dist loadgroup that really groups: xdist 3.8 tags a worker's items with their group by rewriting
+    `item._nodeid`, which pytest 9 no longer reads, so every gate became its own group and several workers
+    generated the same family. This scheduler finds a gate's family from its parameter id instead."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    groups: dict[str, str] = {}
+    try:
+        suite = config.stash[STASH].get_suite()
+        groups = {spec.gate_id(suite.model_label(spec.model)): _family_group(suite, spec) for spec in suite.gates}
+    except FalseRefusalError:
+        pass  # reported by the workers' collection as a usage error
+
+    class FamilyScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            if scope == nodeid and nodeid.endswith("]") and "[" in nodeid:
+                return groups.get(nodeid[nodeid.rfind("[") + 1 : -1], nodeid)
+            return scope
+
+    return FamilyScheduling(config, log)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -121,10 +202,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         try:
             suite = session.get_suite()
         except FalseRefusalError:
-            metafunc.parametrize(fixture, [], ids=[])  # reported as a usage error once collection ends
+            # reported as a usage error once collection ends (by the xdist controller when this is a worker)
+            metafunc.parametrize(fixture, [pytest.param(None, id=USAGE_ERROR_ID)])
             continue
         params = [
-            pytest.param(spec, id=spec.gate_id(suite.model_label(spec.model)), marks=[pytest.mark.xdist_group(spec.task), pytest.mark.falserefusal_gate])
+            pytest.param(spec, id=spec.gate_id(suite.model_label(spec.model)), marks=[pytest.mark.xdist_group(_family_group(suite, spec)), pytest.mark.falserefusal_gate])
             for spec in suite.gates
             if spec.kind == kind
         ]
@@ -133,8 +215,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     session = config.stash[STASH]
-    if session.error is not None:
+    if session.error is not None and not hasattr(config, "workerinput"):
         raise pytest.UsageError(str(session.error))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """xdist controller: a worker's bad options end the run as a usage error (raised on the worker, it crashes)."""
+    if any(nodeid.endswith(f"[{USAGE_ERROR_ID}]") for nodeid in ids):
+        state = node.config.stash[STASH]
+        try:
+            state.get_suite()
+        except FalseRefusalError as error:
+            raise pytest.UsageError(str(error)) from None
+        raise pytest.UsageError(f"falserefusal: worker {node.gateway.id} rejected the options; fix: run with -n 0 to see why")
 
 
 @pytest.fixture
@@ -157,14 +251,16 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if state.generator is not None:
         state.identities = state.generator.identities()
         state.timings = dict(state.generator.timings)
+        state.cache = state.generator.cache_stats()
         state.generator.close()
     workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:  # an xdist worker: hand records to the controller
+    if workeroutput is not None:  # an xdist worker: hand records to the controller, the only writer of results
         workeroutput["falserefusal"] = json.dumps(
             {
                 "records": [r.to_dict() for r in state.records],
                 "identities": state.identities,
                 "timings": state.timings,
+                "cache": state.cache,
             }
         )
         return
@@ -179,10 +275,15 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         return
     state = node.config.stash[STASH]
     data = json.loads(payload)
-    state.records.extend(Record.from_dict(r) for r in data["records"])
+    # with --dist load a family can be generated on two workers: keep one record per (model, case)
+    seen = {(r.model, r.case.case_id) for r in state.records}
+    state.records.extend(r for r in map(Record.from_dict, data["records"]) if (r.model, r.case.case_id) not in seen)
     state.identities.update(data["identities"])
     for key, value in data["timings"].items():
         state.timings[key] = state.timings.get(key, 0.0) + value
+    cache = data.get("cache") or {}
+    for key, value in cache.items():
+        state.cache[key] = state.cache.get(key, 0) + value if key in ("hits", "generated") else value
     if state.suite is None:
         try:
             state.get_suite()
@@ -199,7 +300,7 @@ def _finish_controller(state: FalseRefusalSession) -> None:
     from falserefusal.refusal import DETECTOR_VERSION
 
     detector_version = state.records[0].detector_version if state.records else DETECTOR_VERSION
-    metadata = run_metadata(suite, state.identities, timings, detector_version)
+    metadata = run_metadata(suite, state.identities, timings, detector_version, state.cache)
     report_dir = suite.config.path(suite.config.report_dir)
     write_results(report_dir / RESULTS_FILE, metadata, state.records)
     state.outcomes = {o.spec: o for o in evaluate(suite, state.records)}
@@ -242,6 +343,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     write(f"gates: {len(state.outcomes) - len(failed)} passed, {len(failed)} failed")
     for outcome in failed:
         write("  " + outcome.message[:400])
+    if state.cache:
+        write(cache_summary(state.cache))
     write(f"results: {suite.config.path(suite.config.report_dir) / RESULTS_FILE}")
     if state.report_path is not None:
         write(f"report: {state.report_path}")

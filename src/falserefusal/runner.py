@@ -16,14 +16,17 @@ import pandas as pd
 
 from falserefusal.analysis import records_frame
 from falserefusal.backends import DEFAULT_MODEL_NAME, Backend, BackendOptions, backend_for, check_hub_model, load_backend
+from falserefusal.cache import CacheKey, Cached, GenerationCache
 from falserefusal.cases import draw_cases
 from falserefusal.gates import GateOutcome, GateSpec, Profile, evaluate_gates, gate_specs, load_profile
 from falserefusal.options import OPTIONS, resolve
 from falserefusal.personas import load_personas, select_personas
 from falserefusal.tasks import TaskSpec, load_tasks
-from falserefusal.types import BASELINE_ID, Case, FalseRefusalError, GenerationRequest, Persona, PersonaPhrasing, Record
+from falserefusal.types import BASELINE_ID, Case, Completion, FalseRefusalError, GenerationRequest, Persona, PersonaPhrasing, Record
 
 RESULTS_FILE = "results.jsonl"
+#: the generation cache's folder when neither --cache-dir nor pytest's cache dir gives one (the CLI)
+DEFAULT_CACHE_DIR = ".falserefusal-cache"
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class RunConfig:
     refusal_rules: str | None = None
     backend_options: BackendOptions = field(default_factory=BackendOptions)
     progress: bool = True
+    cache_dir: str | None = None  # None: DEFAULT_CACHE_DIR (the plugin passes pytest's cache dir)
+    use_cache: bool = True
+    rescore: bool = False  # label cached generations with the current detector; never call the model
     root: str = "."  # relative paths resolve against this (pytest's rootdir, or the working directory)
 
     @classmethod
@@ -75,12 +81,18 @@ class RunConfig:
             refusal_rules=v["refusal-rules"],
             backend_options=backend_options,
             progress=not v["no-progress"],
+            cache_dir=v.get("cache-dir"),
+            use_cache=not v.get("no-cache"),
+            rescore=bool(v.get("rescore")),
             root=root,
         )
 
     def path(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else Path(self.root) / path
+
+    def cache_path(self) -> Path:
+        return self.path(self.cache_dir or DEFAULT_CACHE_DIR)
 
 
 def default_options() -> dict[str, Any]:
@@ -159,7 +171,18 @@ def prepare(config: RunConfig) -> Suite:
         raise FalseRefusalError("--batch-size must be >= 0 and --max-new-tokens >= 1")
     for model in models:
         _check_model_exists(model, config.backend, options.revision)
+    if config.rescore and not config.use_cache:
+        raise FalseRefusalError("--rescore: it re-labels cached generations, and --no-cache turns the cache off; fix: drop one of them")
     cases = draw_cases(tasks, personas, phrasings, samples, config.seed, config.persona_placement)
+    if config.use_cache:
+        cache = GenerationCache(config.cache_path())  # a corrupt or foreign file is a usage error now, not mid-run
+        try:
+            for model in models if config.rescore else ():  # a missing generation too
+                for spec in tasks:
+                    label = f"{model_labels(models)[model]} {spec.task.id}"
+                    cached_for_rescore(cache, config, model, [c for c in cases if c.task == spec.task.id], label)
+        finally:
+            cache.close()
     gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas])
     return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates))
 
@@ -193,7 +216,7 @@ def request_for(case: Case) -> GenerationRequest:
 
 
 class Generator:
-    """Holds loaded backends and the detector; turns cases into records, batch by batch."""
+    """Holds loaded backends, the detector and the generation cache; turns cases into records, batch by batch."""
 
     def __init__(self, config: RunConfig, progress_position: int = 0) -> None:
         from falserefusal.refusal import RefusalDetector, load_rules
@@ -203,6 +226,10 @@ class Generator:
         self.backends: dict[str, Backend] = {}
         self.timings: dict[str, float] = {"load_s": 0.0, "generate_s": 0.0}
         self.progress_position = progress_position
+        self.cache = GenerationCache(config.cache_path()) if config.use_cache else None
+        #: generations served from the cache and generations the model was asked for (its calls, counted in cases)
+        self.cache_counts: dict[str, int] = {"hits": 0, "generated": 0}
+        self.cached_identities: dict[str, dict[str, Any]] = {}  # --rescore: identities read from the cache
 
     def backend(self, model: str) -> Backend:
         if model not in self.backends:
@@ -212,43 +239,108 @@ class Generator:
         return self.backends[model]
 
     def identities(self) -> dict[str, dict[str, Any]]:
-        return {model: backend.identity() for model, backend in self.backends.items()}
+        return {**self.cached_identities, **{model: backend.identity() for model, backend in self.backends.items()}}
+
+    def cache_stats(self) -> dict[str, Any]:
+        return {"enabled": self.cache is not None, "path": str(self.cache.path) if self.cache else None,
+                "rescore": self.config.rescore, **self.cache_counts}
 
     def generate(self, model: str, cases: Sequence[Case], label: str = "") -> list[Record]:
-        """Answer every case with the model and label the answers; batches are bucketed by prompt length."""
-        backend = self.backend(model)
+        """Answer every case with the model (or the cache) and label the answers; batches are bucketed by prompt
+        length and each generated batch is committed to the cache before the next one starts."""
+        kind = backend_for(model, self.config.backend)
+        requests = [request_for(case) for case in cases]
         options = self.config.backend_options
         batch_size = options.batch_size or 16
-        # similar lengths in a batch waste less padding; the order of records is restored afterwards
+        # similar lengths in a batch waste less padding; the order of records is restored afterwards. The batches
+        # are fixed before the cache is read, so a resumed run batches its missing cases as the first run would have
         order = sorted(range(len(cases)), key=lambda i: (sum(len(m.content) for m in cases[i].messages), i))
-        results: dict[int, Record] = {}
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         started = time.perf_counter()
-        with _progress(len(cases), label or model, self.config.progress, self.progress_position) as bar:
-            for start in range(0, len(order), batch_size):
-                chunk = [cases[i] for i in order[start : start + batch_size]]
-                completions = backend.generate([request_for(c) for c in chunk], options.max_new_tokens)
-                for index, case, completion in zip(order[start : start + batch_size], chunk, completions):
-                    verdict = self.detector.detect(completion.text, case.labels)
-                    results[index] = Record(
-                        case=case,
-                        model=model,
-                        backend=backend.name,
-                        response=completion.text,
-                        n_tokens=completion.n_tokens,
-                        finish_reason=completion.finish_reason,
-                        refused=verdict.refused,
-                        rule=verdict.rule,
-                        parsed_label=verdict.label,
-                        detector_version=self.detector.version,
-                    )
-                bar.update(len(chunk))
+        if self.config.rescore:
+            assert self.cache is not None  # prepare() refuses --rescore with --no-cache
+            found = cached_for_rescore(self.cache, self.config, model, cases, label)
+            completions = {i: cached.completion for i, cached in enumerate(found)}
+            self.cached_identities[model] = found[0].identity if found else {}
+            from_cache = set(completions)
+            self.cache_counts["hits"] += len(from_cache)
+        else:
+            backend = self.backend(model)
+            identity = backend.identity()
+            decoding = decoding_settings(self.config)
+            keys = [CacheKey.of(kind, model, identity, request, decoding) for request in requests]
+            completions = {}
+            if self.cache is not None:
+                found = self.cache.get(keys)
+                completions = {i: found[key.key] for i, key in enumerate(keys) if key.key in found}
+            from_cache = set(completions)
+            self.cache_counts["hits"] += len(from_cache)
+            with _progress(len(cases), label or model, self.config.progress, self.progress_position, len(from_cache)) as bar:
+                for batch in batches:
+                    todo = [i for i in batch if i not in completions]
+                    if not todo:
+                        continue
+                    answers = backend.generate([requests[i] for i in todo], options.max_new_tokens)
+                    if self.cache is not None:
+                        self.cache.put(kind, model, identity, [(keys[i], answer) for i, answer in zip(todo, answers)])
+                    completions.update(zip(todo, answers))
+                    self.cache_counts["generated"] += len(todo)
+                    bar.update(len(todo))
         self.timings["generate_s"] += time.perf_counter() - started
-        return [results[i] for i in range(len(cases))]
+        return [self._record(model, kind, cases[i], completions[i], i in from_cache) for i in range(len(cases))]
+
+    def _record(self, model: str, kind: str, case: Case, completion: Completion, cached: bool) -> Record:
+        verdict = self.detector.detect(completion.text, case.labels)
+        return Record(
+            case=case,
+            model=model,
+            backend=kind,
+            response=completion.text,
+            n_tokens=completion.n_tokens,
+            finish_reason=completion.finish_reason,
+            refused=verdict.refused,
+            rule=verdict.rule,
+            parsed_label=verdict.label,
+            detector_version=self.detector.version,
+            cached=cached,
+        )
 
     def close(self) -> None:
         for backend in self.backends.values():
             backend.close()
         self.backends.clear()
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
+
+
+def cache_summary(stats: Mapping[str, Any]) -> str:
+    """One line for the terminal: what came from the cache and what the model was asked for."""
+    if not stats.get("enabled"):
+        return "cache: off (--no-cache)"
+    verb = "re-labelled from" if stats.get("rescore") else "from"
+    return f"cache: {stats.get('hits', 0)} generations {verb} {stats.get('path')}, {stats.get('generated', 0)} generated"
+
+
+def decoding_settings(config: RunConfig) -> dict[str, Any]:
+    """Every setting besides the model and the request that changes the text a backend returns: part of the
+    cache key. An early-stop policy goes under "stop", with the detector version that drives it."""
+    return {"max_new_tokens": config.backend_options.max_new_tokens, "stop": None}
+
+
+def cached_for_rescore(cache: GenerationCache, config: RunConfig, model: str, cases: Sequence[Case], label: str) -> list[Cached]:
+    """--rescore: the cached generation of every case, found without loading the model; a missing one is an error."""
+    kind = backend_for(model, config.backend)
+    requests = [request_for(case) for case in cases]
+    keys = [CacheKey.of(kind, model, {}, request, decoding_settings(config)) for request in requests]
+    found, missing = cache.get_for_rescore(kind, model, keys)
+    if missing:
+        absent = [r.case_id for r, k in zip(requests, keys) if k.request_key not in found]
+        raise FalseRefusalError(
+            f"--rescore: {missing} of {len(requests)} generations of {label or model} are not in the cache "
+            f"{cache.path} (e.g. {', '.join(absent[:3])}); fix: run once without --rescore to generate them"
+        )
+    return [found[key.request_key] for key in keys]
 
 
 class _NoBar:
@@ -262,12 +354,14 @@ class _NoBar:
         pass
 
 
-def _progress(total: int, label: str, enabled: bool, position: int) -> Any:
+def _progress(total: int, label: str, enabled: bool, position: int, cached: int = 0) -> Any:
+    """One bar per process (pytest-xdist worker N draws on line N): cases/s and ETA count generated cases only."""
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=f"generating {label}", unit="case", position=position, leave=True, dynamic_ncols=True)
+    return tqdm(total=total, initial=cached, desc=f"generating {label}", unit="case", position=position, leave=True,
+                dynamic_ncols=True, postfix={"cached": cached})
 
 
 def canonical_order(suite: Suite, records: Iterable[Record]) -> list[Record]:
@@ -277,9 +371,13 @@ def canonical_order(suite: Suite, records: Iterable[Record]) -> list[Record]:
     return sorted(records, key=lambda r: (model_rank.get(r.model, len(model_rank)), case_rank.get(r.case.case_id, 0)))
 
 
-def run_metadata(suite: Suite, identities: Mapping[str, Any], timings: Mapping[str, float], detector_version: str) -> dict[str, Any]:
+def run_metadata(
+    suite: Suite, identities: Mapping[str, Any], timings: Mapping[str, float], detector_version: str,
+    cache: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     config = suite.config
     return {
+        "cache": dict(cache or {}),  # hits and generated cases of this run: volatile, in run.json only
         "kind": "run",
         "seed": config.seed,
         "samples": suite.samples,
@@ -416,11 +514,12 @@ def run(config: RunConfig) -> RunResult:
             for spec in suite.tasks:
                 records.extend(generator.generate(model, suite.cases_for(spec.task.id), f"{labels[model]} {spec.task.id}"))
         identities = generator.identities()
+        cache_stats = generator.cache_stats()
     finally:
         generator.close()
     records = canonical_order(suite, records)
     outcomes = evaluate(suite, records)
-    metadata = run_metadata(suite, identities, generator.timings, generator.detector.version)
+    metadata = run_metadata(suite, identities, generator.timings, generator.detector.version, cache_stats)
     write_results(config.path(config.report_dir) / RESULTS_FILE, metadata, records)
     return RunResult(suite, records, outcomes, metadata)
 

@@ -5,7 +5,8 @@ Spec syntax (the --model string): `scripted:base=0.05,persona.muslim=+0.05,task.
   `item.ID`: additive shifts (clipped to [0, 1]);
 - `rho`: share of cases whose random draw is shared with the rest of their request block, which makes
   refusals of the same request correlated across personas, as in real models (paired design); default 0.8;
-- `seed`: varies the model's randomness (default 0); `name`: label only, so two scripted models can be told apart.
+- `seed`: varies the model's randomness (default 0); `name`: label only, so two scripted models can be told apart;
+- `delay`: seconds each `generate` call (one batch) sleeps, to stand in for a slow model (cache and kill tests).
 A case refuses when its uniform draw u < p(case); draws come from SHA-256 of the request, so any process,
 order or batching gives the same answer.
 """
@@ -13,6 +14,7 @@ order or batching gives the same answer.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -32,11 +34,12 @@ class ScriptedSpec:
     shifts: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (factor, level) -> added probability
     rho: float = 0.8
     seed: int = 0
+    delay: float = 0.0
 
     @classmethod
     def parse(cls, model: str) -> "ScriptedSpec":
         body = model.removeprefix("scripted:")
-        base, rho, seed = 0.0, 0.8, 0
+        base, rho, seed, delay = 0.0, 0.8, 0, 0.0
         shifts: dict[tuple[str, str], float] = {}
         for part in filter(None, (p.strip() for p in body.split(","))):
             key, sep, value = part.partition("=")
@@ -54,6 +57,8 @@ class ScriptedSpec:
                 rho = number
             elif key == "seed":
                 seed = int(number)
+            elif key == "delay":
+                delay = max(0.0, number)
             elif key == "name":
                 continue
             elif key.partition(".")[0] in _FACTORS and key.partition(".")[2]:
@@ -61,12 +66,12 @@ class ScriptedSpec:
                 shifts[(_FACTORS[factor], level)] = number
             else:
                 raise FalseRefusalError(
-                    f"--model {model}: unknown key '{key}'; use base, rho, seed, name or persona.ID, task.ID, "
+                    f"--model {model}: unknown key '{key}'; use base, rho, seed, name, delay or persona.ID, task.ID, "
                     "forcing.LEVEL, paraphrase.ID, item.ID"
                 )
         if not (0.0 <= base <= 1.0 and 0.0 <= rho <= 1.0):
             raise FalseRefusalError(f"--model {model}: base and rho must lie in [0, 1]")
-        return cls(base=base, shifts=shifts, rho=rho, seed=seed)
+        return cls(base=base, shifts=shifts, rho=rho, seed=seed, delay=delay)
 
     def refusal_probability(self, factors: Mapping[str, str]) -> float:
         p = self.base + sum(shift for (factor, level), shift in self.shifts.items() if factors.get(factor) == level)
@@ -98,6 +103,8 @@ class ScriptedBackend:
         return f"The answer is: {label}."
 
     def generate(self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: Any = None) -> list[Completion]:
+        if self.spec.delay:
+            time.sleep(self.spec.delay)
         completions = []
         for request in requests:
             text = self.answer(request)
