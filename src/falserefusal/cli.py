@@ -12,12 +12,14 @@ from falserefusal.types import FalseRefusalError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from falserefusal.runner import RunConfig, cache_summary, format_rate_table, run, RESULTS_FILE
+    from falserefusal.runner import RunConfig, cache_summary, format_rate_table, format_usage, run, RESULTS_FILE
 
     values = {option.name: resolve(option, getattr(args, option.dest)) for option in OPTIONS}
     result = run(RunConfig.from_options(values, root="."))
     print(format_rate_table(result.records))
     failed = [o for o in result.outcomes if not o.passed]
+    if result.suite.profile.sequential:
+        print(format_usage(result.metadata["budget"]))
     print(f"gates: {len(result.outcomes) - len(failed)} passed, {len(failed)} failed")
     for outcome in failed:
         print("  " + outcome.message)
@@ -55,9 +57,77 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--base-rate", type=float, required=True, help="refusal rate of the reference condition (no persona, baseline model)")
+    add("--mde", type=float, required=True, help="the truth beyond each gate's limit to detect, e.g. 0.04")
+    add("--power", type=float, default=0.8, help="chance of failing such a gate (default: 0.8)")
+    add("--alpha", type=float, default=0.05, help="suite-wide false-fail rate (default: 0.05)")
+    add("--personas", type=int, default=15, help="personas per block (default: 15)")
+    add("--tasks", type=int, default=3, help="tasks (default: 3)")
+    add("--models", type=int, default=1, help="candidate models in one run (default: 1)")
+    add("--no-baseline", action="store_true", help="plan a run without --baseline-model (no non-inferiority gates)")
+    add("--correlation", type=float, default=0.64,
+        help="correlation of two conditions' answers to one request (default: 0.64, the scripted backend's rho=0.8)")
+    add("--model-correlation", type=float, default=0.0,
+        help="correlation of the candidate's and the baseline model's answers to one case (default: 0, independent)")
+    add("--rate-limit", type=float, default=None, help="the refusal-rate gate's limit (default: --base-rate)")
+    add("--disparity-limit", type=float, default=0.0, help="the persona disparity gate's limit (default: 0)")
+    add("--margin", type=float, default=0.01, help="non-inferiority margin per task (default: 0.01)")
+    add("--persona-margin", type=float, default=0.01, help="non-inferiority margin per task x persona (default: 0.01)")
+    add("--json", action="store_true", help="print the plan as one JSON object")
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from falserefusal.planning import format_plan, plan
+
+    result = plan(args.base_rate, args.mde, args.power, args.alpha, args.personas, args.tasks, args.models,
+                  not args.no_baseline, args.correlation, args.model_correlation, args.rate_limit, args.disparity_limit,
+                  args.margin, args.persona_margin)
+    print(json.dumps(result.to_dict()) if args.json else format_plan(result))
+    return 0
+
+
+def _simulate_release_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--replicates", type=int, default=200, help="seeds of the two scripted models (default: 200)")
+    add("--samples", type=int, default=None, help="request blocks per task (default: the profile's)")
+    add("--profile", default="release-sequential", help="profile in thresholds.yaml (default: release-sequential)")
+    add("--base-rate", type=float, default=0.05, help="both models' refusal rate (default: 0.05)")
+    add("--clear-rate", type=float, default=0.02, help="both models' refusal rate in the clear-pass scenario (default: 0.02)")
+    add("--effect", type=float, default=0.05, help="the candidate's extra refusals under --persona (default: 0.05)")
+    add("--persona", default="muslim", help="persona with the planted effect (default: muslim)")
+    add("--rho", type=float, default=0.8, help="scripted models' within-request correlation parameter (default: 0.8)")
+    add("--tasks", default="", help="comma-separated task ids (default: all)")
+    add("--workers", type=int, default=1, help="processes (default: 1)")
+    add("--json", action="store_true", help="also print one JSON object on the last line")
+
+
+def _cmd_simulate_release(args: argparse.Namespace) -> int:
+    import json
+
+    from falserefusal.options import comma_list
+    from falserefusal.release_simulation import ReleaseSimulation, format_release_simulation, simulate_release
+
+    result = simulate_release(ReleaseSimulation(
+        replicates=args.replicates, samples=args.samples, base_rate=args.base_rate, clear_rate=args.clear_rate,
+        effect=args.effect, persona=args.persona, rho=args.rho, profile=args.profile, tasks=tuple(comma_list(args.tasks)),
+        workers=args.workers,
+    ))
+    print(format_release_simulation(result))
+    if args.json:
+        print(json.dumps(result))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("run the suite (same options as the pytest plugin) and write results", lambda p: add_options(p.add_argument), _cmd_run),
     "report": ("rebuild the HTML report from a saved results.jsonl, without a model", _configure_report, _cmd_report),
+    "plan": ("request blocks per task each gate type needs (sample-size planning)", _plan_options, _cmd_plan),
+    "simulate-release": ("simulate candidate-versus-baseline gating with scripted models: false fails, power, "
+                         "sequential savings", _simulate_release_options, _cmd_simulate_release),
 }
 
 

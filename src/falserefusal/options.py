@@ -27,6 +27,10 @@ def comma_list(value: str) -> list[str]:
 OPTIONS: tuple[Option, ...] = (
     Option("model", "model to test: hub id, local folder, .gguf file, openai:NAME (served) or scripted:SPEC; "
            "repeat to compare several (default: embedded SmolLM2-135M-Instruct)", kind="list", metavar="MODEL"),
+    Option("baseline-model", "the previous checkpoint to compare --model with on the same cases (any --model form); "
+           "adds the non-inferiority gates of the profile's `noninferiority` margins", metavar="MODEL"),
+    Option("baseline-results", "instead of --baseline-model: a results.jsonl of an earlier run of the baseline model "
+           "(same seed, tasks, cases and detector version)", metavar="PATH"),
     Option("backend", "backend for models without a prefix: transformers | openai | scripted", default="transformers"),
     Option("samples", "request blocks per task; each is asked under every persona and the baseline "
            "(default: the profile's samples)", type=int, metavar="N"),

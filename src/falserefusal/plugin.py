@@ -13,11 +13,12 @@ from typing import Any, Iterator
 
 import pytest
 
-from falserefusal.gates import GateOutcome, GateSpec, evaluate_gates
+from falserefusal.gates import GateOutcome, GateSpec
 from falserefusal.gpus import pin_worker_gpu
 from falserefusal.options import OPTIONS, add_options, resolve
 from falserefusal.runner import (
     RESULTS_FILE,
+    BaselineSource,
     Generator,
     RunConfig,
     Suite,
@@ -25,9 +26,10 @@ from falserefusal.runner import (
     canonical_order,
     evaluate,
     format_rate_table,
-    model_labels,
+    budget_usage,
+    format_usage,
     prepare,
-    records_frame,
+    run_family,
     run_metadata,
     write_results,
 )
@@ -36,8 +38,14 @@ from falserefusal.types import FalseRefusalError, Record
 #: parameter id of the one placeholder gate that a worker collects when the options are bad
 USAGE_ERROR_ID = "falserefusal-usage-error"
 #: gate fixture name -> gate kind; tests/refusal asks for these fixtures
-GATE_FIXTURES = {"refusal_rate_gate": "refusal_rate", "persona_disparity_gate": "persona_disparity"}
-
+GATE_FIXTURES = {
+    "refusal_rate_gate": "refusal_rate",
+    "persona_disparity_gate": "persona_disparity",
+    "noninferiority_gate": "noninferiority",
+    "noninferiority_persona_gate": "noninferiority_persona",
+}
+#: id of the placeholder parameter of a gate test that has no gates in this run (deselected at collection)
+NO_GATES = "no-gates-in-this-run"
 
 @dataclass
 class FalseRefusalSession:
@@ -47,6 +55,7 @@ class FalseRefusalSession:
     suite: Suite | None = None
     error: FalseRefusalError | None = None
     generator: Generator | None = None
+    baseline: BaselineSource | None = None
     records: list[Record] = field(default_factory=list)
     outcomes: dict[GateSpec, GateOutcome] = field(default_factory=dict)
     families_done: set[tuple[str, str]] = field(default_factory=set)
@@ -76,16 +85,15 @@ class FalseRefusalSession:
         if spec.family not in self.families_done:
             if self.generator is None:
                 self.generator = Generator(suite.config, progress_position=_worker_index(self.config))
+            if self.baseline is None and suite.baseline:
+                self.baseline = BaselineSource(suite, self.generator)
             model, task = spec.family
-            label = f"{model_labels(suite.models)[model]} {task}"
             capture = self.config.pluginmanager.getplugin("capturemanager")
             with capture.global_and_fixture_disabled() if capture and suite.config.progress else _nothing():
                 # the progress bar goes to the terminal, not into this test's captured output
-                family_records = self.generator.generate(model, suite.cases_for(task), label)
-            self.records.extend(family_records)
-            family_specs = [s for s in suite.gates if s.family == spec.family]
-            outcomes = evaluate_gates(records_frame(family_records), family_specs, suite.profile, suite.n_families)
-            self.outcomes.update({o.spec: o for o in outcomes})
+                family = run_family(self.generator, suite, model, task, self.baseline)
+            self.records.extend(family.records)
+            self.outcomes.update({o.spec: o for o in family.outcomes})
             self.families_done.add(spec.family)
         return self.outcomes[spec]
 
@@ -210,13 +218,18 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             for spec in suite.gates
             if spec.kind == kind
         ]
-        metafunc.parametrize(fixture, params)
+        # e.g. non-inferiority gates without a baseline model: one placeholder, deselected in collection
+        metafunc.parametrize(fixture, params or [pytest.param(None, id=NO_GATES)])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     session = config.stash[STASH]
     if session.error is not None and not hasattr(config, "workerinput"):
         raise pytest.UsageError(str(session.error))
+    unused = [item for item in items if NO_GATES in getattr(getattr(item, "callspec", None), "id", "")]
+    if unused:
+        items[:] = [item for item in items if item not in unused]
+        config.hook.pytest_deselected(items=unused)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -301,6 +314,7 @@ def _finish_controller(state: FalseRefusalSession) -> None:
 
     detector_version = state.records[0].detector_version if state.records else DETECTOR_VERSION
     metadata = run_metadata(suite, state.identities, timings, detector_version, state.cache)
+    metadata["budget"] = budget_usage(suite, state.records)
     report_dir = suite.config.path(suite.config.report_dir)
     write_results(report_dir / RESULTS_FILE, metadata, state.records)
     state.outcomes = {o.spec: o for o in evaluate(suite, state.records)}
@@ -340,6 +354,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
           f"samples: {suite.samples} blocks per task | {len(state.records)} generations")
     write(format_rate_table(state.records))
     failed = [o for o in state.outcomes.values() if not o.passed]
+    if suite.profile.sequential:
+        write(format_usage(budget_usage(suite, state.records)))
     write(f"gates: {len(state.outcomes) - len(failed)} passed, {len(failed)} failed")
     for outcome in failed:
         write("  " + outcome.message[:400])

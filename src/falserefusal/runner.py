@@ -18,7 +18,7 @@ from falserefusal.analysis import records_frame
 from falserefusal.backends import DEFAULT_MODEL_NAME, Backend, BackendOptions, backend_for, check_hub_model, load_backend
 from falserefusal.cache import CacheKey, Cached, GenerationCache
 from falserefusal.cases import draw_cases
-from falserefusal.gates import GateOutcome, GateSpec, Profile, evaluate_gates, gate_specs, load_profile
+from falserefusal.gates import GateOutcome, GateSpec, Profile, evaluate_gates, family_alpha, gate_specs, load_profile
 from falserefusal.options import OPTIONS, resolve
 from falserefusal.personas import load_personas, select_personas
 from falserefusal.tasks import TaskSpec, load_tasks
@@ -52,6 +52,8 @@ class RunConfig:
     use_cache: bool = True
     rescore: bool = False  # label cached generations with the current detector; never call the model
     root: str = "."  # relative paths resolve against this (pytest's rootdir, or the working directory)
+    baseline_model: str | None = None  # the checkpoint the candidates are compared with (non-inferiority gates)
+    baseline_results: str | None = None  # or a saved results.jsonl of it
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any], root: str = ".") -> "RunConfig":
@@ -85,6 +87,8 @@ class RunConfig:
             use_cache=not v.get("no-cache"),
             rescore=bool(v.get("rescore")),
             root=root,
+            baseline_model=v.get("baseline-model"),
+            baseline_results=v.get("baseline-results"),
         )
 
     def path(self, value: str) -> Path:
@@ -112,6 +116,8 @@ class Suite:
     phrasings: tuple[PersonaPhrasing, ...]
     cases: tuple[Case, ...]
     gates: tuple[GateSpec, ...]
+    baseline: str | None = None  # baseline model of the non-inferiority gates
+    baseline_records: Mapping[str, Record] | None = None  # case id -> saved record, with --baseline-results
 
     @property
     def task_ids(self) -> tuple[str, ...]:
@@ -123,6 +129,16 @@ class Suite:
 
     def cases_for(self, task: str) -> list[Case]:
         return [case for case in self.cases if case.task == task]
+
+    @property
+    def conditions(self) -> int:
+        """Cases per request block: the baseline condition and every persona."""
+        return len(self.personas) + 1
+
+    @property
+    def all_models(self) -> tuple[str, ...]:
+        """The gated models, then the baseline model (whose records are written but not gated)."""
+        return self.models + ((self.baseline,) if self.baseline else ())
 
     def model_label(self, model: str) -> str | None:
         """Short name used in gate ids, only when several models share a run."""
@@ -183,8 +199,80 @@ def prepare(config: RunConfig) -> Suite:
                     cached_for_rescore(cache, config, model, [c for c in cases if c.task == spec.task.id], label)
         finally:
             cache.close()
-    gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas])
-    return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates))
+    baseline, saved = _prepare_baseline(config, models, [t.task.id for t in tasks], cases)
+    gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas], baseline)
+    return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates),
+                 baseline, saved)
+
+
+def _prepare_baseline(
+    config: RunConfig, models: Sequence[str], task_ids: Sequence[str], cases: Sequence[Case]
+) -> tuple[str | None, dict[str, Record] | None]:
+    """The baseline model's name, and its saved records when reused from --baseline-results (checked first)."""
+    if config.baseline_model and config.baseline_results:
+        raise FalseRefusalError("--baseline-model and --baseline-results: give one; fix: drop one of them")
+    if config.baseline_model:
+        baseline = config.baseline_model
+        backend_for(baseline, config.backend)
+        if baseline in models:
+            raise FalseRefusalError(f"--baseline-model {baseline}: also given as --model; fix: compare two different models")
+        _check_model_exists(baseline, config.backend, config.backend_options.revision)
+        return baseline, None
+    if not config.baseline_results:
+        return None, None
+    from falserefusal.refusal import RefusalDetector, load_rules
+
+    path = config.path(config.baseline_results)
+    metadata, records = read_results(path)
+    detector = RefusalDetector(load_rules(config.path(config.refusal_rules) if config.refusal_rules else None))
+    return check_baseline_results(str(path), metadata, records, models, config.seed, task_ids, cases, detector.version)
+
+
+def check_baseline_results(
+    where: str,
+    metadata: Mapping[str, Any],
+    records: Sequence[Record],
+    models: Sequence[str],
+    seed: int,
+    task_ids: Sequence[str],
+    cases: Sequence[Case],
+    detector_version: str,
+) -> tuple[str, dict[str, Record]]:
+    """A saved run is a valid baseline only for the same seed, tasks, detector version and cases; say what differs."""
+    saved_models = list(metadata.get("models") or sorted({r.model for r in records}))
+    if len(saved_models) != 1:
+        raise FalseRefusalError(
+            f"--baseline-results {where}: holds {len(saved_models)} gated models ({', '.join(saved_models)}); "
+            "fix: pass the results of a run of the baseline model alone"
+        )
+    baseline = saved_models[0]
+    if baseline in models:
+        raise FalseRefusalError(f"--baseline-results {where}: its model {baseline} is also given as --model; fix: compare two different models")
+    differences = []
+    if metadata.get("seed") != seed:
+        differences.append(f"seed differs (saved {metadata.get('seed')}, this run {seed}; fix: --seed {metadata.get('seed')})")
+    if sorted(metadata.get("tasks") or []) != sorted(task_ids):
+        differences.append(f"task set differs (saved {','.join(sorted(metadata.get('tasks') or [])) or 'none'}, "
+                           f"this run {','.join(sorted(task_ids))})")
+    saved_versions = {r.detector_version for r in records if r.model == baseline} | (
+        {metadata["detector_version"]} if metadata.get("detector_version") else set())
+    if saved_versions != {detector_version}:
+        differences.append(f"detector version differs (saved {', '.join(sorted(saved_versions)) or 'none'}, this run {detector_version}; "
+                           "fix: same --refusal-rules and falserefusal version)")
+    by_case = {r.case.case_id: r for r in records if r.model == baseline}
+    if not differences:
+        missing = [c.case_id for c in cases if c.case_id not in by_case]
+        changed = [c.case_id for c in cases if c.case_id in by_case and by_case[c.case_id].case != c]
+        if missing:
+            differences.append(f"cases differ: {len(missing)} of this run's {len(cases)} cases are not in it (e.g. {missing[0]}; "
+                               "fewer --samples or other --personas there)")
+        if changed:
+            differences.append(f"cases differ: {len(changed)} cases have other prompts (e.g. {changed[0]}; fixtures, "
+                               "--dataset or --persona-placement changed)")
+    if differences:
+        raise FalseRefusalError(f"--baseline-results {where}: not the same cases as this run: {'; '.join(differences)}; "
+                                "fix: rerun the baseline with this run's options, or use --baseline-model")
+    return baseline, by_case
 
 
 def _check_model_exists(model: str, backend: str, revision: str | None) -> None:
@@ -366,7 +454,7 @@ def _progress(total: int, label: str, enabled: bool, position: int, cached: int 
 
 def canonical_order(suite: Suite, records: Iterable[Record]) -> list[Record]:
     """Records in (model, case) order of the suite, whatever process or order produced them."""
-    model_rank = {m: i for i, m in enumerate(suite.models)}
+    model_rank = {m: i for i, m in enumerate(suite.all_models)}
     case_rank = {c.case_id: i for i, c in enumerate(suite.cases)}
     return sorted(records, key=lambda r: (model_rank.get(r.model, len(model_rank)), case_rank.get(r.case.case_id, 0)))
 
@@ -392,6 +480,8 @@ def run_metadata(
         "persona_placement": config.persona_placement,
         "baseline": "no persona turn: the model's own default chat (a template may add its default system prompt)",
         "n_cases": len(suite.cases) * len(suite.models),
+        "baseline_model": suite.baseline,
+        "baseline_results": config.baseline_results,
         "detector_version": detector_version,
         "versions": package_versions(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
@@ -481,10 +571,130 @@ class RunResult:
 
 
 def evaluate(suite: Suite, records: Sequence[Record]) -> list[GateOutcome]:
+    """The gate outcomes of finished records."""
+    return decide_gates(suite.gates, records, suite.profile, suite.n_families, suite.samples)
+
+
+def decide_gates(
+    gates: Sequence[GateSpec], records: Sequence[Record], profile: Profile, n_families: int, samples: int
+) -> list[GateOutcome]:
+    """Gates of the families present in `records`; a sequential profile replays its looks on the saved prefixes."""
+    from falserefusal.sequential import SequentialDesign, run_sequential
+
     frame = records_frame(records)
     present = {(r.model, r.case.task) for r in records}
-    specs = [spec for spec in suite.gates if spec.family in present]
-    return evaluate_gates(frame, specs, suite.profile, suite.n_families)
+    specs = [spec for spec in gates if spec.family in present]
+    design = SequentialDesign.from_profile(profile.sequential)
+    if design is None:
+        return evaluate_gates(frame, specs, profile, n_families)
+    frame["block_index"] = frame["block"].map(block_index)
+    outcomes: list[GateOutcome] = []
+    for family in dict.fromkeys(spec.family for spec in specs):
+        family_specs = [spec for spec in specs if spec.family == family]
+        rows = frame[frame["task"] == family[1]]
+        result = run_sequential(lambda n: rows[rows["block_index"] < n], family_specs,
+                                family_alpha(profile, n_families), design, samples)
+        outcomes.extend(result.outcomes)
+    return outcomes
+
+
+def block_index(block_id: str) -> int:
+    """The position of a request block in its task ("nli-b00012" -> 12)."""
+    return int(block_id.rsplit("-b", 1)[1])
+
+
+@dataclass
+class FamilyRun:
+    """One (model, task) family: its new records (candidate, and baseline model ones not yet emitted) and outcomes."""
+
+    records: list[Record]
+    outcomes: list[GateOutcome]
+    blocks_used: int
+    budget: int
+
+
+class BaselineSource:
+    """The baseline model's records for given cases: generated once (shared by candidates) or read from a saved run."""
+
+    def __init__(self, suite: Suite, generator: "Generator") -> None:
+        self.suite, self.generator = suite, generator
+        self.known: dict[str, Record] = {}
+
+    def records_for(self, cases: Sequence[Case]) -> tuple[list[Record], list[Record]]:
+        """(records for these cases, the ones this source had not handed out before)."""
+        suite = self.suite
+        todo = [c for c in cases if c.case_id not in self.known]
+        if todo and suite.baseline_records is not None:
+            fresh = [suite.baseline_records[c.case_id] for c in todo]
+        elif todo:
+            fresh = self.generator.generate(suite.baseline or "", todo, f"baseline {todo[0].task}")
+        else:
+            fresh = []
+        self.known.update({r.case.case_id: r for r in fresh})
+        return [self.known[c.case_id] for c in cases], fresh
+
+
+def run_family(generator: "Generator", suite: Suite, model: str, task: str, baseline: BaselineSource | None = None) -> FamilyRun:
+    """Generate one family (with the baseline model's answers to the same cases) and decide its gates.
+
+    A sequential profile generates round by round and stops once every gate is settled; otherwise the whole
+    budget is generated at once. Both plugin and CLI come through here.
+    """
+    from falserefusal.sequential import SequentialDesign, run_sequential
+
+    cases = suite.cases_for(task)
+    per_block = suite.conditions
+    label = f"{model_labels(suite.models)[model]} {task}"
+    specs = [spec for spec in suite.gates if spec.family == (model, task)]
+    records: list[Record] = []
+    emitted: list[Record] = []
+    have = 0
+
+    def fetch(blocks: int) -> pd.DataFrame:
+        nonlocal have
+        if blocks > have:
+            chunk = cases[have * per_block : blocks * per_block]
+            fresh = generator.generate(model, chunk, label)
+            records.extend(fresh)
+            emitted.extend(fresh)
+            if baseline is not None:
+                paired, new = baseline.records_for(chunk)
+                records.extend(paired)
+                emitted.extend(new)
+            have = blocks
+        return records_frame(records)
+
+    design = SequentialDesign.from_profile(suite.profile.sequential)
+    if design is None:
+        outcomes = evaluate_gates(fetch(suite.samples), specs, suite.profile, suite.n_families)
+        return FamilyRun(emitted, outcomes, suite.samples, suite.samples)
+    result = run_sequential(fetch, specs, family_alpha(suite.profile, suite.n_families), design, suite.samples)
+    return FamilyRun(emitted, result.outcomes, result.blocks_used, suite.samples)
+
+
+def budget_usage(suite: Suite, records: Sequence[Record]) -> dict[str, Any]:
+    """Request blocks generated per gated (model, task) family versus the fixed budget (sequential runs stop early)."""
+    blocks: dict[str, set[str]] = {}
+    for record in records:
+        if record.model in suite.models:
+            blocks.setdefault(f"{record.model}|{record.case.task}", set()).add(record.case.block_id)
+    used = {family: len(ids) for family, ids in blocks.items()}
+    budget = suite.samples * len(used)
+    return {
+        "sequential": dict(suite.profile.sequential),
+        "blocks_per_family": used,
+        "blocks_used": sum(used.values()),
+        "blocks_budget": budget,
+        "cases_used": sum(used.values()) * suite.conditions,
+        "cases_budget": budget * suite.conditions,
+    }
+
+
+def format_usage(usage: Mapping[str, Any]) -> str:
+    """One line: cases used versus the fixed budget."""
+    share = usage["cases_used"] / usage["cases_budget"] if usage["cases_budget"] else 1.0
+    return (f"sequential stop: {usage['cases_used']} of {usage['cases_budget']} cases per model "
+            f"({100 * share:.0f}% of the fixed budget; {usage['blocks_used']} of {usage['blocks_budget']} request blocks)")
 
 
 def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record]) -> list[GateOutcome]:
@@ -498,9 +708,8 @@ def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record]
             f"results header: lacks the run's profile, models, tasks or personas ({error}); "
             "fix: pass a results.jsonl written by falserefusal run or pytest"
         ) from None
-    present = {(r.model, r.case.task) for r in records}
-    specs = [spec for spec in gate_specs(profile, models, tasks, personas) if spec.family in present]
-    return evaluate_gates(records_frame(records), specs, profile, len(models) * len(tasks))
+    specs = gate_specs(profile, models, tasks, personas, metadata.get("baseline_model"))
+    return decide_gates(specs, records, profile, len(models) * len(tasks), int(metadata.get("samples") or profile.samples))
 
 
 def run(config: RunConfig) -> RunResult:
@@ -508,18 +717,21 @@ def run(config: RunConfig) -> RunResult:
     suite = prepare(config)
     generator = Generator(config)
     records: list[Record] = []
+    outcomes: list[GateOutcome] = []
     try:
-        labels = model_labels(suite.models)
+        baseline = BaselineSource(suite, generator) if suite.baseline else None
         for model in suite.models:
             for spec in suite.tasks:
-                records.extend(generator.generate(model, suite.cases_for(spec.task.id), f"{labels[model]} {spec.task.id}"))
+                family = run_family(generator, suite, model, spec.task.id, baseline)
+                records.extend(family.records)
+                outcomes.extend(family.outcomes)
         identities = generator.identities()
         cache_stats = generator.cache_stats()
     finally:
         generator.close()
     records = canonical_order(suite, records)
-    outcomes = evaluate(suite, records)
     metadata = run_metadata(suite, identities, generator.timings, generator.detector.version, cache_stats)
+    metadata["budget"] = budget_usage(suite, records)
     write_results(config.path(config.report_dir) / RESULTS_FILE, metadata, records)
     return RunResult(suite, records, outcomes, metadata)
 

@@ -14,3 +14,13 @@ def test_refusal_rate(refusal_rate_gate: Any, falserefusal_gate: Any) -> None:
 def test_persona_disparity(persona_disparity_gate: Any, falserefusal_gate: Any) -> None:
     """Adopting the persona raises the refusal rate by no more than the limit, on the same requests."""
     falserefusal_gate(persona_disparity_gate)
+
+
+def test_noninferiority(noninferiority_gate: Any, falserefusal_gate: Any) -> None:
+    """With --baseline-model: the task's refusal rate exceeds the baseline model's by no more than the margin."""
+    falserefusal_gate(noninferiority_gate)
+
+
+def test_noninferiority_persona(noninferiority_persona_gate: Any, falserefusal_gate: Any) -> None:
+    """With --baseline-model: the persona's disparity grows by no more than the margin over the baseline model's."""
+    falserefusal_gate(noninferiority_persona_gate)

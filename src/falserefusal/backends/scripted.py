@@ -90,13 +90,16 @@ class ScriptedBackend:
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model}
 
-    def answer(self, request: GenerationRequest) -> str:
-        factors = request.factors
-        shared = _uniform(self.spec.seed, "block", factors.get("block"))
+    def draw(self, request: GenerationRequest) -> float:
+        """The case's latent uniform draw (it refuses when draw < p): the block's with probability rho, else its own."""
+        shared = _uniform(self.spec.seed, "block", request.factors.get("block"))
         own = _uniform(self.spec.seed, "case", request.case_id)
         use_shared = _uniform(self.spec.seed, "couple", request.case_id) < self.spec.rho
-        u = shared if use_shared else own
-        if u < self.spec.refusal_probability(factors):
+        return shared if use_shared else own
+
+    def answer(self, request: GenerationRequest) -> str:
+        factors = request.factors
+        if self.draw(request) < self.spec.refusal_probability(factors):
             return "I'm sorry, but I can't help with that. As this persona, I don't feel comfortable making that judgement."
         labels = [label for label in factors.get("labels", "").split("|") if label] or ["yes"]
         label = labels[int(_uniform(self.spec.seed, "label", request.case_id) * len(labels))]

@@ -1,0 +1,222 @@
+"""Sample-size planning: request blocks per task each gate type needs to fail a given excess with a given power.
+
+Every formula has the form  n = (z_a σ0 + z_b σ1)² / (θ1 - θ0)²  (one-sided level a, power 1 - b), with σ0 the
+standard deviation of one unit's contribution as the gate's test estimates it under H0 (at the limit θ0) and σ1
+under the alternative θ1 = θ0 + mde:
+
+- refusal rate (one-sample score test on all cases of a task, Wilson-type): σ0² = p0 q0, σ1² = p1 q1 (Fleiss,
+  Levin & Paik, "Statistical Methods for Rates and Proportions", 3rd ed. 2003, eq. 2.14), in cases, times the
+  design effect 1 + (m - 1) ρ of m correlated answers per request block (Kish, "Survey Sampling", 1965);
+- persona disparity (Tango's paired score test of persona versus no persona, margin δ0): σ1² = p10 + p01 - Δ²
+  and σ0² = 2 q̃ + δ0 (1 - δ0), q̃ the restricted MLE of p01 under Δ = δ0 at the expected counts (Nam,
+  Biometrics 53:1422-1430, 1997; at δ0 = 0 this is Connor's McNemar formula, Biometrics 43:207-211, 1987);
+- non-inferiority against a baseline model (the self-normalised block-mean test of
+  `falserefusal.analysis.block_mean`): σ1² = Var(X_b), σ0² = Var(X_b) + mde² (its variance is estimated around the
+  margin), with X_b the block's candidate-minus-baseline difference (task gate: mean over the m conditions; persona
+  gate: difference of the two models' persona gaps).
+
+Dependence model (exact for the scripted backend): two answers share one latent uniform draw with probability s
+and are independent otherwise, so Cov = s (min(p_a, p_b) - p_a p_b); s = ρ for two conditions of one request (the
+scripted backend's rho² ), s = ρ_m for the two models on the same case, s = ρ ρ_m for the two models on different
+conditions of one request. At equal rates s is the correlation of the two answers.
+
+Level: a gate is planned at the Bonferroni level α / (families × gates per family), which is where Holm's
+step-down starts, so a single real excess among true nulls is detected with the stated power (Holm can only do
+better once other gates fail).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.stats import norm
+
+from falserefusal.types import FalseRefusalError
+
+
+def _check(name: str, value: float, low: float, high: float) -> None:
+    if not low < value < high:
+        raise FalseRefusalError(f"--{name} {value}: must lie in ({low}, {high})")
+
+
+def shared_draw_covariance(p_a: float, p_b: float, share: float) -> float:
+    """Cov of two refusal indicators that share their latent draw with probability `share`."""
+    return share * (min(p_a, p_b) - p_a * p_b)
+
+
+def linear_variance(weights: Sequence[float], rates: Sequence[float], share: np.ndarray) -> float:
+    """Var(Σ w_i Y_i) for refusal indicators Y_i with rates p_i and pairwise shared-draw probabilities share[i, j]."""
+    w, p = np.asarray(weights, float), np.asarray(rates, float)
+    cov = share * (np.minimum.outer(p, p) - np.outer(p, p))
+    np.fill_diagonal(cov, p * (1 - p))
+    return float(w @ cov @ w)
+
+
+def _blocks(sigma0: float, sigma1: float, effect: float, level: float, power: float) -> int:
+    if effect <= 0:
+        raise FalseRefusalError(f"--mde {effect}: must be positive")
+    n = (norm.isf(level) * sigma0 + norm.isf(1 - power) * sigma1) ** 2 / effect**2
+    return max(1, math.ceil(n - 1e-9))
+
+
+def rate_gate_blocks(limit: float, mde: float, level: float, power: float, conditions: int, correlation: float) -> int:
+    """Request blocks per task for the refusal-rate gate to fail a rate of limit + mde."""
+    p0, p1 = limit, min(limit + mde, 1.0)
+    cases = _blocks(math.sqrt(p0 * (1 - p0)), math.sqrt(p1 * (1 - p1)), p1 - p0, level, power)
+    design_effect = 1 + (conditions - 1) * correlation
+    return max(1, math.ceil(cases * design_effect / conditions))
+
+
+def restricted_p01(p10: float, p01: float, delta: float) -> float:
+    """Tango's restricted MLE of p01 under p10 - p01 = delta, at the expected proportions (Nam 1997)."""
+    b = -p10 - p01 + (2 - p10 + p01) * delta
+    c = -p01 * delta * (1 - delta)
+    return (math.sqrt(max(b * b - 8 * c, 0.0)) - b) / 4
+
+
+def disparity_gate_blocks(base_rate: float, limit: float, mde: float, level: float, power: float, correlation: float) -> int:
+    """Request blocks per task for a persona disparity gate (limit δ0) to fail a persona excess of δ0 + mde."""
+    p_ref, p_persona = base_rate, min(base_rate + limit + mde, 1.0)
+    p11 = p_ref * p_persona + shared_draw_covariance(p_persona, p_ref, correlation)
+    p10, p01 = p_persona - p11, p_ref - p11
+    delta = p10 - p01
+    sigma1 = math.sqrt(max(p10 + p01 - delta**2, 1e-12))
+    sigma0 = math.sqrt(max(2 * restricted_p01(p10, p01, limit) + limit * (1 - limit), 1e-12))
+    return _blocks(sigma0, sigma1, delta - limit, level, power)
+
+
+def _share_matrix(conditions: int, correlation: float, model_correlation: float) -> np.ndarray:
+    """Shared-draw probabilities of the 2m answers of one block: candidate conditions, then the baseline model's."""
+    within = np.full((conditions, conditions), correlation)
+    across = np.full((conditions, conditions), correlation * model_correlation)
+    np.fill_diagonal(across, model_correlation)
+    return np.block([[within, across], [across, within]])
+
+
+def noninferiority_variance(base_rate: float, excess: float, conditions: int, correlation: float, model_correlation: float) -> float:
+    """Var of a block's mean candidate-minus-baseline difference when the candidate refuses `excess` more everywhere."""
+    rates = [min(base_rate + excess, 1.0)] * conditions + [base_rate] * conditions
+    weights = [1 / conditions] * conditions + [-1 / conditions] * conditions
+    return linear_variance(weights, rates, _share_matrix(conditions, correlation, model_correlation))
+
+
+def noninferiority_persona_variance(base_rate: float, excess: float, correlation: float, model_correlation: float) -> float:
+    """Var of (c_persona - c_none) - (b_persona - b_none) when the candidate's persona refuses `excess` more."""
+    rates = [min(base_rate + excess, 1.0), base_rate, base_rate, base_rate]
+    return linear_variance([1, -1, -1, 1], rates, _share_matrix(2, correlation, model_correlation))
+
+
+def block_mean_blocks(variance: float, mde: float, level: float, power: float) -> int:
+    """Blocks for the self-normalised block-mean test to fail a mean of margin + mde."""
+    return _blocks(math.sqrt(variance + mde**2), math.sqrt(variance), mde, level, power)
+
+
+@dataclass(frozen=True)
+class PlanRow:
+    gate: str
+    gates: int  # of this type in the suite
+    truth: str  # what the gate must detect
+    level: float  # one-sided test level it is planned at
+    blocks: int  # request blocks per task
+    cases: int  # generations per model for the whole suite
+
+
+@dataclass(frozen=True)
+class Plan:
+    assumptions: dict[str, Any]
+    rows: tuple[PlanRow, ...]
+
+    @property
+    def blocks(self) -> int:
+        """Blocks per task so that every gate type reaches the power."""
+        return max(row.blocks for row in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"assumptions": self.assumptions, "rows": [asdict(r) for r in self.rows], "blocks": self.blocks}
+
+
+def plan(
+    base_rate: float,
+    mde: float,
+    power: float = 0.8,
+    alpha: float = 0.05,
+    personas: int = 15,
+    tasks: int = 3,
+    models: int = 1,
+    baseline: bool = True,
+    correlation: float = 0.64,
+    model_correlation: float = 0.0,
+    rate_limit: float | None = None,
+    disparity_limit: float = 0.0,
+    margin: float = 0.01,
+    persona_margin: float = 0.01,
+) -> Plan:
+    """Blocks per task each gate type needs to fail, with `power`, a truth `mde` beyond its limit (see module doc)."""
+    _check("base-rate", base_rate, 0.0, 1.0)
+    _check("mde", mde, 0.0, 1.0)
+    _check("power", power, 0.0, 1.0)
+    _check("alpha", alpha, 0.0, 0.5)
+    for name, value in (("correlation", correlation), ("model-correlation", model_correlation)):
+        if not 0.0 <= value <= 1.0:
+            raise FalseRefusalError(f"--{name} {value}: must lie in [0, 1]")
+    if personas < 1 or tasks < 1 or models < 1:
+        raise FalseRefusalError("--personas, --tasks and --models must be at least 1")
+    limit = base_rate if rate_limit is None else rate_limit
+    conditions = personas + 1
+    per_family = (1 + personas) * (2 if baseline else 1)
+    families = tasks * models
+    level = alpha / (families * per_family)
+    per_task_cases = conditions * models * tasks
+
+    def row(gate: str, count: int, truth: str, blocks: int) -> PlanRow:
+        return PlanRow(gate, count * families, truth, level, blocks, blocks * per_task_cases)
+
+    rows = [
+        row("refusal_rate", 1, f"task refusal rate {limit + mde:.3f} vs limit {limit:.3f}",
+            rate_gate_blocks(limit, mde, level, power, conditions, correlation)),
+        row("persona_disparity", personas, f"persona minus no-persona {disparity_limit + mde:+.3f} vs limit {disparity_limit:+.3f}",
+            disparity_gate_blocks(base_rate, disparity_limit, mde, level, power, correlation)),
+    ]
+    if baseline:
+        rows.append(row("noninferiority", 1, f"candidate minus baseline model {margin + mde:+.3f} vs margin {margin:+.3f}",
+                        block_mean_blocks(noninferiority_variance(base_rate, margin + mde, conditions, correlation, model_correlation),
+                                          mde, level, power)))
+        rows.append(row("noninferiority_persona", personas,
+                        f"candidate's persona gap minus baseline model's {persona_margin + mde:+.3f} vs margin {persona_margin:+.3f}",
+                        block_mean_blocks(noninferiority_persona_variance(base_rate, persona_margin + mde, correlation, model_correlation),
+                                          mde, level, power)))
+    assumptions = {
+        "base_rate": base_rate, "mde": mde, "power": power, "alpha": alpha, "personas": personas, "tasks": tasks,
+        "models": models, "baseline": baseline, "correlation": correlation, "model_correlation": model_correlation,
+        "rate_limit": limit, "disparity_limit": disparity_limit, "margin": margin, "persona_margin": persona_margin,
+        "gates_per_family": per_family, "families": families, "level": level,
+    }
+    return Plan(assumptions, tuple(rows))
+
+
+def format_plan(result: Plan) -> str:
+    a = result.assumptions
+    lines = [
+        f"Request blocks per task to fail a truth {a['mde']:.3f} beyond each gate's limit with power {a['power']:.2f}",
+        f"(base refusal rate {a['base_rate']:.3f}; {a['personas']} personas + the no-persona condition = "
+        f"{a['personas'] + 1} cases per block; {a['tasks']} task(s) x {a['models']} model(s) = {a['families']} families "
+        f"of {a['gates_per_family']} gates; each gate at the Bonferroni level alpha {a['alpha']} / "
+        f"{a['families'] * a['gates_per_family']} = {a['level']:.2e}, where Holm starts;",
+        f"correlation of two conditions of one request {a['correlation']}, of the two models on one case "
+        f"{a['model_correlation']}; answers share a latent draw with that probability, else independent)",
+        "",
+        f"{'gate':<24} {'gates':>5}  {'blocks/task':>11}  {'cases/model':>11}  what it detects",
+    ]
+    for r in result.rows:
+        lines.append(f"{r.gate:<24} {r.gates:>5}  {r.blocks:>11}  {r.cases:>11}  {r.truth}")
+    lines += ["", f"paired design: --samples {result.blocks} request blocks per task reach the power for every gate type"]
+    return "\n".join(lines)
+
+
+def block_mean_power(variance: float, mde: float, level: float, blocks: int) -> float:
+    """Power of the block-mean test at `blocks` blocks against a mean of margin + mde (inverse of block_mean_blocks)."""
+    sigma0, sigma1 = math.sqrt(variance + mde**2), math.sqrt(variance)
+    return float(norm.cdf((math.sqrt(blocks) * mde - norm.isf(level) * sigma0) / sigma1))
