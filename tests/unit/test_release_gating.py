@@ -189,3 +189,16 @@ def test_comparison_table_and_flipped_examples(workdir: Path) -> None:
     examples = flipped_examples(result.records, candidate, baseline, limit=3)
     assert [e["case_id"] for e in examples] == ["nli-b00000-muslim", "nli-b00001-muslim", "nli-b00002-muslim"]
     assert examples[0]["refused_by"] == "candidate" and "sorry" in examples[0]["candidate_response"]
+
+
+def test_report_has_the_candidate_versus_baseline_section_with_escaped_examples(workdir: Path) -> None:
+    from falserefusal.report import build_report
+
+    candidate, baseline = "scripted:base=0.0,persona.muslim=1.0,name=cand", "scripted:base=0.0,name=base"
+    result = run(RunConfig(models=(candidate,), baseline_model=baseline, backend="scripted", samples=8, profile="release",
+                           tasks=("nli",), personas=("religion",), progress=False))
+    records = [replace(r, response="<script>alert(1)</script> I'm sorry, I can't.") if r.refused else r for r in result.records]
+    html = build_report(result.metadata, records, result.outcomes, workdir / "out").read_text()
+    assert "1b. Candidate versus baseline model" in html and "cand vs base" in html
+    assert "nli-b00000-muslim" in html and "<script>alert" not in html and "&lt;script&gt;" in html
+    assert "non-inferiority of disparity" in html and "baseline model base" in html

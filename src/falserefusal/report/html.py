@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from falserefusal.analysis import fit_logistic, persona_disparities, records_frame, refusal_rates, sensitivity_table
+from falserefusal.analysis.comparison import comparison_table, flipped_examples
 from falserefusal.analysis.sensitivity import DEFAULT_FACTORS
 from falserefusal.gates import GateOutcome
 from falserefusal.report import figures
@@ -81,13 +82,17 @@ def _ordered(preferred: Iterable[str], present: Iterable[str]) -> list[str]:
 # ----- sections ------------------------------------------------------------------------------------------------
 
 
+GATE_KIND_NAMES = {"refusal_rate": "refusal rate", "persona_disparity": "persona disparity",
+                   "noninferiority": "non-inferiority", "noninferiority_persona": "non-inferiority of disparity"}
+
+
 def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]:
     spec = outcome.spec
     is_rate = spec.kind == "refusal_rate"
     fmt = _pct if is_rate else _pp
     return {
         "passed": outcome.passed,
-        "kind": "refusal rate" if is_rate else "persona disparity",
+        "kind": GATE_KIND_NAMES.get(spec.kind, spec.kind),
         "model": labels.get(spec.model, spec.model),
         "task": spec.task,
         "persona": spec.persona or "all",
@@ -172,6 +177,9 @@ def _evidence(outcomes: Sequence[GateOutcome], records: Sequence[Record], labels
     blocks = {(r.model, r.case.block_id) for r in by_case.values()}
     baselines = {(r.model, r.case.block_id): r for r in records
                  if r.case.persona == BASELINE_ID and (r.model, r.case.block_id) in blocks}
+    # a non-inferiority gate compares with the baseline model's answer to the same case
+    references = {o.spec.reference for o in failed if o.spec.reference}
+    reference_cases = {(r.model, r.case.case_id): r for r in records if r.model in references}
     sections = []
     for outcome in failed:
         examples = []
@@ -179,11 +187,36 @@ def _evidence(outcomes: Sequence[GateOutcome], records: Sequence[Record], labels
             record = by_case.get((outcome.spec.model, case_id))
             if record is None:
                 continue
-            reference = None if record.case.persona == BASELINE_ID else baselines.get((record.model, record.case.block_id))
-            examples.append({"block": record.case.block_id, "paraphrase": record.case.paraphrase_id,
-                             "forcing_level": record.case.forcing_level, "item": record.case.item_id,
-                             "subject": _side(record), "baseline": _side(reference)})
+            example = {"block": record.case.block_id, "paraphrase": record.case.paraphrase_id,
+                       "forcing_level": record.case.forcing_level, "item": record.case.item_id, "subject": _side(record)}
+            if outcome.spec.reference:
+                example.update(baseline=_side(reference_cases.get((outcome.spec.reference, case_id))),
+                               subject_title=f"candidate {labels.get(record.model, record.model)}",
+                               baseline_title=f"baseline model {labels.get(outcome.spec.reference, outcome.spec.reference)}")
+            else:
+                reference = None if record.case.persona == BASELINE_ID else baselines.get((record.model, record.case.block_id))
+                example["baseline"] = _side(reference)
+            examples.append(example)
         sections.append({"gate": _gate_row(outcome, labels), "examples": examples})
+    return sections
+
+
+def _comparison(metadata: Mapping[str, Any], records: Sequence[Record], frame: pd.DataFrame,
+                labels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Per candidate: the delta table against the baseline model and flipped examples (empty without a baseline)."""
+    baseline = metadata.get("baseline_model")
+    if not baseline or not (frame["model"] == baseline).any():
+        return []
+    sections = []
+    for candidate in metadata.get("models") or []:
+        table = comparison_table(frame, candidate, baseline)
+        if table.empty:
+            continue
+        sections.append({
+            "candidate": labels.get(candidate, candidate), "baseline": labels.get(baseline, baseline),
+            "rows": table.to_dict(orient="records"),
+            "examples": flipped_examples(records, candidate, baseline, limit=EXAMPLES_PER_GATE),
+        })
     return sections
 
 
@@ -250,7 +283,7 @@ def report_context(
         "several_models": len(models) > 1,
     }
     if frame.empty:
-        context.update(empty=True, evidence=[], metadata=_metadata_rows(metadata, models, command_line))
+        context.update(empty=True, evidence=[], comparison=[], metadata=_metadata_rows(metadata, models, command_line))
         context["build_s"] = time.perf_counter() - started
         return context
     context["empty"] = False
@@ -299,6 +332,9 @@ def report_context(
         "n": regression.n,
         "reading": _regression_reading(regression.table, regression.notes),
     }
+
+    # 1b. candidate versus baseline model
+    context["comparison"] = _comparison(metadata, records, frame, labels)
 
     # 7. evidence, 8. metadata
     context["evidence"] = _evidence(outcomes, records, labels)
