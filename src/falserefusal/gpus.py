@@ -1,4 +1,4 @@
-"""Which GPU a pytest-xdist worker uses: one each (round robin), instead of every worker piling onto cuda:0."""
+"""What a pytest-xdist worker may use: one GPU each (round robin) instead of all on cuda:0, and a share of the CPUs."""
 
 from __future__ import annotations
 
@@ -40,3 +40,14 @@ def pin_worker_gpu(device: str, worker_index: int, environ: MutableMapping[str, 
     if gpu is not None:
         environ["CUDA_VISIBLE_DEVICES"] = gpu
     return gpu
+
+
+def share_cpu_threads(worker_count: int, environ: MutableMapping[str, str] = os.environ, cpus: int | None = None) -> int | None:
+    """Give each of `worker_count` workers cpus/worker_count OpenMP threads (call before torch is imported): N workers
+    that each spin a thread per core on the same cores slow each other down many times over. A value the user
+    set in OMP_NUM_THREADS stands."""
+    if worker_count < 2 or "OMP_NUM_THREADS" in environ:
+        return None
+    threads = max(1, (cpus or os.cpu_count() or 1) // worker_count)
+    environ["OMP_NUM_THREADS"] = str(threads)
+    return threads

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,7 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 from falserefusal.gates import GateOutcome, GateSpec
-from falserefusal.gpus import pin_worker_gpu
+from falserefusal.gpus import pin_worker_gpu, share_cpu_threads
 from falserefusal.options import OPTIONS, add_options, resolve
 from falserefusal.runner import (
     RESULTS_FILE,
@@ -152,12 +151,13 @@ def pytest_configure(config: pytest.Config) -> None:
     if hasattr(config, "workerinput"):  # before anything loads torch: one GPU per worker on a multi-GPU machine
         device = resolve(_option("device"), config.getoption(_option("device").dest), config.getini(_option("device").dest))
         pin_worker_gpu(device, _worker_index(config))
+        share_cpu_threads(int(config.workerinput.get("workercount", 1)))
         return
     if getattr(config.option, "dist", "no") in ("load", "worksteal", "each"):
-        warnings.warn(
+        config.issue_config_time_warning(pytest.PytestConfigWarning(
             f"falserefusal: --dist {config.option.dist} splits a (model, task) family across workers, which then "
             "generate it more than once; use --dist loadgroup (the default falserefusal picks with -n)"
-        )
+        ), stacklevel=2)
 
 
 def _option(name: str) -> Any:

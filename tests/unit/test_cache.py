@@ -11,7 +11,7 @@ import pytest
 
 from falserefusal.backends import BackendOptions
 from falserefusal.cache import CACHE_FILE, CacheKey, GenerationCache
-from falserefusal.gpus import pin_worker_gpu, visible_gpus, worker_gpu
+from falserefusal.gpus import pin_worker_gpu, share_cpu_threads, visible_gpus, worker_gpu
 from falserefusal.runner import Generator, RunConfig, prepare
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest, Message
 
@@ -239,3 +239,11 @@ def test_pinning_sets_cuda_visible_devices_from_the_visible_list() -> None:
     assert pin_worker_gpu("auto", 1, environ) == "3" and environ["CUDA_VISIBLE_DEVICES"] == "3"
     environ = {"CUDA_VISIBLE_DEVICES": "5"}
     assert pin_worker_gpu("auto", 1, environ) is None and environ == {"CUDA_VISIBLE_DEVICES": "5"}
+
+
+def test_workers_share_the_cpu_threads_unless_the_user_chose() -> None:
+    environ: dict[str, str] = {}
+    assert share_cpu_threads(2, environ, cpus=16) == 8 and environ == {"OMP_NUM_THREADS": "8"}
+    assert share_cpu_threads(4, {}, cpus=2) == 1
+    assert share_cpu_threads(1, {}, cpus=2) is None
+    assert share_cpu_threads(2, {"OMP_NUM_THREADS": "3"}, cpus=16) is None
