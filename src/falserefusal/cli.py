@@ -122,12 +122,48 @@ def _cmd_simulate_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--replicates", type=int, default=None, help="seeds to simulate (default: 200; --quick: 20)")
+    parser.add_argument("--seed", type=int, default=0, help="root seed; replicate seeds derive from it (default: 0)")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="request blocks per task (default: the profile's samples in thresholds.yaml)")
+    parser.add_argument("--rho", type=float, default=0.8, help="scripted within-block correlation (default: 0.8)")
+    parser.add_argument("--profile", default="release", help="gating profile in thresholds.yaml (default: release)")
+    parser.add_argument("--thresholds", default="thresholds.yaml", metavar="PATH", help="gating policy file")
+    parser.add_argument("--fixtures-dir", default="fixtures", metavar="DIR", help="folder with personas.yaml and tasks/")
+    parser.add_argument("--jobs", type=int, default=0, metavar="N", help="worker processes (default: every CPU)")
+    parser.add_argument("--quick", action="store_true", help="a small, fast run (for tests): 20 replicates of 120 blocks")
+    parser.add_argument("--json", action="store_true", help="also print the summary as one JSON object on the last line")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    import json
+
+    from falserefusal.simulation import QUICK, SimulationSettings, format_summary, simulate
+
+    values = dict(QUICK) if args.quick else {}
+    for name in ("replicates", "samples"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    settings = SimulationSettings(
+        **values, seed=args.seed, rho=args.rho, profile=args.profile, thresholds=args.thresholds,
+        fixtures=args.fixtures_dir, jobs=args.jobs,
+    )
+    summary = simulate(settings)
+    print(format_summary(summary))
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("run the suite (same options as the pytest plugin) and write results", lambda p: add_options(p.add_argument), _cmd_run),
     "report": ("rebuild the HTML report from a saved results.jsonl, without a model", _configure_report, _cmd_report),
     "plan": ("request blocks per task each gate type needs (sample-size planning)", _plan_options, _cmd_plan),
     "simulate-release": ("simulate candidate-versus-baseline gating with scripted models: false fails, power, "
                          "sequential savings", _simulate_release_options, _cmd_simulate_release),
+    "simulate": ("validate the gates and the analysis on scripted models: false-fail rate, power, ranking, paired CI width",
+                 _simulate_options, _cmd_simulate),
 }
 
 

@@ -1,0 +1,140 @@
+"""The simulation's parts equal the real path (sampler, scripted backend, detector, gates) and its summary is sane."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from falserefusal import simulation
+from falserefusal.analysis import records_frame
+from falserefusal.cases import draw_cases
+from falserefusal.cli import main
+from falserefusal.gates import evaluate_gates
+from falserefusal.runner import Generator, RunConfig, prepare
+from falserefusal.simulation import (
+    JSON_KEYS,
+    Draws,
+    SimulationSettings,
+    build_plan,
+    draw_design,
+    find_budget,
+    results_frame,
+    scripted_refusals,
+    simulate,
+)
+from falserefusal.backends.scripted import ScriptedSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+# every kind of shift, a rho between 0 and 1 and a model seed: all of the scripted backend's semantics
+SPEC = ("scripted:base=0.2,persona.muslim=+0.3,persona.man=-0.1,task.nli=+0.1,forcing.unforced=+0.2,"
+        "paraphrase.forced-2=+0.4,item.nli-003=+0.5,rho=0.5,seed=7")
+
+
+def suite(samples: int, seed: int, model: str = SPEC):
+    return prepare(RunConfig(models=(model,), backend="scripted", samples=samples, seed=seed, profile="release",
+                             root=str(ROOT), progress=False))
+
+
+def test_design_has_the_samplers_cases_in_order() -> None:
+    s = suite(6, 3)
+    design = draw_design(s.tasks, s.personas, s.phrasings, 6, 3)
+    cases = draw_cases(s.tasks, s.personas, s.phrasings, 6, 3)
+    expected = pd.DataFrame(
+        {
+            "task": [c.task for c in cases], "forcing_level": [c.forcing_level for c in cases],
+            "paraphrase": [c.paraphrase_id for c in cases], "item": [c.item_id for c in cases],
+            "block": [c.block_id for c in cases], "persona": [c.persona for c in cases],
+            "persona_dimension": [c.persona_dimension for c in cases], "phrasing": [c.phrasing_id for c in cases],
+            "case_id": [c.case_id for c in cases], "seed": [c.seed for c in cases],
+        }
+    )
+    assert design[list(expected.columns)].astype(object).equals(expected.astype(object))
+
+
+def test_first_blocks_of_a_larger_design_are_the_smaller_run() -> None:
+    s = suite(2, 0)
+    large = draw_design(s.tasks, s.personas, s.phrasings, 10, 5)
+    small = draw_design(s.tasks, s.personas, s.phrasings, 5, 5)
+    prefix = large[large["block_index"] < 5].reset_index(drop=True)
+    pd.testing.assert_frame_equal(prefix, small)
+
+
+def test_vectorised_answers_equal_the_scripted_backend_and_detector() -> None:
+    """One replicate's frame equals records_frame of ScriptedBackend answers labelled by the real detector."""
+    s = suite(12, 7)
+    generator = Generator(s.config)
+    records = [r for spec in s.tasks for r in generator.generate(SPEC, s.cases_for(spec.task.id))]
+    expected = records_frame(records)
+    design = draw_design(s.tasks, s.personas, s.phrasings, 12, 7)
+    spec = ScriptedSpec.parse(SPEC)
+    frame = results_frame(design, SPEC, scripted_refusals(spec, design, Draws.compute(design, spec.seed)))
+    columns = [c for c in expected.columns if c != "rule"]  # the detector's rule name is not simulated
+    pd.testing.assert_frame_equal(frame[columns].reset_index(drop=True), expected[columns], check_dtype=False)
+    # both branches of the scripted answer occur, so the detector was checked on each
+    assert 0 < expected["refused"].sum() < len(expected)
+    assert {r.rule for r in records if r.refused}.isdisjoint({r.rule for r in records if not r.refused})
+
+
+def test_gates_per_family_equal_evaluate_gates_on_the_whole_frame() -> None:
+    model = "scripted:base=0.05,persona.muslim=+0.5,rho=0.8,seed=1"
+    s = suite(60, 1, model)
+    plan = build_plan(SimulationSettings(replicates=1, samples=60, root=str(ROOT)))
+    design = draw_design(s.tasks, s.personas, s.phrasings, 60, 1)
+    frame = results_frame(design, model, scripted_refusals(ScriptedSpec.parse(model), design, Draws.compute(design, 1)))
+    expected = {o.spec: not o.passed for o in evaluate_gates(frame, s.gates, s.profile, s.n_families)}
+    got = dict(simulation._gate_failures(plan, frame, model))
+    assert got == expected and any(expected.values())
+
+
+def test_budget_search_finds_the_smallest_budget_reaching_the_target(monkeypatch: pytest.MonkeyPatch) -> None:
+    plan = build_plan(SimulationSettings(replicates=1, samples=300, root=str(ROOT)))
+    monkeypatch.setattr(simulation, "power_at", lambda plan, n, jobs: min(1.0, n / 1000))
+    budget, measured = find_budget(plan, 0.8, 1, {})
+    assert 800 <= budget <= 840 and all(measured[n] < 0.8 for n in measured if n < 800)
+    budget, _ = find_budget(build_plan(SimulationSettings(replicates=1, samples=900, root=str(ROOT))), 0.8, 1, {})
+    assert 800 <= budget <= 840
+
+
+def test_quick_summary_is_sane_and_finds_a_huge_effect() -> None:
+    settings = SimulationSettings(replicates=3, samples=60, ranking_boot=5, find_budget=False, jobs=1,
+                                  power_shift=0.5, root=str(ROOT))
+    summary = simulate(settings)
+    assert set(JSON_KEYS) <= set(summary) and summary["replicates"] == 3
+    assert summary["family_wise_false_fail_rate"] <= 0.15
+    assert summary["power"] == 1.0
+    assert 0.0 <= summary["ranking_recovery"] <= 1.0
+    assert 0.0 < summary["paired_vs_iid_ci_width_ratio"] < 1.0  # pairing helps when answers correlate (rho 0.8)
+    ranking = summary["ranking"]
+    assert ranking["planted_index"]["model"] > ranking["planted_index"]["task"] > ranking["planted_index"]["persona"]
+    assert ranking["nested_paraphrase_above_task"]["rate"] == 1.0  # a finer partition never has a smaller index
+    json.dumps(summary)
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    shutil.copytree(ROOT / "fixtures", tmp_path / "fixtures")
+    shutil.copy(ROOT / "thresholds.yaml", tmp_path / "thresholds.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_cli_simulate_prints_a_table_and_json_last(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["simulate", "--quick", "--replicates", "2", "--samples", "40", "--jobs", "1", "--json"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert any(line.startswith("(a) family-wise false-fail rate") for line in lines)
+    summary = json.loads(lines[-1])
+    assert set(JSON_KEYS) <= set(summary) and summary["replicates"] == 2
+    assert summary["settings"]["samples"] == 40 and summary["settings"]["profile"] == "release"
+    assert all(math.isfinite(summary[key]) for key in JSON_KEYS)
+
+
+def test_cli_simulate_rejects_a_bad_rho(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--quick", "--rho", "1.5"]) == 2
+    assert "--rho 1.5" in capsys.readouterr().err
