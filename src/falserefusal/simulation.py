@@ -35,11 +35,10 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_all_start_methods, get_context
 from typing import Any, Iterable, Mapping, Sequence
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from falserefusal.analysis import fit_logistic, persona_disparities, records_frame, sensitivity_table
+from falserefusal.runner import read_results as read_run
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -105,3 +108,42 @@ def test_options_can_be_set_in_the_ini_file(project: pytest.Pytester) -> None:
     result = project.runpytest("--no-progress", "--profile", "release")
     result.assert_outcomes(passed=16)
     assert len(read_results(project.path / "report" / "results.jsonl")) == 3 * 16
+
+
+TWO_MODELS_ALPHA = "scripted:name=alpha,base=0.02,rho=0.8"
+TWO_MODELS_BETA = "scripted:name=beta,base=0.2,persona.muslim=0.3,rho=0.8"
+
+
+def test_two_scripted_models_in_one_run(project: pytest.Pytester) -> None:
+    result = project.runpytest(
+        "--model", TWO_MODELS_ALPHA, "--model", TWO_MODELS_BETA, "--profile", "release", "--samples", "150", "--seed", "3",
+        "--tasks", "offensiveness", "--no-progress", "-v",
+    )
+    # beta refuses 20% (> the 5% limit) and more as a Muslim; alpha meets every limit
+    result.assert_outcomes(failed=2, passed=30)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_refusal_rate[[]alpha-offensiveness[]] PASSED*",
+            "*test_refusal_rate[[]beta-offensiveness[]] FAILED*",
+            "*test_persona_disparity[[]alpha-offensiveness-muslim[]] PASSED*",
+            "*test_persona_disparity[[]beta-offensiveness-muslim[]] FAILED*",
+        ]
+    )
+    # two (model, task) families share the suite's alpha
+    result.stdout.fnmatch_lines(["*FAIL persona disparity offensiveness/muslim [[]scripted:name=beta*alpha 0.025*"])
+
+    _, records = read_run(project.path / "report" / "results.jsonl")
+    frame = records_frame(records)
+    assert frame.groupby("model").size().to_dict() == {TWO_MODELS_ALPHA: 150 * 16, TWO_MODELS_BETA: 150 * 16}
+
+    regression = fit_logistic(frame)
+    assert "C(model)" in regression.formula
+    model_term = regression.table.set_index("term").loc[f"model[{TWO_MODELS_BETA}]"]
+    assert model_term["ci_low"] > 1.0  # beta refuses more often than alpha, the reference level
+
+    sensitivity = sensitivity_table(frame, n_boot=20).set_index("factor")
+    assert sensitivity.loc["model", "n_levels"] == 2 and bool(sensitivity.loc["model", "distinguishable"])
+
+    disparities = persona_disparities(frame).set_index(["model", "persona"])
+    assert len(disparities) == 2 * 15
+    assert disparities.loc[(TWO_MODELS_BETA, "muslim"), "ci_low"] > 0 > disparities.loc[(TWO_MODELS_ALPHA, "muslim"), "ci_low"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from falserefusal.cli import main
+from falserefusal.simulation import JSON_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,3 +53,19 @@ def test_python_dash_m_is_the_same_command(workdir: Path) -> None:
                              "--samples", "2", "--profile", "release", "--no-progress"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (workdir / "report" / "results.jsonl").is_file()
+
+
+def test_cli_simulate_prints_a_table_and_json_last(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["simulate", "--quick", "--replicates", "2", "--samples", "40", "--jobs", "1", "--json"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0
+    assert any(line.startswith("(a) family-wise false-fail rate") for line in lines)
+    summary = json.loads(lines[-1])
+    assert set(JSON_KEYS) <= set(summary) and summary["replicates"] == 2
+    assert summary["settings"]["samples"] == 40 and summary["settings"]["profile"] == "release"
+    assert all(math.isfinite(summary[key]) for key in JSON_KEYS)
+
+
+def test_cli_simulate_rejects_a_bad_rho(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--quick", "--rho", "1.5"]) == 2
+    assert "--rho 1.5" in capsys.readouterr().err

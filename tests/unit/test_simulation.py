@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import json
-import math
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from falserefusal import simulation
 from falserefusal.analysis import records_frame
 from falserefusal.cases import draw_cases
-from falserefusal.cli import main
 from falserefusal.gates import evaluate_gates
 from falserefusal.runner import Generator, RunConfig, prepare
 from falserefusal.simulation import (
@@ -114,27 +110,3 @@ def test_quick_summary_is_sane_and_finds_a_huge_effect() -> None:
     assert ranking["planted_index"]["model"] > ranking["planted_index"]["task"] > ranking["planted_index"]["persona"]
     assert ranking["nested_paraphrase_above_task"]["rate"] == 1.0  # a finer partition never has a smaller index
     json.dumps(summary)
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    shutil.copytree(ROOT / "fixtures", tmp_path / "fixtures")
-    shutil.copy(ROOT / "thresholds.yaml", tmp_path / "thresholds.yaml")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def test_cli_simulate_prints_a_table_and_json_last(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["simulate", "--quick", "--replicates", "2", "--samples", "40", "--jobs", "1", "--json"])
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert code == 0
-    assert any(line.startswith("(a) family-wise false-fail rate") for line in lines)
-    summary = json.loads(lines[-1])
-    assert set(JSON_KEYS) <= set(summary) and summary["replicates"] == 2
-    assert summary["settings"]["samples"] == 40 and summary["settings"]["profile"] == "release"
-    assert all(math.isfinite(summary[key]) for key in JSON_KEYS)
-
-
-def test_cli_simulate_rejects_a_bad_rho(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["simulate", "--quick", "--rho", "1.5"]) == 2
-    assert "--rho 1.5" in capsys.readouterr().err
