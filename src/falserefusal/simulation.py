@@ -237,7 +237,7 @@ def build_plan(settings: SimulationSettings) -> Plan:
     suite = prepare(
         RunConfig(
             models=("scripted:base=0",), backend="scripted", samples=1, profile=settings.profile,
-            thresholds=settings.thresholds, fixtures=settings.fixtures, root=settings.root, progress=False,
+            thresholds=settings.thresholds, fixtures=settings.fixtures, root=settings.root, progress=False, use_cache=False,
         )
     )
     samples = settings.samples if settings.samples is not None else suite.profile.samples

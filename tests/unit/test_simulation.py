@@ -34,7 +34,7 @@ SPEC = ("scripted:base=0.2,persona.muslim=+0.3,persona.man=-0.1,task.nli=+0.1,fo
 
 def suite(samples: int, seed: int, model: str = SPEC):
     return prepare(RunConfig(models=(model,), backend="scripted", samples=samples, seed=seed, profile="release",
-                             root=str(ROOT), progress=False))
+                             root=str(ROOT), progress=False, use_cache=False))
 
 
 def test_design_has_the_samplers_cases_in_order() -> None:
