@@ -344,6 +344,8 @@ class Generator:
         # are fixed before the cache is read, so a resumed run batches its missing cases as the first run would have
         order = sorted(range(len(cases)), key=lambda i: (sum(len(m.content) for m in cases[i].messages), i))
         batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        if not self.config.rescore:
+            self.backend(model)  # loading is timed as load_s, not generate_s
         started = time.perf_counter()
         if self.config.rescore:
             assert self.cache is not None  # prepare() refuses --rescore with --no-cache
