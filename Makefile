@@ -11,6 +11,11 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 
+# llama.cpp's OpenAI-compatible server, for tests/e2e/test_openai_server.py only (`make run` does not need it):
+# a source build of several minutes; GGML_NATIVE=OFF because the native build crashed on CPUs with AMX
+SERVER_STAMP := $(VENV)/.server-installed
+LLAMA_CPP_SPEC ?= llama-cpp-python[server]==0.3.36
+
 .PHONY: setup run test bench clean
 
 $(STAMP): pyproject.toml
@@ -23,10 +28,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+$(SERVER_STAMP): $(STAMP)
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet "$(LLAMA_CPP_SPEC)"
+	touch $(SERVER_STAMP)
+
 run: setup
 	$(PY) -m pytest tests/refusal --html=report/pytest.html --self-contained-html --junitxml=report/junit.xml $(ARGS)
 
-test: setup
+test: setup $(SERVER_STAMP)
 	$(PY) -m pytest tests/unit tests/plugin tests/e2e $(ARGS)
 
 bench: setup

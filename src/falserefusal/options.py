@@ -57,6 +57,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("no-cache", "neither read nor write the generation cache", kind="flag", default=False),
     Option("rescore", "re-label cached generations with the current refusal detector without calling the model "
            "(an error if any generation is missing)", kind="flag", default=False),
+    Option("base-url", "OpenAI-compatible server for openai:NAME models, e.g. http://localhost:8000/v1 "
+           "(default: $OPENAI_BASE_URL, else https://api.openai.com/v1)", metavar="URL"),
+    Option("api-key-env", "environment variable that holds the served model's API key", default="OPENAI_API_KEY", metavar="NAME"),
+    Option("concurrency", "requests in flight at once to a served model", type=int, default=8, metavar="N"),
+    Option("request-timeout", "seconds to wait for one answer from a served model", type=float, default=120.0, metavar="S"),
+    Option("max-retries", "retries of a served request after 429/5xx/connection errors (exponential backoff)",
+           type=int, default=5, metavar="N"),
 )
 
 

@@ -66,6 +66,11 @@ class RunConfig:
             max_new_tokens=v["max-new-tokens"],
             trust_remote_code=bool(v["trust-remote-code"]),
             revision=v.get("revision"),
+            base_url=v.get("base-url"),
+            api_key_env=v.get("api-key-env") or "OPENAI_API_KEY",
+            concurrency=v.get("concurrency", 8),
+            timeout_s=v.get("request-timeout", 120.0),
+            max_retries=v.get("max-retries", 5),
         )
         return cls(
             models=tuple(v["model"]),
@@ -186,7 +191,7 @@ def prepare(config: RunConfig) -> Suite:
     if options.batch_size < 0 or options.max_new_tokens < 1:
         raise FalseRefusalError("--batch-size must be >= 0 and --max-new-tokens >= 1")
     for model in models:
-        _check_model_exists(model, config.backend, options.revision)
+        _check_model_exists(model, config.backend, options)
     if config.rescore and not config.use_cache:
         raise FalseRefusalError("--rescore: it re-labels cached generations, and --no-cache turns the cache off; fix: drop one of them")
     cases = draw_cases(tasks, personas, phrasings, samples, config.seed, config.persona_placement)
@@ -216,7 +221,7 @@ def _prepare_baseline(
         backend_for(baseline, config.backend)
         if baseline in models:
             raise FalseRefusalError(f"--baseline-model {baseline}: also given as --model; fix: compare two different models")
-        _check_model_exists(baseline, config.backend, config.backend_options.revision)
+        _check_model_exists(baseline, config.backend, config.backend_options)
         return baseline, None
     if not config.baseline_results:
         return None, None
@@ -275,8 +280,14 @@ def check_baseline_results(
     return baseline, by_case
 
 
-def _check_model_exists(model: str, backend: str, revision: str | None) -> None:
-    """Fail before any generation on a local path that is not there or a hub id that cannot be reached."""
+def _check_model_exists(model: str, backend: str, options: BackendOptions) -> None:
+    """Fail before any generation on a local path that is not there, a hub id that cannot be reached, or a
+    served model whose server is down, refuses the key or does not serve it."""
+    revision = options.revision
+    if backend_for(model, backend) == "openai":
+        from falserefusal.backends.openai_compat import check_served_model
+
+        return check_served_model(model, options)
     if backend_for(model, backend) != "transformers" or model == DEFAULT_MODEL_NAME:
         return
     path = Path(model).expanduser()
