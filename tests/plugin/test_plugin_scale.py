@@ -90,7 +90,7 @@ def test_two_workers_give_the_same_results_and_gate_outcomes_as_one_process(proj
     assert (project.path / "one" / "results.jsonl").read_text() == (project.path / "two" / "results.jsonl").read_text()
     # each (model, task) family generated once, on one worker: no case was generated twice
     assert run_file(project.path / "two")["cache"]["generated"] == 3 * 40 * 16
-    two.stdout.fnmatch_lines(["*gw0*", "*gw1*"])
+    two.stdout.fnmatch_lines(["*2 workers*"])  # it really ran on two workers (which one runs which family varies)
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
