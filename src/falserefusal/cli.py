@@ -156,6 +156,34 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_options(parser: argparse.ArgumentParser) -> None:
+    from falserefusal.bench import DEFAULT_CASES, BenchSettings
+
+    d = BenchSettings()
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--cases", type=int, default=DEFAULT_CASES, help=f"cases from the sampler (default: {DEFAULT_CASES})")
+    parser.add_argument("--rounds", type=int, default=d.rounds, help=f"naive/suite alternations (default: {d.rounds})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size of both paths (default: {d.batch_size})")
+    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help=f"token budget of both paths (default: {d.max_new_tokens})")
+    parser.add_argument("--seed", type=int, default=d.seed, help="sampler seed (default: 0)")
+    parser.add_argument("--model", default=None, help="transformers model (default: embedded SmolLM2)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from falserefusal.bench import BenchSettings, format_bench, run_bench
+
+    settings = BenchSettings(cases=args.cases, rounds=args.rounds, batch_size=args.batch_size,
+                             max_new_tokens=args.max_new_tokens, seed=args.seed, model=args.model,
+                             device=args.device, dtype=args.dtype)
+    result = run_bench(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(result, sort_keys=True) if args.json else format_bench(result))
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("run the suite (same options as the pytest plugin) and write results", lambda p: add_options(p.add_argument), _cmd_run),
     "report": ("rebuild the HTML report from a saved results.jsonl, without a model", _configure_report, _cmd_report),
@@ -164,6 +192,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                          "sequential savings", _simulate_release_options, _cmd_simulate_release),
     "simulate": ("validate the gates and the analysis on scripted models: false-fail rate, power, ranking, paired CI width",
                  _simulate_options, _cmd_simulate),
+    "bench": ("time the suite against naive batched model.generate on the same prompts", _add_bench_options, _cmd_bench),
 }
 
 

@@ -22,8 +22,11 @@ from falserefusal.personas import check_keys, read_yaml
 from falserefusal.types import FalseRefusalError, Verdict
 
 #: bump whenever the default rules or the reading logic change; recorded in every result
-DETECTOR_VERSION = "2026.11-1"
-DEFAULT_DECISION_WINDOW = 300
+DETECTOR_VERSION = "2026.11-2"
+#: characters of a response the detector reads: about two sentences, where forced answers and refusals show.
+#: XSTest dev F1 0.927 at 120 vs 0.933 at 300 (scripts/measure_detector.py --window), and it lets generation
+#: stop after ~25 tokens instead of ~70 for rows that state no label (see `is_decided` and `falserefusal bench`)
+DEFAULT_DECISION_WINDOW = 120
 
 _RULES_RESOURCE = "refusal_rules.yaml"
 _TOP_KEYS = {"sympathy", "refusal", "compliance", "answer_forms"}
@@ -205,6 +208,7 @@ class RefusalDetector:
         if decision_window != DEFAULT_DECISION_WINDOW:
             version += f"+w{decision_window}"  # the window changes verdicts, so it is part of the version
         self.version = version
+        self._decided_cache: dict[tuple[str, tuple[str, ...]], bool] = {}
 
     # -- public API -----------------------------------------------------------------------------
     def detect(self, text: str, labels: Sequence[str] = ()) -> Verdict:
@@ -238,6 +242,25 @@ class RefusalDetector:
         """
         if len(text) >= self.decision_window:
             return True
+        # Only finished sentences can decide, and they are read exactly as they will be in any longer text; so
+        # the answer depends on the finished part alone (cut just after the white space that ends its last
+        # sentence, so that boundary still reads as final) and is cached: while a sentence grows, each call
+        # costs one boundary scan.
+        finished = 0
+        for boundary in _BOUNDARY.finditer(text):
+            finished = boundary.end()
+        if finished == 0:
+            return False
+        key = (text[: finished + 1], tuple(labels))
+        decided = self._decided_cache.get(key)
+        if decided is None:
+            decided = self._finished_part_decides(key[0], key[1])
+            if len(self._decided_cache) >= 4096:
+                self._decided_cache.clear()
+            self._decided_cache[key] = decided
+        return decided
+
+    def _finished_part_decides(self, text: str, labels: Sequence[str]) -> bool:
         reading = self._read(text, labels)
         if reading.answers:
             # a stated label beats everything, and an earlier one can only come from a sentence that is final
@@ -319,6 +342,12 @@ class RefusalDetector:
         if _NEGATED.search(before):
             return by_text.get(f"not {found}")  # "isn't offensive" -> "not offensive" where that is a label
         return by_text.get(found)
+
+
+def decision_window_of(version: str) -> int:
+    """The decision window a detector version string stands for (non-default windows end in "+wN")."""
+    match = re.search(r"\+w(\d+)$", version)
+    return int(match.group(1)) if match else DEFAULT_DECISION_WINDOW
 
 
 def detect_refusals(

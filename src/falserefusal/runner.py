@@ -22,6 +22,8 @@ from falserefusal.gates import GateOutcome, GateSpec, Profile, evaluate_gates, f
 from falserefusal.options import OPTIONS, resolve
 from falserefusal.personas import load_personas, select_personas
 from falserefusal.tasks import TaskSpec, load_tasks
+from falserefusal.refusal import decision_window_of
+from falserefusal.scheduling import length_order, run_batches
 from falserefusal.types import BASELINE_ID, Case, Completion, FalseRefusalError, GenerationRequest, Persona, PersonaPhrasing, Record
 
 RESULTS_FILE = "results.jsonl"
@@ -324,6 +326,7 @@ class Generator:
         self.detector = RefusalDetector(load_rules(config.path(config.refusal_rules) if config.refusal_rules else None))
         self.backends: dict[str, Backend] = {}
         self.timings: dict[str, float] = {"load_s": 0.0, "generate_s": 0.0}
+        self.batch_sizes: dict[str, int] = {}  # per model: the batch size in use (after automatic pick or halving)
         self.progress_position = progress_position
         self.cache = GenerationCache(config.cache_path()) if config.use_cache else None
         #: generations served from the cache and generations the model was asked for (its calls, counted in cases)
@@ -346,15 +349,12 @@ class Generator:
 
     def generate(self, model: str, cases: Sequence[Case], label: str = "") -> list[Record]:
         """Answer every case with the model (or the cache) and label the answers; batches are bucketed by prompt
-        length and each generated batch is committed to the cache before the next one starts."""
+        length (tokens where the backend can count them) and each generated batch is committed to the cache before
+        the next one starts. A row stops as soon as the detector's verdict on it is settled (`is_decided`), so
+        short answers free their batch; on out-of-memory a batch is retried at half the size."""
         kind = backend_for(model, self.config.backend)
         requests = [request_for(case) for case in cases]
         options = self.config.backend_options
-        batch_size = options.batch_size or 16
-        # similar lengths in a batch waste less padding; the order of records is restored afterwards. The batches
-        # are fixed before the cache is read, so a resumed run batches its missing cases as the first run would have
-        order = sorted(range(len(cases)), key=lambda i: (sum(len(m.content) for m in cases[i].messages), i))
-        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
         if not self.config.rescore:
             self.backend(model)  # loading is timed as load_s, not generate_s
         started = time.perf_counter()
@@ -368,7 +368,8 @@ class Generator:
         else:
             backend = self.backend(model)
             identity = backend.identity()
-            decoding = decoding_settings(self.config)
+            detector = self.detector
+            decoding = decoding_settings(self.config, detector.version)
             keys = [CacheKey.of(kind, model, identity, request, decoding) for request in requests]
             completions = {}
             if self.cache is not None:
@@ -376,17 +377,37 @@ class Generator:
                 completions = {i: found[key.key] for i, key in enumerate(keys) if key.key in found}
             from_cache = set(completions)
             self.cache_counts["hits"] += len(from_cache)
+            size = options.batch_size or self._auto_batch_size(model, backend, requests)
+            # similar lengths in a batch waste less padding; the order of records is restored afterwards. The batches
+            # are fixed before the cache is read, so a resumed run batches its missing cases as the first run would have
+            lengths = getattr(backend, "prompt_lengths", None)
+            order = length_order(lengths(requests) if lengths else [sum(len(m.content) for m in c.messages) for c in cases])
+            batches = [order[start : start + size] for start in range(0, len(order), size)]
+            labels = {case.case_id: case.labels for case in cases}
+
+            def stop_when(text: str, request: GenerationRequest) -> bool:
+                return detector.is_decided(text, labels[request.case_id])
+
             with _progress(len(cases), label or model, self.config.progress, self.progress_position, len(from_cache)) as bar:
+
+                def done(chunk: Sequence[int], answers: Sequence[Completion]) -> None:
+                    if self.cache is not None:
+                        self.cache.put(kind, model, identity, [(keys[i], answer) for i, answer in zip(chunk, answers)])
+                    completions.update(zip(chunk, answers))
+                    self.cache_counts["generated"] += len(chunk)
+                    bar.update(len(chunk))
+
                 for batch in batches:
                     todo = [i for i in batch if i not in completions]
-                    if not todo:
-                        continue
-                    answers = backend.generate([requests[i] for i in todo], options.max_new_tokens)
-                    if self.cache is not None:
-                        self.cache.put(kind, model, identity, [(keys[i], answer) for i, answer in zip(todo, answers)])
-                    completions.update(zip(todo, answers))
-                    self.cache_counts["generated"] += len(todo)
-                    bar.update(len(todo))
+                    if todo:
+                        _, size = run_batches(
+                            todo,
+                            size,
+                            lambda chunk: backend.generate([requests[i] for i in chunk], options.max_new_tokens, stop_when),
+                            on_oom=getattr(backend, "release_memory", None),
+                            done=done,
+                        )
+            self.batch_sizes[model] = size
         self.timings["generate_s"] += time.perf_counter() - started
         return [self._record(model, kind, cases[i], completions[i], i in from_cache) for i in range(len(cases))]
 
@@ -406,6 +427,13 @@ class Generator:
             cached=cached,
         )
 
+    def _auto_batch_size(self, model: str, backend: Backend, requests: Sequence[GenerationRequest]) -> int:
+        """--batch-size 0: the backend's pick (GPU: from free memory), found once per model."""
+        if model not in self.batch_sizes:
+            pick = getattr(backend, "auto_batch_size", None)
+            self.batch_sizes[model] = pick(requests, self.config.backend_options.max_new_tokens) if pick else 16
+        return self.batch_sizes[model]
+
     def close(self) -> None:
         for backend in self.backends.values():
             backend.close()
@@ -423,10 +451,12 @@ def cache_summary(stats: Mapping[str, Any]) -> str:
     return f"cache: {stats.get('hits', 0)} generations {verb} {stats.get('path')}, {stats.get('generated', 0)} generated"
 
 
-def decoding_settings(config: RunConfig) -> dict[str, Any]:
+def decoding_settings(config: RunConfig, detector_version: str | None = None) -> dict[str, Any]:
     """Every setting besides the model and the request that changes the text a backend returns: part of the
-    cache key. An early-stop policy goes under "stop", with the detector version that drives it."""
-    return {"max_new_tokens": config.backend_options.max_new_tokens, "stop": None}
+    cache key. An early-stop policy goes under "stop", with the detector version that drives it (its rules and
+    decision window decide where a row stops)."""
+    stop = {"policy": "decided", "detector": detector_version} if detector_version else None
+    return {"max_new_tokens": config.backend_options.max_new_tokens, "stop": stop}
 
 
 def cached_for_rescore(cache: GenerationCache, config: RunConfig, model: str, cases: Sequence[Case], label: str) -> list[Cached]:
@@ -496,6 +526,7 @@ def run_metadata(
         "baseline_model": suite.baseline,
         "baseline_results": config.baseline_results,
         "detector_version": detector_version,
+        "decision_window": decision_window_of(detector_version),
         "versions": package_versions(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
         "timings": dict(timings),

@@ -9,10 +9,60 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
+from transformers import StoppingCriteria, StoppingCriteriaList
+
 from falserefusal.backends import DEFAULT_MODEL_NAME, BackendOptions, StopWhen, default_model_path
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest
 
 log = logging.getLogger(__name__)
+
+#: CPU batch size for --batch-size 0: SmolLM2 fp32 on 2 cores gives 5.0 prompts/s at 16 and 5.6 at 64
+CPU_BATCH_SIZE = 16
+#: GPU batch sizes stay within this (beyond it a step is compute-bound and latency per batch only grows)
+MAX_AUTO_BATCH_SIZE = 256
+
+
+class DecidedRows(StoppingCriteria):
+    """Per-row stopping: a row stops once `stop_when(text so far, request)` says its verdict is settled.
+
+    Cheap enough to run every step: only rows still generating are decoded (a few dozen tokens each, on the
+    host copy of the new column), and rows ended by EOS or already decided are skipped. `every` > 1 checks
+    every that many tokens (for fast GPU steps); a row then stops up to every-1 tokens later, still decided.
+    """
+
+    def __init__(
+        self, tokenizer: Any, requests: Sequence[GenerationRequest], prompt_length: int, stop_when: StopWhen, every: int = 1
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.every = max(1, every)
+        self.requests = list(requests)
+        self.prompt_length = prompt_length
+        self.stop_when = stop_when
+        self.eos = tokenizer.eos_token_id
+        self.tokens: list[list[int]] = [[] for _ in self.requests]
+        self.ended = [False] * len(self.requests)  # EOS (generate itself stops those rows)
+        self.decided_at: list[int | None] = [None] * len(self.requests)  # generated tokens when decided
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        new = input_ids[:, -1].tolist()  # one host sync per step; generate syncs once per step anyway
+        for row, token in enumerate(new):
+            if self.ended[row] or self.decided_at[row] is not None:
+                continue
+            if token == self.eos:
+                self.ended[row] = True
+                continue
+            self.tokens[row].append(token)
+            if len(self.tokens[row]) % self.every:
+                continue
+            # a byte-level token may end inside a UTF-8 character: drop the partial character, keep a true prefix
+            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True).lstrip().rstrip("\ufffd")
+            if self.stop_when(text, self.requests[row]):
+                self.decided_at[row] = len(self.tokens[row])
+        done = [at is not None for at in self.decided_at]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
 
 
 def file_sha256(path: Path) -> str:
@@ -35,6 +85,7 @@ class TransformersBackend:
     """A causal LM under its chat template. fp32 on CPU (batch-invariant outputs); bf16 on GPU."""
 
     name = "transformers"
+    stop_check_every = 1  # tokens between decided-early checks of a row (see DecidedRows)
 
     def __init__(self, model: str, options: BackendOptions) -> None:
         self.model = model or DEFAULT_MODEL_NAME
@@ -50,6 +101,10 @@ class TransformersBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lm.eval()
+        if self.device.startswith("cuda"):
+            # a GPU step is fast: decoding every unfinished row each token cost 1.29x raw generate at batch 256
+            # (Llama-3.1-8B shape, H200), every 4 tokens 1.06x (scripts/gpu_bench.py)
+            self.stop_check_every = 4
         template = getattr(self.tokenizer, "chat_template", None) or ""
         if not template:
             raise FalseRefusalError(f"--model {self.model}: the tokenizer has no chat template; fix: use an instruct/chat model")
@@ -171,13 +226,53 @@ class TransformersBackend:
                 f"--model {self.model}: its chat template rejects this chat ({error}); fix: --persona-placement user"
             ) from None
 
-    def generate(
-        self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: StopWhen | None = None
-    ) -> list[Completion]:
-        torch = self.torch
+    def prompt_lengths(self, requests: Sequence[GenerationRequest]) -> list[int]:
+        """Prompt length of each request in tokens, for bucketing (padding is paid per token, not per character)."""
         texts = [self.render(r) for r in requests]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.lm.device)
-        prompt_length = batch["input_ids"].shape[1]
+        return [len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def auto_batch_size(self, requests: Sequence[GenerationRequest], max_new_tokens: int) -> int:
+        """Batch size for --batch-size 0: CPU 16 (throughput flattens beyond it); GPU from free memory, then a probe."""
+        if not self.device.startswith("cuda"):
+            return CPU_BATCH_SIZE
+        torch = self.torch
+        longest = max(self.prompt_lengths(requests), default=1) + max_new_tokens
+        free, _ = torch.cuda.mem_get_info(self.lm.device)
+        size = pick_batch_size(free, kv_bytes_per_token(self.lm.config, self.dtype), longest, self.lm.config)
+        probe = list(requests[:1]) * size  # the longest rows come last after bucketing; any row sizes the KV cache
+        while size > 1:
+            try:
+                self._generate_ids(self._batch(probe, pad_to=longest - max_new_tokens), 2, None, probe)
+                break
+            except torch.cuda.OutOfMemoryError:
+                self.release_memory()
+                size //= 2
+                probe = probe[:size]
+        self.release_memory()
+        log.info("automatic batch size %d (%.1f GiB free)", size, free / 2**30)
+        return size
+
+    def release_memory(self) -> None:
+        """After a CUDA out-of-memory: give the cached blocks back so a smaller batch can fit."""
+        if self.torch.cuda.is_available():
+            self.torch.cuda.empty_cache()
+
+    def _batch(self, requests: Sequence[GenerationRequest], pad_to: int | None = None) -> Any:
+        texts = [self.render(r) for r in requests]
+        padding: Any = "max_length" if pad_to else True
+        return self.tokenizer(
+            texts, return_tensors="pt", padding=padding, max_length=pad_to, add_special_tokens=False
+        ).to(self.lm.device)
+
+    def _generate_ids(
+        self, batch: Any, max_new_tokens: int, stop_when: StopWhen | None, requests: Sequence[GenerationRequest]
+    ) -> tuple[Any, "DecidedRows | None"]:
+        torch = self.torch
+        criteria = None
+        extra: dict[str, Any] = {}
+        if stop_when is not None:
+            criteria = DecidedRows(self.tokenizer, requests, batch["input_ids"].shape[1], stop_when, self.stop_check_every)
+            extra["stopping_criteria"] = StoppingCriteriaList([criteria])
         with torch.inference_mode():
             output = self.lm.generate(
                 **batch,
@@ -187,19 +282,55 @@ class TransformersBackend:
                 temperature=None,
                 top_p=None,
                 top_k=None,
+                **extra,
             )
+        return output, criteria
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: StopWhen | None = None
+    ) -> list[Completion]:
+        batch = self._batch(requests)
+        prompt_length = batch["input_ids"].shape[1]
+        output, criteria = self._generate_ids(batch, max_new_tokens, stop_when, requests)
         completions = []
         eos = self.tokenizer.eos_token_id
-        for row in output[:, prompt_length:].tolist():
-            n_tokens = row.index(eos) + 1 if eos in row else len(row)
+        for index, row in enumerate(output[:, prompt_length:].tolist()):
+            decided = criteria.decided_at[index] if criteria is not None else None
+            if decided is not None:
+                n_tokens, reason = decided, "decided"
+            elif eos in row:
+                n_tokens, reason = row.index(eos) + 1, "stop"
+            else:
+                n_tokens, reason = len(row), "length"
             text = self.tokenizer.decode(row[:n_tokens], skip_special_tokens=True).strip()
-            completions.append(Completion(text=text, n_tokens=n_tokens, finish_reason="stop" if eos in row else "length"))
+            completions.append(Completion(text=text, n_tokens=n_tokens, finish_reason=reason))
         return completions
 
     def close(self) -> None:
         del self.lm
         if self.torch.cuda.is_available():
             self.torch.cuda.empty_cache()
+
+
+def kv_bytes_per_token(config: Any, dtype: Any) -> int:
+    """KV-cache bytes one token of one row takes: keys and values of every layer."""
+    heads = getattr(config, "num_attention_heads", 32)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+
+
+def pick_batch_size(free_bytes: int, kv_per_token: int, sequence_length: int, config: Any) -> int:
+    """Largest power of two whose KV cache plus per-row activations (logits over the vocabulary, hidden states
+    of a prefill) fit in 70% of free memory; the probe and OOM halving correct the estimate."""
+    vocab = getattr(config, "vocab_size", 32000)
+    hidden = getattr(config, "hidden_size", 4096)
+    intermediate = getattr(config, "intermediate_size", 4 * hidden)
+    per_row = kv_per_token * sequence_length + 4 * vocab * 2 + 4 * sequence_length * (hidden * 4 + intermediate * 2)
+    size = 1
+    while size * 2 <= MAX_AUTO_BATCH_SIZE and size * 2 * per_row <= 0.7 * free_bytes:
+        size *= 2
+    return size
 
 
 def _folder_fingerprint(path: Path) -> str:
