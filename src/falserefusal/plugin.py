@@ -121,7 +121,10 @@ def _run_config(config: pytest.Config) -> RunConfig:
     if values.get("cache-dir") is None:
         cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
         values["cache-dir"] = str(cache.mkdir("falserefusal")) if cache is not None else None
-    return RunConfig.from_options(values, root=str(config.rootpath))
+    # relative paths (fixtures, thresholds, report dir) resolve against the project's config file; pytest's
+    # rootdir can move to an option's value (`--report-dir /tmp/out` is taken for a path argument)
+    root = config.inipath.parent if config.inipath else config.invocation_params.dir
+    return RunConfig.from_options(values, root=str(root))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -147,3 +147,11 @@ def test_two_scripted_models_in_one_run(project: pytest.Pytester) -> None:
     disparities = persona_disparities(frame).set_index(["model", "persona"])
     assert len(disparities) == 2 * 15
     assert disparities.loc[(TWO_MODELS_BETA, "muslim"), "ci_low"] > 0 > disparities.loc[(TWO_MODELS_ALPHA, "muslim"), "ci_low"]
+
+
+def test_an_absolute_report_dir_given_with_a_space_does_not_move_the_project_root(project: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory) -> None:
+    elsewhere = tmp_path_factory.mktemp("elsewhere") / "out"
+    result = project.runpytest("--model", "scripted:base=0", "--samples", "2", "--tasks", "nli", "--profile", "release",
+                               "--no-progress", "--report-dir", str(elsewhere))
+    result.assert_outcomes(passed=16)
+    assert (elsewhere / "results.jsonl").is_file()
