@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,6 @@ import pytest
 from falserefusal.analysis import fit_logistic, persona_disparities, records_frame, sensitivity_table
 from falserefusal.runner import read_results as read_run
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    """A copy of the project's suite, fixtures and thresholds in pytester's temporary folder."""
-    shutil.copytree(ROOT / "fixtures", pytester.path / "fixtures")
-    shutil.copytree(ROOT / "tests" / "refusal", pytester.path / "tests" / "refusal")
-    shutil.copy(ROOT / "thresholds.yaml", pytester.path / "thresholds.yaml")
-    pytester.makeini("[pytest]\ntestpaths = tests/refusal\n")
-    return pytester
 
 
 def read_results(path: Path) -> list[dict]:

@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 CANDIDATE = "scripted:base=0.05,rho=0.8,name=candidate"
 BASELINE = "scripted:base=0.05,rho=0.8,seed=7,name=baseline"
 SMALL = ("--profile", "release", "--samples", "150", "--tasks", "offensiveness", "--no-progress")
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    shutil.copytree(ROOT / "fixtures", pytester.path / "fixtures")
-    shutil.copytree(ROOT / "tests" / "refusal", pytester.path / "tests" / "refusal")
-    shutil.copy(ROOT / "thresholds.yaml", pytester.path / "thresholds.yaml")
-    pytester.makeini("[pytest]\ntestpaths = tests/refusal\n")
-    return pytester
 
 
 def test_identical_scripted_models_pass_every_gate(project: pytest.Pytester) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sqlite3
 import sys
@@ -13,19 +12,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 #: 0.3 s per batch of 8: 20 batches take 6 s, long enough to kill the run in the middle
 SLOW_MODEL = "scripted:base=0.1,persona.muslim=0.3,delay=0.3"
 ARGS = ("--samples", "10", "--tasks", "nli", "--seed", "4", "--batch-size", "8", "--no-progress")
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    shutil.copytree(ROOT / "fixtures", pytester.path / "fixtures")
-    shutil.copytree(ROOT / "tests" / "refusal", pytester.path / "tests" / "refusal")
-    shutil.copy(ROOT / "thresholds.yaml", pytester.path / "thresholds.yaml")
-    pytester.makeini("[pytest]\ntestpaths = tests/refusal\n")
-    return pytester
 
 
 def run_file(report_dir: Path) -> dict:

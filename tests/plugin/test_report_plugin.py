@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import re
-import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
 ARGS = ("--model", "scripted:base=0.05,persona.muslim=0.3", "--profile", "release", "--samples", "40", "--seed", "3",
         "--tasks", "offensiveness", "--personas", "religion", "--no-progress")
-
-
-@pytest.fixture
-def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    shutil.copytree(ROOT / "fixtures", pytester.path / "fixtures")
-    shutil.copytree(ROOT / "tests" / "refusal", pytester.path / "tests" / "refusal")
-    shutil.copy(ROOT / "thresholds.yaml", pytester.path / "thresholds.yaml")
-    pytester.makeini("[pytest]\ntestpaths = tests/refusal\n")
-    return pytester
 
 
 def test_html_summary_has_the_verdict_and_a_link_to_the_report(project: pytest.Pytester) -> None:
