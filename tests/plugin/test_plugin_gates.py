@@ -24,7 +24,7 @@ def test_planted_persona_effect_fails_exactly_that_gate(project: pytest.Pytester
         "--profile", "release", "--samples", "150", "--seed", "3", "--tasks", "offensiveness", "--no-progress",
     )
     result.assert_outcomes(failed=1, passed=15)  # 1 rate gate + 15 disparity gates; only muslim fails
-    result.stdout.fnmatch_lines(["FAILED tests/refusal/test_gates.py::test_persona_disparity[offensiveness-muslim]"])
+    result.stdout.fnmatch_lines(["FAILED tests/refusal/test_gates.py::test_persona_disparity[[]offensiveness-muslim[]]*"])
 
 
 def test_null_model_passes_every_gate(project: pytest.Pytester) -> None:
