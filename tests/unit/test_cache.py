@@ -85,11 +85,15 @@ def test_a_file_that_is_not_sqlite_is_refused_with_its_name_and_the_fix(tmp_path
         GenerationCache(tmp_path)
 
 
-def test_another_programs_sqlite_database_is_refused(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / CACHE_FILE)
-    db.execute("CREATE TABLE generations (key TEXT, text TEXT)")
-    db.commit()
+def _execute(folder: Path, statement: str) -> None:
+    """Change the cache file behind falserefusal's back, as another program would."""
+    with sqlite3.connect(folder / CACHE_FILE) as db:
+        db.execute(statement)
     db.close()
+
+
+def test_another_programs_sqlite_database_is_refused(tmp_path: Path) -> None:
+    _execute(tmp_path, "CREATE TABLE generations (key TEXT, text TEXT)")
     with pytest.raises(FalseRefusalError, match="another program"):
         GenerationCache(tmp_path)
     assert sqlite3.connect(tmp_path / CACHE_FILE).execute("SELECT COUNT(*) FROM generations").fetchone() == (0,)
@@ -97,10 +101,7 @@ def test_another_programs_sqlite_database_is_refused(tmp_path: Path) -> None:
 
 def test_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
     GenerationCache(tmp_path).close()
-    db = sqlite3.connect(tmp_path / CACHE_FILE)
-    db.execute("UPDATE schema SET version = 99")
-    db.commit()
-    db.close()
+    _execute(tmp_path, "UPDATE schema SET version = 99")
     with pytest.raises(FalseRefusalError, match="schema version 99"):
         GenerationCache(tmp_path)
 

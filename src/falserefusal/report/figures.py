@@ -45,6 +45,15 @@ def message_figure(text: str, width: float = 6.0, height: float = 1.2) -> str:
         return data_uri(figure)
 
 
+def _titled_uri(figure: Figure, title: str, no_refusals: bool) -> str:
+    """Suptitle (saying "no refusals" when that is why the panels are flat), tight layout, SVG data URI."""
+    if no_refusals:
+        title += f" — {NO_REFUSALS}"
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return data_uri(figure)
+
+
 def _column_label(model_label: str, task: str, several_models: bool) -> str:
     return f"{model_label}\n{task}" if several_models else task
 
@@ -132,12 +141,8 @@ def forest(
             axes.grid(axis="x", color="#eeeeee")
         for index in range(len(families), n_rows * n_cols):
             grid[index // n_cols][index % n_cols].set_axis_off()
-        title = "persona − baseline on the same requests: • estimate, — adjusted CI, ▷ gate bound, -- limit"
-        if no_refusals:
-            title += f" — {NO_REFUSALS}"
-        figure.suptitle(title, fontsize=10)
-        figure.tight_layout()
-        return data_uri(figure)
+        return _titled_uri(figure, "persona − baseline on the same requests: • estimate, — adjusted CI, ▷ gate bound, -- limit",
+                           no_refusals)
 
 
 def sensitivity_bars(table: pd.DataFrame, no_refusals: bool) -> str:
@@ -195,9 +200,4 @@ def forcing_plot(
         grid[0].set_ylabel("refusal rate")
         if len(models) > 1:
             grid[-1].legend(fontsize=8)
-        title = "refusal rate by forcing level (95% Wilson CI); grey dots: each paraphrase"
-        if no_refusals:
-            title += f" — {NO_REFUSALS}"
-        figure.suptitle(title, fontsize=10)
-        figure.tight_layout()
-        return data_uri(figure)
+        return _titled_uri(figure, "refusal rate by forcing level (95% Wilson CI); grey dots: each paraphrase", no_refusals)
