@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +13,6 @@ import pytest
 from falserefusal.cli import main
 from falserefusal.simulation import JSON_KEYS
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    shutil.copytree(ROOT / "fixtures", tmp_path / "fixtures")
-    shutil.copy(ROOT / "thresholds.yaml", tmp_path / "thresholds.yaml")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def test_run_passes_a_null_model_and_writes_results(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:

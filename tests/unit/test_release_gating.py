@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,14 +18,6 @@ from falserefusal.types import BASELINE_ID, FalseRefusalError
 
 ROOT = Path(__file__).resolve().parents[2]
 CANDIDATE, REFERENCE = "cand", "base"
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    shutil.copytree(ROOT / "fixtures", tmp_path / "fixtures")
-    shutil.copy(ROOT / "thresholds.yaml", tmp_path / "thresholds.yaml")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def two_model_frame(candidate: np.ndarray, reference: np.ndarray, personas: list[str]) -> pd.DataFrame:
