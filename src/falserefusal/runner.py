@@ -378,6 +378,8 @@ class Generator:
             from_cache = set(completions)
             self.cache_counts["hits"] += len(from_cache)
             size = options.batch_size or self._auto_batch_size(model, backend, requests)
+            at_least = getattr(backend, "min_batch_size", 1)  # a served model needs enough requests to fill its slots
+            size = max(size, at_least)
             # similar lengths in a batch waste less padding; the order of records is restored afterwards. The batches
             # are fixed before the cache is read, so a resumed run batches its missing cases as the first run would have
             lengths = getattr(backend, "prompt_lengths", None)

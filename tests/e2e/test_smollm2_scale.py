@@ -1,4 +1,4 @@
-"""Scaling out on the real SmolLM2: a SIGKILLed run resumes from the cache and ends as an uninterrupted run (32 cases)."""
+"""Scaling out on the real SmolLM2 (32 cases): a SIGKILLed run resumes from the cache, and -n 2 equals -n 0."""
 
 from __future__ import annotations
 
@@ -64,3 +64,11 @@ def test_killed_smollm2_run_resumes_from_the_cache_and_matches_an_uninterrupted_
     assert (tmp_path / "resumed" / "results.jsonl").read_text() == (uninterrupted / "results.jsonl").read_text()
     assert outcomes(tmp_path / "resumed") == outcomes(uninterrupted)
 
+
+
+def test_two_xdist_workers_give_the_same_results_and_gate_outcomes_as_one_process(uninterrupted: Path, tmp_path: Path) -> None:
+    # two tasks are two (model, task) families, so each worker loads SmolLM2 and generates one of them
+    result = run_suite(tmp_path, "--no-cache", "-n", "2")
+    assert "2 workers" in result.stdout, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "results.jsonl").read_text() == (uninterrupted / "results.jsonl").read_text()
+    assert outcomes(tmp_path) == outcomes(uninterrupted)

@@ -10,6 +10,7 @@ import json
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable
 
 import httpx2  # the HTTP library under openai>=3
@@ -18,7 +19,7 @@ import pytest
 
 from falserefusal.backends import BackendOptions
 from falserefusal.backends.openai_compat import OpenAICompatibleBackend, brief
-from falserefusal.runner import RunConfig, default_options
+from falserefusal.runner import Generator, RunConfig, default_options, prepare
 from falserefusal.types import FalseRefusalError, GenerationRequest, Message
 
 BASE = "http://server.test/v1"
@@ -205,6 +206,30 @@ def test_at_most_concurrency_requests_are_in_flight() -> None:
     completions = model.generate([request(f"q{i}") for i in range(12)], max_new_tokens=8)
     assert [c.text for c in completions] == [f"echo: q{i}" for i in range(12)]
     assert state["peak"] == 3
+
+
+def test_the_runner_sends_a_served_model_batches_that_fill_every_slot() -> None:
+    state = {"now": 0, "peak": 0}
+    lock = threading.Lock()
+
+    def slow(body: dict[str, Any], number: int) -> httpx2.Response:
+        with lock:
+            state["now"] += 1
+            state["peak"] = max(state["peak"], state["now"])
+        time.sleep(0.01)
+        with lock:
+            state["now"] -= 1
+        return echo(body, number)
+
+    root = str(Path(__file__).resolve().parents[2])
+    suite = prepare(RunConfig(samples=2, tasks=("nli",), root=root, progress=False))  # 32 cases
+    options = replace(OPTIONS, concurrency=6, batch_size=2)
+    generator = Generator(RunConfig(models=("openai:tiny",), backend_options=options, root=root, progress=False,
+                                    use_cache=False))
+    generator.backends["openai:tiny"] = backend(Server(slow), options=options)
+    records = generator.generate("openai:tiny", suite.cases_for("nli"))
+    assert len(records) == 32 and generator.batch_sizes["openai:tiny"] == 24  # 4 requests per slot, not --batch-size 2
+    assert state["peak"] == 6
 
 
 def test_identity_holds_what_the_server_reports_without_volatile_fields() -> None:

@@ -68,6 +68,9 @@ class OpenAICompatibleBackend:
             http_client=http_client,
         )
         self._pool = ThreadPoolExecutor(max_workers=options.concurrency, thread_name_prefix="falserefusal-openai")
+        # a batch (the unit of a cache commit) waits for its slowest answer, so it holds several requests per slot:
+        # --concurrency 64 then really keeps 64 in flight, whatever --batch-size says
+        self.min_batch_size = 4 * options.concurrency
         self._identity: dict[str, Any] = {"backend": self.name, "model": self.model, "base_url": self.base_url,
                                           "served_model": self.served, "temperature": 0.0}
         self._identity["model_card"] = self._model_card()
