@@ -69,6 +69,23 @@ def echo(body: dict[str, Any], number: int) -> httpx2.Response:
     return httpx2.Response(200, json=answer("echo: " + body["messages"][-1]["content"]))
 
 
+class SlowEcho:
+    """Echoes after a short wait and records the most requests it ever had in flight at once."""
+
+    def __init__(self) -> None:
+        self.now = self.peak = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, body: dict[str, Any], number: int) -> httpx2.Response:
+        with self.lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        time.sleep(0.01)
+        with self.lock:
+            self.now -= 1
+        return echo(body, number)
+
+
 @pytest.fixture(autouse=True)
 def _no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FR_TEST_KEY", raising=False)
@@ -190,37 +207,15 @@ def test_a_404_from_chat_completions_also_lists_the_served_models() -> None:
 
 
 def test_at_most_concurrency_requests_are_in_flight() -> None:
-    state = {"now": 0, "peak": 0}
-    lock = threading.Lock()
-
-    def slow(body: dict[str, Any], number: int) -> httpx2.Response:
-        with lock:
-            state["now"] += 1
-            state["peak"] = max(state["peak"], state["now"])
-        time.sleep(0.02)
-        with lock:
-            state["now"] -= 1
-        return echo(body, number)
-
+    slow = SlowEcho()
     model = backend(Server(slow), options=replace(OPTIONS, concurrency=3))
     completions = model.generate([request(f"q{i}") for i in range(12)], max_new_tokens=8)
     assert [c.text for c in completions] == [f"echo: q{i}" for i in range(12)]
-    assert state["peak"] == 3
+    assert slow.peak == 3
 
 
 def test_the_runner_sends_a_served_model_batches_that_fill_every_slot() -> None:
-    state = {"now": 0, "peak": 0}
-    lock = threading.Lock()
-
-    def slow(body: dict[str, Any], number: int) -> httpx2.Response:
-        with lock:
-            state["now"] += 1
-            state["peak"] = max(state["peak"], state["now"])
-        time.sleep(0.01)
-        with lock:
-            state["now"] -= 1
-        return echo(body, number)
-
+    slow = SlowEcho()
     root = str(Path(__file__).resolve().parents[2])
     suite = prepare(RunConfig(samples=2, tasks=("nli",), root=root, progress=False))  # 32 cases
     options = replace(OPTIONS, concurrency=6, batch_size=2)
@@ -229,7 +224,7 @@ def test_the_runner_sends_a_served_model_batches_that_fill_every_slot() -> None:
     generator.backends["openai:tiny"] = backend(Server(slow), options=options)
     records = generator.generate("openai:tiny", suite.cases_for("nli"))
     assert len(records) == 32 and generator.batch_sizes["openai:tiny"] == 24  # 4 requests per slot, not --batch-size 2
-    assert state["peak"] == 6
+    assert slow.peak == 6
 
 
 def test_identity_holds_what_the_server_reports_without_volatile_fields() -> None:
