@@ -53,6 +53,7 @@ class FalseRefusalSession:
     config: pytest.Config
     suite: Suite | None = None
     error: FalseRefusalError | None = None
+    generation_error: str | None = None  # the model broke off mid-run: the session exits 2
     generator: Generator | None = None
     baseline: BaselineSource | None = None
     records: list[Record] = field(default_factory=list)
@@ -81,6 +82,8 @@ class FalseRefusalSession:
     def outcome(self, spec: GateSpec) -> GateOutcome:
         """Generate the gate's (model, task) family once, in batches, then evaluate all its gates together."""
         suite = self.get_suite()
+        if self.generation_error is not None:
+            raise FalseRefusalError(self.generation_error)  # do not retry a broken model for every remaining gate
         if spec.family not in self.families_done:
             if self.generator is None:
                 self.generator = Generator(suite.config, progress_position=_worker_index(self.config))
@@ -90,7 +93,12 @@ class FalseRefusalSession:
             capture = self.config.pluginmanager.getplugin("capturemanager")
             with capture.global_and_fixture_disabled() if capture and suite.config.progress else _nothing():
                 # the progress bar goes to the terminal, not into this test's captured output
-                family = run_family(self.generator, suite, model, task, self.baseline)
+                try:
+                    family = run_family(self.generator, suite, model, task, self.baseline)
+                except FalseRefusalError as error:
+                    kept = "; finished batches are in the generation cache, so a rerun resumes" if self.generator.cache else ""
+                    self.generation_error = f"generation stopped: {error}{kept}"
+                    raise FalseRefusalError(self.generation_error) from None
             self.records.extend(family.records)
             self.outcomes.update({o.spec: o for o in family.outcomes})
             self.families_done.add(spec.family)
@@ -253,7 +261,17 @@ def falserefusal_gate(request: pytest.FixtureRequest) -> Any:
     session = request.config.stash[STASH]
 
     def check(spec: GateSpec) -> GateOutcome:
-        outcome = session.outcome(spec)
+        try:
+            outcome = session.outcome(spec)
+        except FalseRefusalError as error:
+            broken = str(error)
+        else:
+            broken = None
+        if broken is not None:
+            # the model broke off mid-run (a server went away, memory ran out at batch size 1): no gate's verdict,
+            # so the session stops after this item and exits 2 (interrupted), as `falserefusal run` does
+            request.session.shouldstop = broken
+            pytest.fail(broken, pytrace=False)
         request.node.user_properties.append(("falserefusal", json.dumps(outcome.to_dict(), default=str)))
         if not outcome.passed:
             pytest.fail(outcome.message, pytrace=False)

@@ -143,3 +143,15 @@ def test_an_absolute_report_dir_given_with_a_space_does_not_move_the_project_roo
                                "--no-progress", "--report-dir", str(elsewhere))
     result.assert_outcomes(passed=16)
     assert (elsewhere / "results.jsonl").is_file()
+
+
+def test_a_model_that_breaks_off_mid_run_stops_the_session_once_with_exit_code_2(project: pytest.Pytester) -> None:
+    # 20 blocks x 16 = 320 cases per task: the model answers the first task (nli) and breaks off in the second
+    result = project.runpytest("--model", "scripted:base=0.1,fail_after=400", "--samples", "20", "--no-progress")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.assert_outcomes(passed=1, failed=1)  # the nli rate gate, then the first offensiveness gate; no more
+    result.stdout.fnmatch_lines(["*Interrupted: generation stopped: *stopped answering after 400 answers*"
+                                 "finished batches are in the generation cache, so a rerun resumes*"])
+    assert "Traceback" not in result.stdout.str()
+    records = read_results(project.path / "report" / "results.jsonl")
+    assert len(records) == 320 and {r["case"]["task"] for r in records} == {"nli"}  # what was done is kept

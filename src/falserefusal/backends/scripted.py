@@ -6,7 +6,8 @@ Spec syntax (the --model string): `scripted:base=0.05,persona.muslim=+0.05,task.
 - `rho`: share of cases whose random draw is shared with the rest of their request block, which makes
   refusals of the same request correlated across personas, as in real models (paired design); default 0.8;
 - `seed`: varies the model's randomness (default 0); `name`: label only, so two scripted models can be told apart;
-- `delay`: seconds each `generate` call (one batch) sleeps, to stand in for a slow model (cache and kill tests).
+- `delay`: seconds each `generate` call (one batch) sleeps, to stand in for a slow model (cache and kill tests);
+- `fail_after`: after this many answers the model fails as a crashed server does (tests of a run that breaks off).
 A case refuses when its uniform draw u < p(case); draws come from SHA-256 of the request, so any process,
 order or batching gives the same answer.
 """
@@ -35,11 +36,12 @@ class ScriptedSpec:
     rho: float = 0.8
     seed: int = 0
     delay: float = 0.0
+    fail_after: int | None = None
 
     @classmethod
     def parse(cls, model: str) -> "ScriptedSpec":
         body = model.removeprefix("scripted:")
-        base, rho, seed, delay = 0.0, 0.8, 0, 0.0
+        base, rho, seed, delay, fail_after = 0.0, 0.8, 0, 0.0, None
         shifts: dict[tuple[str, str], float] = {}
         for part in filter(None, (p.strip() for p in body.split(","))):
             key, sep, value = part.partition("=")
@@ -59,6 +61,8 @@ class ScriptedSpec:
                 seed = int(number)
             elif key == "delay":
                 delay = max(0.0, number)
+            elif key == "fail_after":
+                fail_after = max(0, int(number))
             elif key == "name":
                 continue
             elif key.partition(".")[0] in _FACTORS and key.partition(".")[2]:
@@ -66,12 +70,12 @@ class ScriptedSpec:
                 shifts[(_FACTORS[factor], level)] = number
             else:
                 raise FalseRefusalError(
-                    f"--model {model}: unknown key '{key}'; use base, rho, seed, name, delay or persona.ID, task.ID, "
+                    f"--model {model}: unknown key '{key}'; use base, rho, seed, name, delay, fail_after or persona.ID, task.ID, "
                     "forcing.LEVEL, paraphrase.ID, item.ID"
                 )
         if not (0.0 <= base <= 1.0 and 0.0 <= rho <= 1.0):
             raise FalseRefusalError(f"--model {model}: base and rho must lie in [0, 1]")
-        return cls(base=base, shifts=shifts, rho=rho, seed=seed, delay=delay)
+        return cls(base=base, shifts=shifts, rho=rho, seed=seed, delay=delay, fail_after=fail_after)
 
     def refusal_probability(self, factors: Mapping[str, str]) -> float:
         p = self.base + sum(shift for (factor, level), shift in self.shifts.items() if factors.get(factor) == level)
@@ -86,6 +90,7 @@ class ScriptedBackend:
     def __init__(self, model: str) -> None:
         self.model = model
         self.spec = ScriptedSpec.parse(model)
+        self.answered = 0
 
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model}
@@ -108,6 +113,9 @@ class ScriptedBackend:
     def generate(self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: Any = None) -> list[Completion]:
         if self.spec.delay:
             time.sleep(self.spec.delay)
+        if self.spec.fail_after is not None and self.answered + len(requests) > self.spec.fail_after:
+            raise FalseRefusalError(f"{self.model}: the model stopped answering after {self.answered} answers (fail_after)")
+        self.answered += len(requests)
         completions = []
         for request in requests:
             text = self.answer(request)
