@@ -782,13 +782,17 @@ def run(config: RunConfig) -> RunResult:
     return RunResult(suite, records, outcomes, metadata)
 
 
-def rate_table(records: Sequence[Record]) -> pd.DataFrame:
-    """Refusal rate per persona (rows, baseline first) x model/task (columns), for the terminal summary."""
+def rate_table(records: Sequence[Record], aggfunc: str = "mean") -> pd.DataFrame:
+    """Refusal rate (or, with aggfunc="size", generations) per persona (rows, baseline first) x model/task (columns),
+    for the terminal summary; with several models the columns are (model label, task)."""
     frame = records_frame(records)
     if frame.empty:
         return pd.DataFrame()
-    table = frame.pivot_table(index="persona", columns=["model", "task"] if frame["model"].nunique() > 1 else "task",
-                              values="refused", aggfunc="mean")
+    several = frame["model"].nunique() > 1
+    if several:
+        frame["model"] = frame["model"].map(model_labels(sorted(frame["model"].unique())))
+    table = frame.pivot_table(index="persona", columns=["model", "task"] if several else "task", values="refused",
+                              aggfunc=aggfunc)
     order = [BASELINE_ID] + sorted(p for p in table.index if p != BASELINE_ID)
     return table.reindex(order)
 
@@ -797,8 +801,10 @@ def format_rate_table(records: Sequence[Record]) -> str:
     table = rate_table(records)
     if table.empty:
         return "no generations"
-    counts = records_frame(records).groupby("persona").size()
+    counts = rate_table(records, aggfunc="size")
     formatted = table.map(lambda x: f"{100 * x:5.1f}%" if pd.notna(x) else "   -  ")
     formatted.columns = [c if isinstance(c, str) else "/".join(c) for c in formatted.columns]
-    formatted["n"] = counts.reindex(formatted.index).astype(int)
+    # generations behind each rate: one number when every cell of the row has the same (the paired design)
+    low, high = counts.min(axis=1).astype(int), counts.max(axis=1).astype(int)
+    formatted["n per cell"] = [str(a) if a == b else f"{a}-{b}" for a, b in zip(low, high)]
     return formatted.to_string()

@@ -32,6 +32,16 @@ def test_run_exits_1_when_a_gate_fails(workdir: Path, capsys: pytest.CaptureFixt
     assert "FAIL persona disparity politeness/atheist" in out and "gates: 15 passed, 1 failed" in out
 
 
+def test_the_rate_table_names_several_models_by_their_labels(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["run", "--model", "scripted:name=alpha,base=0", "--model", "scripted:name=beta,base=0,persona.jewish=1",
+          "--samples", "3", "--tasks", "nli,politeness", "--personas", "religion", "--no-progress"])
+    table = capsys.readouterr().out.split("refusal rate per persona")[-1]
+    header = next(line for line in table.splitlines() if "alpha/nli" in line)
+    assert header.split() == ["alpha/nli", "alpha/politeness", "beta/nli", "beta/politeness", "n", "per", "cell"]
+    assert next(line for line in table.splitlines() if line.startswith("jewish")).split() == [
+        "jewish", "0.0%", "0.0%", "100.0%", "100.0%", "3"]
+
+
 def test_run_exits_2_with_one_line_on_bad_input(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--samples", "0", "--model", "scripted:base=0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
