@@ -317,7 +317,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         state.timings[key] = state.timings.get(key, 0.0) + value
     cache = data.get("cache") or {}
     for key, value in cache.items():
-        state.cache[key] = state.cache.get(key, 0) + value if key in ("hits", "generated") else value
+        state.cache[key] = state.cache.get(key, 0) + value if key in ("hits", "generated", "undecided") else value
     if state.suite is None:
         try:
             state.get_suite()

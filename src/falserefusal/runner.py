@@ -365,6 +365,11 @@ class Generator:
             self.cached_identities[model] = found[0].identity if found else {}
             from_cache = set(completions)
             self.cache_counts["hits"] += len(from_cache)
+            # an answer cut short where an older detector had decided may not be decided under this one
+            self.cache_counts["undecided"] = self.cache_counts.get("undecided", 0) + sum(
+                c.completion.finish_reason == "decided" and not self.detector.is_decided(c.completion.text, case.labels)
+                for c, case in zip(found, cases)
+            )
         else:
             backend = self.backend(model)
             identity = backend.identity()
@@ -450,7 +455,11 @@ def cache_summary(stats: Mapping[str, Any]) -> str:
     if not stats.get("enabled"):
         return "cache: off (--no-cache)"
     verb = "re-labelled from" if stats.get("rescore") else "from"
-    return f"cache: {stats.get('hits', 0)} generations {verb} {stats.get('path')}, {stats.get('generated', 0)} generated"
+    line = f"cache: {stats.get('hits', 0)} generations {verb} {stats.get('path')}, {stats.get('generated', 0)} generated"
+    if stats.get("undecided"):
+        line += (f"; {stats['undecided']} of them were cut short when an earlier detector had decided and this one has"
+                 " not (their labels may change with more text; fix: rerun without --rescore to regenerate them)")
+    return line
 
 
 def decoding_settings(config: RunConfig, detector_version: str | None = None) -> dict[str, Any]:

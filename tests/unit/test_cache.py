@@ -12,7 +12,7 @@ import pytest
 from falserefusal.backends import BackendOptions
 from falserefusal.cache import CACHE_FILE, CacheKey, GenerationCache
 from falserefusal.gpus import pin_worker_gpu, share_cpu_threads, visible_gpus, worker_gpu
-from falserefusal.runner import Generator, RunConfig, prepare
+from falserefusal.runner import Generator, RunConfig, cache_summary, prepare
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest, Message
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,6 +188,29 @@ def test_a_rerun_asks_the_model_only_for_the_missing_cases(tmp_path: Path) -> No
     assert [r.to_dict() | {"cached": False} for r in records] == [r.to_dict() for r in fresh]
     again, backend, counts = generate(config, cases)
     assert backend.asked == [] and all(r.cached for r in again) and counts["generated"] == 0
+
+
+class CutBackend(CountingBackend):
+    """Stops every answer after its first word, as if an earlier detector had judged it decided there."""
+
+    def generate(self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: Any = None) -> list[Completion]:
+        return [Completion(c.text.split()[0], 1, "decided") for c in super().generate(requests, max_new_tokens)]
+
+
+def test_rescore_counts_answers_an_earlier_detector_cut_short_that_this_one_has_not_decided(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    cases = list(prepare(config).cases)
+    generator = Generator(config)
+    generator.backends[MODEL] = CutBackend(MODEL)
+    generator.generate(MODEL, cases)  # "The" / "I'm": cut after one word
+    generator.close()
+    rescore = Generator(config_for(tmp_path, rescore=True))
+    records = rescore.generate(MODEL, cases)
+    summary = cache_summary(rescore.cache_stats())
+    rescore.close()
+    assert {r.response for r in records} == {"The", "I'm"}
+    assert rescore.cache_counts == {"hits": len(cases), "generated": 0, "undecided": len(cases)}
+    assert "80 of them were cut short when an earlier detector had decided" in summary
 
 
 def test_no_cache_neither_reads_nor_writes(tmp_path: Path) -> None:
