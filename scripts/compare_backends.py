@@ -3,9 +3,9 @@
 Reproduce the README's served-vs-transformers figure (SmolLM2 GGUF, llama.cpp server on port 8765):
     python -m llama_cpp.server --model "$(python -c 'from falserefusal.backends import default_model_path as p; print(p())')" \
         --model_alias smollm2 --port 8765 &
-    falserefusal run --samples 6 --tasks offensiveness --max-new-tokens 48 --no-cache --report-dir cmp/hf
+    falserefusal run --samples 12 --tasks politeness --no-cache --report-dir cmp/hf
     falserefusal run --model openai:smollm2 --base-url http://127.0.0.1:8765/v1 \
-        --samples 6 --tasks offensiveness --max-new-tokens 48 --no-cache --profile smoke --report-dir cmp/served
+        --samples 12 --tasks politeness --no-cache --profile smoke --report-dir cmp/served
     python scripts/compare_backends.py cmp/hf/results.jsonl cmp/served/results.jsonl
 """
 
@@ -32,6 +32,9 @@ def main(first: str, second: str) -> None:
     print(f"identical responses: {same_text}/{len(pairs)} = {same_text / len(pairs):.1%}")
     print(f"one response a prefix of the other: {prefix}/{len(pairs)} = {prefix / len(pairs):.1%}")
     print(f"identical verdicts:  {same_verdict}/{len(pairs)} = {same_verdict / len(pairs):.1%}")
+    either = sum(x.refused or y.refused for x, y in pairs)
+    both = sum(x.refused and y.refused for x, y in pairs)
+    print(f"refusals in both, of refusals in either: {both}/{either}")
     print(f"refusal rate: {sum(x.refused for x, _ in pairs) / len(pairs):.1%} vs {sum(y.refused for _, y in pairs) / len(pairs):.1%}")
 
 
