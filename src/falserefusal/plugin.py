@@ -25,6 +25,7 @@ from falserefusal.runner import (
     canonical_order,
     evaluate,
     format_rate_table,
+    generation_stopped,
     budget_usage,
     format_usage,
     prepare,
@@ -96,8 +97,7 @@ class FalseRefusalSession:
                 try:
                     family = run_family(self.generator, suite, model, task, self.baseline)
                 except FalseRefusalError as error:
-                    kept = "; finished batches are in the generation cache, so a rerun resumes" if self.generator.cache else ""
-                    self.generation_error = f"generation stopped: {error}{kept}"
+                    self.generation_error = str(generation_stopped(error, self.generator))
                     raise FalseRefusalError(self.generation_error) from None
             self.records.extend(family.records)
             self.outcomes.update({o.spec: o for o in family.outcomes})

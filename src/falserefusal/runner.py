@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -767,19 +768,30 @@ def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record]
     return decide_gates(specs, records, profile, len(models) * len(tasks), int(metadata.get("samples") or profile.samples))
 
 
+def generation_stopped(error: FalseRefusalError, generator: "Generator") -> FalseRefusalError:
+    """The error of a model that broke off mid-run (a server went away, memory ran out at batch size 1)."""
+    kept = "; finished batches are in the generation cache, so a rerun resumes" if generator.cache is not None else ""
+    return FalseRefusalError(f"generation stopped: {error}{kept}")
+
+
 def run(config: RunConfig) -> RunResult:
-    """Generate every case with every model, evaluate the gates, write results (the front ends add the report)."""
+    """Generate every case with every model, evaluate the gates, write results (the front ends add the report).
+    A model that breaks off mid-run raises `generation_stopped` after the finished families' results are written."""
     suite = prepare(config)
     generator = Generator(config)
     records: list[Record] = []
     outcomes: list[GateOutcome] = []
+    stopped: FalseRefusalError | None = None
     try:
         baseline = BaselineSource(suite, generator) if suite.baseline else None
-        for model in suite.models:
-            for spec in suite.tasks:
+        for model, spec in itertools.product(suite.models, suite.tasks):
+            try:
                 family = run_family(generator, suite, model, spec.task.id, baseline)
-                records.extend(family.records)
-                outcomes.extend(family.outcomes)
+            except FalseRefusalError as error:
+                stopped = generation_stopped(error, generator)
+                break
+            records.extend(family.records)
+            outcomes.extend(family.outcomes)
         identities = generator.identities()
         cache_stats = generator.cache_stats()
     finally:
@@ -787,7 +799,10 @@ def run(config: RunConfig) -> RunResult:
     records = canonical_order(suite, records)
     metadata = run_metadata(suite, identities, generator.timings, generator.detector.version, cache_stats)
     metadata["budget"] = budget_usage(suite, records)
-    write_results(config.path(config.report_dir) / RESULTS_FILE, metadata, records)
+    if records or stopped is None:  # a run that made nothing leaves an earlier results file alone
+        write_results(config.path(config.report_dir) / RESULTS_FILE, metadata, records)
+    if stopped is not None:
+        raise stopped
     return RunResult(suite, records, outcomes, metadata)
 
 

@@ -32,6 +32,20 @@ def test_run_exits_1_when_a_gate_fails(workdir: Path, capsys: pytest.CaptureFixt
     assert "FAIL persona disparity politeness/atheist" in out and "gates: 15 passed, 1 failed" in out
 
 
+def test_a_model_that_breaks_off_exits_2_and_keeps_the_finished_tasks(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["run", "--samples", "20", "--no-progress", "--report-dir", "out"]
+    assert main([*args, "--model", "scripted:base=0.1,fail_after=400"]) == 2  # answers nli (320), breaks in the next task
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("falserefusal: error: generation stopped: scripted:base=0.1,fail_after=400: ")
+    assert err[0].endswith("finished batches are in the generation cache, so a rerun resumes")
+    lines = (workdir / "out" / "results.jsonl").read_text().splitlines()
+    assert {json.loads(line)["case"]["task"] for line in lines[1:]} == {"nli"} and len(lines) == 1 + 320
+    # a run that made nothing leaves the earlier results file alone
+    assert main([*args, "--model", "scripted:base=0.1,fail_after=0", "--no-cache"]) == 2
+    assert "fail_after=400" in (workdir / "out" / "results.jsonl").read_text().splitlines()[0]
+    assert "so a rerun resumes" not in capsys.readouterr().err  # nothing was cached
+
+
 def test_the_rate_table_names_several_models_by_their_labels(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["run", "--model", "scripted:name=alpha,base=0", "--model", "scripted:name=beta,base=0,persona.jewish=1",
           "--samples", "3", "--tasks", "nli,politeness", "--personas", "religion", "--no-progress"])
