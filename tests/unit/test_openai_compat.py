@@ -80,7 +80,7 @@ class SlowEcho:
         with self.lock:
             self.now += 1
             self.peak = max(self.peak, self.now)
-        time.sleep(0.01)
+        time.sleep(0.05)  # long enough for every pool thread to start even on a loaded machine
         with self.lock:
             self.now -= 1
         return echo(body, number)
