@@ -27,12 +27,12 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from falserefusal.backends.scripted import ScriptedBackend
 from falserefusal.gates import NONINFERIORITY_MARGINS, GateSpec, evaluate_family, family_alpha
 from falserefusal.planning import block_mean_blocks, block_mean_power, noninferiority_persona_variance
-from falserefusal.runner import RunConfig, Suite, block_index, prepare, request_for
+from falserefusal.runner import RunConfig, Suite, block_index, prepare
 from falserefusal.sequential import SequentialDesign, run_sequential
-from falserefusal.types import FalseRefusalError, GenerationRequest
+from falserefusal.simulation import Draws
+from falserefusal.types import FalseRefusalError
 
 CANDIDATE, BASELINE_MODEL = "scripted:name=candidate", "scripted:name=baseline-model"
 
@@ -64,9 +64,9 @@ def _suite(sim: ReleaseSimulation) -> Suite:
     return suite
 
 
-def _draws(requests: Sequence[GenerationRequest], spec: str) -> np.ndarray:
-    backend = ScriptedBackend(spec)
-    return np.array([backend.draw(request) for request in requests])
+def _draws(cases: pd.DataFrame, seed: int, rho: float) -> np.ndarray:
+    """The scripted model's latent uniform per case (`ScriptedBackend.draw`, vectorised)."""
+    return Draws.compute(cases, seed).latent(rho)
 
 
 def _skeleton(suite: Suite) -> pd.DataFrame:
@@ -106,11 +106,11 @@ def _target(spec: GateSpec, persona: str) -> bool:
     return spec.kind == "noninferiority_persona" and spec.persona == persona
 
 
-def _replicate(args: tuple[ReleaseSimulation, Suite, pd.DataFrame, list[GenerationRequest], int]) -> dict[str, Any]:
-    sim, suite, skeleton, requests, replicate = args
-    base = f"base={sim.base_rate},rho={sim.rho}"
-    u_candidate = _draws(requests, f"scripted:{base},seed={2 * replicate + 1}")
-    u_baseline = _draws(requests, f"scripted:{base},seed={2 * replicate + 2}")
+def _replicate(args: tuple[ReleaseSimulation, Suite, pd.DataFrame, int]) -> dict[str, Any]:
+    sim, suite, skeleton, replicate = args
+    cases = skeleton[skeleton["model"] == CANDIDATE]  # the same cases, in suite order, as the baseline model's half
+    u_candidate = _draws(cases, 2 * replicate + 1, sim.rho)
+    u_baseline = _draws(cases, 2 * replicate + 2, sim.rho)
     shifted = np.array([c.persona == sim.persona for c in suite.cases])
     scenarios = {
         "null": (u_candidate < sim.base_rate, u_baseline < sim.base_rate, ("fixed", "sequential")),
@@ -146,8 +146,7 @@ def simulate_release(sim: ReleaseSimulation) -> dict[str, Any]:
         raise FalseRefusalError(f"--replicates {sim.replicates}: must be at least 1")
     suite = _suite(sim)
     skeleton = _skeleton(suite)
-    requests = [request_for(case) for case in suite.cases]
-    jobs = [(sim, suite, skeleton, requests, r) for r in range(sim.replicates)]
+    jobs = [(sim, suite, skeleton, r) for r in range(sim.replicates)]
     if sim.workers > 1:
         with ProcessPoolExecutor(sim.workers) as pool:
             # one chunk per worker: the suite is pickled once per chunk, not once per replicate

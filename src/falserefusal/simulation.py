@@ -163,6 +163,10 @@ class Draws:
         case_ids = design["case_id"].tolist()
         return cls(shared, hash_uniforms(seed, "case", case_ids), hash_uniforms(seed, "couple", case_ids))
 
+    def latent(self, rho: float) -> np.ndarray:
+        """`ScriptedBackend.draw` per case: the block's draw with probability rho, else the case's own."""
+        return np.where(self.couple < rho, self.shared, self.own)
+
 
 def refusal_probability(spec: ScriptedSpec, design: pd.DataFrame) -> np.ndarray:
     """`ScriptedSpec.refusal_probability` for every row (base + the shifts of matching levels, clipped)."""
@@ -175,8 +179,7 @@ def refusal_probability(spec: ScriptedSpec, design: pd.DataFrame) -> np.ndarray:
 
 def scripted_refusals(spec: ScriptedSpec, design: pd.DataFrame, draws: Draws) -> np.ndarray:
     """Whether ScriptedBackend answers each case with its refusal text: u < p, u the block's or the case's draw."""
-    u = np.where(draws.couple < spec.rho, draws.shared, draws.own)
-    return u < refusal_probability(spec, design)
+    return draws.latent(spec.rho) < refusal_probability(spec, design)
 
 
 def results_frame(design: pd.DataFrame, model: str, refused: np.ndarray) -> pd.DataFrame:
