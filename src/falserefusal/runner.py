@@ -806,26 +806,26 @@ def run(config: RunConfig) -> RunResult:
     return RunResult(suite, records, outcomes, metadata)
 
 
-def rate_table(records: Sequence[Record], aggfunc: str = "mean") -> pd.DataFrame:
-    """Refusal rate (or, with aggfunc="size", generations) per persona (rows, baseline first) x model/task (columns),
-    for the terminal summary; with several models the columns are (model label, task)."""
+def rate_table(records: Sequence[Record]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Refusal rate and number of generations per persona (rows, baseline first) x model/task (columns), for the
+    terminal summary; with several models the columns are (model label, task)."""
     frame = records_frame(records)
     if frame.empty:
-        return pd.DataFrame()
+        return pd.DataFrame(), pd.DataFrame()
     several = frame["model"].nunique() > 1
     if several:
         frame["model"] = frame["model"].map(model_labels(sorted(frame["model"].unique())))
     table = frame.pivot_table(index="persona", columns=["model", "task"] if several else "task", values="refused",
-                              aggfunc=aggfunc)
+                              aggfunc=["mean", "count"])
     order = [BASELINE_ID] + sorted(p for p in table.index if p != BASELINE_ID)
-    return table.reindex(order)
+    table = table.reindex(order)
+    return table["mean"], table["count"]
 
 
 def format_rate_table(records: Sequence[Record]) -> str:
-    table = rate_table(records)
+    table, counts = rate_table(records)
     if table.empty:
         return "no generations"
-    counts = rate_table(records, aggfunc="size")
     formatted = table.map(lambda x: f"{100 * x:5.1f}%" if pd.notna(x) else "   -  ")
     formatted.columns = [c if isinstance(c, str) else "/".join(c) for c in formatted.columns]
     # generations behind each rate: one number when every cell of the row has the same (the paired design)
