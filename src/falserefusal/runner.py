@@ -814,7 +814,8 @@ def rate_table(records: Sequence[Record]) -> tuple[pd.DataFrame, pd.DataFrame]:
         return pd.DataFrame(), pd.DataFrame()
     several = frame["model"].nunique() > 1
     if several:
-        frame["model"] = frame["model"].map(model_labels(sorted(frame["model"].unique())))
+        # labels from the models in run order, as the gate ids get them (two models named alike get -1, -2 alike)
+        frame["model"] = frame["model"].map(model_labels(list(frame["model"].unique())))
     table = frame.pivot_table(index="persona", columns=["model", "task"] if several else "task", values="refused",
                               aggfunc=["mean", "count"])
     order = [BASELINE_ID] + sorted(p for p in table.index if p != BASELINE_ID)
