@@ -317,7 +317,9 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         state.timings[key] = state.timings.get(key, 0.0) + value
     cache = data.get("cache") or {}
     for key, value in cache.items():
-        state.cache[key] = state.cache.get(key, 0) + value if key in ("hits", "generated", "undecided") else value
+        # counters (Generator.cache_counts) add up over workers; the settings (enabled, path, rescore) are shared
+        counter = isinstance(value, int) and not isinstance(value, bool)
+        state.cache[key] = state.cache.get(key, 0) + value if counter else value
     if state.suite is None:
         try:
             state.get_suite()
