@@ -32,6 +32,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _init_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", nargs="?", default=".", metavar="DIR", help="the project folder (default: .)")
+    parser.add_argument("--force", action="store_true", help="overwrite files that are already there")
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    """Copy the packaged thresholds.yaml and fixtures/ into DIR: a run from there uses them instead of the defaults."""
+    from falserefusal.project import init_project
+
+    written = init_project(args.dir, force=args.force)
+    print(f"wrote {len(written)} files: " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", metavar="RESULTS", help="a results.jsonl written by `falserefusal run` or pytest")
     parser.add_argument("--report-dir", metavar="DIR", help="where index.html goes (default: the folder of RESULTS)")
@@ -129,8 +143,10 @@ def _simulate_options(parser: argparse.ArgumentParser) -> None:
                         help="request blocks per task (default: the profile's samples in thresholds.yaml)")
     parser.add_argument("--rho", type=float, default=0.8, help="scripted within-block correlation (default: 0.8)")
     parser.add_argument("--profile", default="release", help="gating profile in thresholds.yaml (default: release)")
-    parser.add_argument("--thresholds", default="thresholds.yaml", metavar="PATH", help="gating policy file")
-    parser.add_argument("--fixtures-dir", default="fixtures", metavar="DIR", help="folder with personas.yaml and tasks/")
+    parser.add_argument("--thresholds", default=None, metavar="PATH",
+                        help="gating policy file (default: ./thresholds.yaml, else the packaged one)")
+    parser.add_argument("--fixtures-dir", default=None, metavar="DIR",
+                        help="folder with personas.yaml and tasks/ (default: ./fixtures, else the packaged one)")
     parser.add_argument("--jobs", type=int, default=0, metavar="N", help="worker processes (default: every CPU)")
     parser.add_argument("--quick", action="store_true", help="a small, fast run (for tests): 20 replicates of 120 blocks")
     parser.add_argument("--json", action="store_true", help="also print the summary as one JSON object on the last line")
@@ -186,6 +202,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("run the suite (same options as the pytest plugin) and write results", lambda p: add_options(p.add_argument), _cmd_run),
+    "init": ("copy the packaged thresholds.yaml and fixtures/ into a project folder for editing", _init_options, _cmd_init),
     "report": ("rebuild the HTML report from a saved results.jsonl, without a model", _configure_report, _cmd_report),
     "plan": ("request blocks per task each gate type needs (sample-size planning)", _plan_options, _cmd_plan),
     "simulate-release": ("simulate candidate-versus-baseline gating with scripted models: false fails, power, "

@@ -36,13 +36,15 @@ OPTIONS: tuple[Option, ...] = (
            "(default: the profile's samples)", type=int, metavar="N"),
     Option("seed", "root seed of the Monte Carlo sampler (recorded in every result)", type=int, default=0, metavar="N"),
     Option("profile", "gating profile in thresholds.yaml (default: smoke for the embedded model, release otherwise)"),
-    Option("thresholds", "gating policy file", default="thresholds.yaml", metavar="PATH"),
+    Option("thresholds", "gating policy file (default: thresholds.yaml of the project when it has one, else the "
+           "packaged one)", metavar="PATH"),
     Option("report-dir", "where results.jsonl and index.html go", default="report", metavar="DIR"),
     Option("tasks", "comma-separated task ids to run (default: all)", kind="list", metavar="IDS"),
     Option("personas", "comma-separated persona ids or dimensions (default: all)", kind="list", metavar="IDS"),
     Option("persona-placement", "where the persona instruction goes: system | user (for templates without a system role)",
            default="system"),
-    Option("fixtures-dir", "folder with personas.yaml and tasks/*.yaml", default="fixtures", metavar="DIR"),
+    Option("fixtures-dir", "folder with personas.yaml and tasks/*.yaml (default: fixtures/ of the project when it has "
+           "one, else the packaged one)", metavar="DIR"),
     Option("dataset", "replace a task's items: TASK=PATH.csv|PATH.jsonl|HUB_ID (repeatable)", kind="list", metavar="TASK=SRC"),
     Option("refusal-rules", "YAML file of refusal detector rules (default: the packaged rules)", metavar="PATH"),
     Option("device", "auto | cpu | cuda | cuda:N", default="auto"),

@@ -22,6 +22,7 @@ from falserefusal.cases import draw_cases
 from falserefusal.gates import GateOutcome, GateSpec, Profile, evaluate_gates, family_alpha, gate_specs, load_profile
 from falserefusal.options import OPTIONS, resolve
 from falserefusal.personas import load_personas, select_personas
+from falserefusal.project import fixtures_path, thresholds_path
 from falserefusal.tasks import TaskSpec, load_tasks
 from falserefusal.refusal import decision_window_of
 from falserefusal.scheduling import length_order, run_batches
@@ -41,12 +42,12 @@ class RunConfig:
     samples: int | None = None
     seed: int = 0
     profile: str | None = None
-    thresholds: str = "thresholds.yaml"
+    thresholds: str | None = None  # None: the project's thresholds.yaml, else the packaged one (falserefusal.project)
     report_dir: str = "report"
     tasks: tuple[str, ...] = ()
     personas: tuple[str, ...] = ()
     persona_placement: str = "system"
-    fixtures: str = "fixtures"
+    fixtures: str | None = None  # None: the project's fixtures/, else the packaged ones
     datasets: tuple[str, ...] = ()
     refusal_rules: str | None = None
     backend_options: BackendOptions = field(default_factory=BackendOptions)
@@ -182,11 +183,9 @@ def prepare(config: RunConfig) -> Suite:
     if len(set(models)) != len(models):
         raise FalseRefusalError(f"--model: the same model is given twice ({', '.join(models)}); give each once")
     profile_name = config.profile or ("smoke" if models == (DEFAULT_MODEL_NAME,) else "release")
-    profile = load_profile(config.path(config.thresholds), profile_name)
+    profile = load_profile(thresholds_path(config.thresholds, config.root), profile_name)
     samples = config.samples if config.samples is not None else profile.samples
-    fixtures = config.path(config.fixtures)
-    if not fixtures.is_dir():
-        raise FalseRefusalError(f"--fixtures {fixtures}: no such folder; fix: run from the project root or pass --fixtures-dir")
+    fixtures = fixtures_path(config.fixtures, config.root)
     personas, phrasings = load_personas(fixtures / "personas.yaml")
     personas = select_personas(personas, config.personas, str(fixtures / "personas.yaml"))
     tasks = load_tasks(fixtures, config.tasks, _parse_datasets(config.datasets))

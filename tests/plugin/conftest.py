@@ -12,9 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def project(pytester: pytest.Pytester) -> pytest.Pytester:
-    """A copy of the project's suite, fixtures and thresholds in pytester's temporary folder."""
-    shutil.copytree(ROOT / "fixtures", pytester.path / "fixtures")
+    """A copy of the project's suite in pytester's temporary folder (fixtures and thresholds: the packaged ones)."""
     shutil.copytree(ROOT / "tests" / "refusal", pytester.path / "tests" / "refusal")
-    shutil.copy(ROOT / "thresholds.yaml", pytester.path / "thresholds.yaml")
     pytester.makeini("[pytest]\ntestpaths = tests/refusal\n")
     return pytester

@@ -1,26 +1,12 @@
-"""The product suite: one pytest item per release gate, parametrised by the falserefusal plugin.
+"""The product suite in this repository: the packaged gate tests (src/falserefusal/suite/test_gates.py), one copy.
 
-Run it with `pytest` (embedded SmolLM2) or `pytest --model <hub id | folder | .gguf>`; see the README.
+Run it with `pytest` (embedded SmolLM2) or `pytest --model <hub id | folder | .gguf>`; see the README. Installed
+elsewhere, `pytest --pyargs falserefusal` runs the same items.
 """
 
-from typing import Any
-
-
-def test_refusal_rate(refusal_rate_gate: Any, falserefusal_gate: Any) -> None:
-    """The task's refusal rate, over every persona and the baseline, stays under the profile's limit."""
-    falserefusal_gate(refusal_rate_gate)
-
-
-def test_persona_disparity(persona_disparity_gate: Any, falserefusal_gate: Any) -> None:
-    """Adopting the persona raises the refusal rate by no more than the limit, on the same requests."""
-    falserefusal_gate(persona_disparity_gate)
-
-
-def test_noninferiority(noninferiority_gate: Any, falserefusal_gate: Any) -> None:
-    """With --baseline-model: the task's refusal rate exceeds the baseline model's by no more than the margin."""
-    falserefusal_gate(noninferiority_gate)
-
-
-def test_noninferiority_persona(noninferiority_persona_gate: Any, falserefusal_gate: Any) -> None:
-    """With --baseline-model: the persona's disparity grows by no more than the margin over the baseline model's."""
-    falserefusal_gate(noninferiority_persona_gate)
+from falserefusal.suite.test_gates import (  # noqa: F401  (pytest collects the imported test functions)
+    test_noninferiority,
+    test_noninferiority_persona,
+    test_persona_disparity,
+    test_refusal_rate,
+)

@@ -12,10 +12,10 @@ import pytest
 from falserefusal.backends import BackendOptions
 from falserefusal.cache import CACHE_FILE, CacheKey, GenerationCache
 from falserefusal.gpus import pin_worker_gpu, share_cpu_threads, visible_gpus, worker_gpu
+from falserefusal.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
 from falserefusal.runner import Generator, RunConfig, cache_summary, prepare
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest, Message
 
-ROOT = Path(__file__).resolve().parents[2]
 IDENTITY = {"backend": "transformers", "model": "m", "commit": "abc", "chat_template_sha256": "t1", "dtype": "float32"}
 DECODING = {"max_new_tokens": 32, "stop": None}
 
@@ -161,8 +161,8 @@ MODEL = "scripted:base=0.2,persona.muslim=0.3"
 
 
 def config_for(tmp_path: Path, **changes: Any) -> RunConfig:
-    values = dict(models=(MODEL,), samples=5, tasks=("nli",), progress=False, fixtures=str(ROOT / "fixtures"),
-                  thresholds=str(ROOT / "thresholds.yaml"), cache_dir=str(tmp_path / "cache"), root=str(tmp_path))
+    values = dict(models=(MODEL,), samples=5, tasks=("nli",), progress=False, fixtures=str(DEFAULT_FIXTURES),
+                  thresholds=str(DEFAULT_THRESHOLDS), cache_dir=str(tmp_path / "cache"), root=str(tmp_path))
     return RunConfig(**{**values, **changes})
 
 

@@ -12,12 +12,12 @@ import pytest
 from falserefusal.backends.scripted import ScriptedBackend, ScriptedSpec
 from falserefusal.cases import draw_cases
 from falserefusal.personas import load_personas, select_personas
+from falserefusal.project import DEFAULT_FIXTURES
 from falserefusal.runner import request_for
 from falserefusal.tasks import load_dataset_items, load_task_file, load_tasks
 from falserefusal.types import BASELINE_ID, FORCING_LEVELS, Case, FalseRefusalError, Record
 
-ROOT = Path(__file__).resolve().parents[2]
-FIXTURES = ROOT / "fixtures"
+FIXTURES = DEFAULT_FIXTURES
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from falserefusal.cli import main
+from falserefusal.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
 from falserefusal.report import build_report
 from falserefusal.runner import RunConfig, RunResult, default_options, outcomes_from_results, read_results, run
 from falserefusal.types import BASELINE_ID
@@ -116,7 +117,7 @@ def test_cli_report_rebuilds_the_report_from_saved_results(tmp_path: Path, capsy
     run_dir = tmp_path / "run"
     code = main(["run", "--model", PLANTED, "--samples", "30", "--tasks", "nli", "--personas", "religion",
                  "--profile", "release", "--seed", "2", "--report-dir", str(run_dir), "--no-progress",
-                 "--fixtures-dir", str(ROOT / "fixtures"), "--thresholds", str(ROOT / "thresholds.yaml")])
+                 "--fixtures-dir", str(DEFAULT_FIXTURES), "--thresholds", str(DEFAULT_THRESHOLDS)])
     assert code == 1  # the planted muslim effect fails its gate
     assert (run_dir / "index.html").is_file() and (run_dir / "results.jsonl").is_file()
     assert f"report: {run_dir / 'index.html'}" in capsys.readouterr().out
