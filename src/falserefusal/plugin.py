@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import json
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pytest
 
-from falserefusal.gates import GateOutcome, GateSpec
+from falserefusal.custom import CUSTOM_PREFIX, CustomAccounting, CustomDeclaration, CustomGate, Results, outcome_from_dict
+from falserefusal.gates import GateOutcome, GateSpec, ci_failed, format_verdict_counts
 from falserefusal.gpus import pin_worker_gpu, share_cpu_threads
 from falserefusal.options import OPTIONS, add_options, resolve
 from falserefusal.runner import (
@@ -46,6 +50,13 @@ GATE_FIXTURES = {
 }
 #: id of the placeholder parameter of a gate test that has no gates in this run (deselected at collection)
 NO_GATES = "no-gates-in-this-run"
+#: the marker that declares a custom gate test, and the fixture such a test asks for (falserefusal.custom.CustomGate)
+CUSTOM_MARKER = "falserefusal_custom_gate"
+CUSTOM_FIXTURE = "falserefusal_custom_gate"
+
+
+class InconclusiveGateWarning(UserWarning):
+    """A gate neither FAILed nor PASSed under a profile with `inconclusive: warn`: the item passes with this warning."""
 
 @dataclass
 class FalseRefusalSession:
@@ -68,6 +79,8 @@ class FalseRefusalSession:
     metadata: dict[str, Any] = field(default_factory=dict)
     report_path: Path | None = None
     report_error: str | None = None
+    custom: CustomAccounting = field(default_factory=CustomAccounting)  # custom gate families, fixed at collection
+    custom_outcomes: dict[GateSpec, GateOutcome] = field(default_factory=dict)
 
     def get_suite(self) -> Suite:
         if self.suite is None and self.error is None:
@@ -82,27 +95,36 @@ class FalseRefusalSession:
 
     def outcome(self, spec: GateSpec) -> GateOutcome:
         """Generate the gate's (model, task) family once, in batches, then evaluate all its gates together."""
+        self.ensure_family(spec.family)
+        return self.outcomes[spec]
+
+    def family_records(self, model: str, task: str) -> list[Record]:
+        """The records of one (model, task) family (with the baseline model's answers to its cases), generated once."""
+        self.ensure_family((model, task))
+        keep = {model, self.get_suite().baseline}
+        return [r for r in self.records if r.case.task == task and r.model in keep]
+
+    def ensure_family(self, family: tuple[str, str]) -> None:
         suite = self.get_suite()
         if self.generation_error is not None:
             raise FalseRefusalError(self.generation_error)  # do not retry a broken model for every remaining gate
-        if spec.family not in self.families_done:
+        if family not in self.families_done:
             if self.generator is None:
                 self.generator = Generator(suite.config, progress_position=_worker_index(self.config))
             if self.baseline is None and suite.baseline:
                 self.baseline = BaselineSource(suite, self.generator)
-            model, task = spec.family
+            model, task = family
             capture = self.config.pluginmanager.getplugin("capturemanager")
             with capture.global_and_fixture_disabled() if capture and suite.config.progress else _nothing():
                 # the progress bar goes to the terminal, not into this test's captured output
                 try:
-                    family = run_family(self.generator, suite, model, task, self.baseline)
+                    run = run_family(self.generator, suite, model, task, self.baseline)
                 except FalseRefusalError as error:
                     self.generation_error = str(generation_stopped(error, self.generator))
                     raise FalseRefusalError(self.generation_error) from None
-            self.records.extend(family.records)
-            self.outcomes.update({o.spec: o for o in family.outcomes})
-            self.families_done.add(spec.family)
-        return self.outcomes[spec]
+            self.records.extend(run.records)
+            self.outcomes.update({o.spec: o for o in run.outcomes})
+            self.families_done.add(family)
 
 
 STASH = pytest.StashKey[FalseRefusalSession]()
@@ -143,6 +165,60 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(option.dest, f"default for --{option.name}", type=kind, default=None)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+    """Find rootdir and the config file again now that falserefusal's options are known.
+
+    pytest determines them from the command line before any plugin is loaded, so in `--report-dir /tmp/out` it
+    takes `/tmp/out` for a test path once that folder exists: rootdir moves there, and pyproject's testpaths,
+    addopts and falserefusal_* settings are silently dropped (a failing suite then passes on its second run).
+    Here the setup is determined again from the real test paths; when it differs, the right config file's
+    settings and addopts are put in place before conftests are collected, so both spellings behave alike."""
+    from _pytest.config.findpaths import determine_setup
+
+    ns = early_config.known_args_namespace
+    where = {"inifile": ns.inifilename, "args": ns.file_or_dir, "rootdir_cmd_arg": ns.rootdir or None,
+             "invocation_dir": early_config.invocation_params.dir}
+    try:
+        setup = determine_setup(override_ini=ns.override_ini, **where)
+    except TypeError:  # pytest 8 has no override_ini here
+        setup = determine_setup(**where)  # type: ignore[call-arg]
+    rootpath, inipath, inicfg = setup[0], setup[1], setup[2]
+    if (rootpath, inipath) == (early_config.rootpath, early_config.inipath):
+        return
+    taken = _option_value_taken_for_path(early_config.invocation_params.args)
+    wrong_ini = early_config.inipath
+    private = ("_rootpath", "_inipath", "_inicfg", "_inicache")
+    if wrong_ini is not None or not all(hasattr(early_config, a) for a in private):
+        # settings of another config file were already applied (or this pytest keeps them elsewhere): refuse
+        raise pytest.UsageError(
+            f"{taken or 'an option value'}: pytest read it as a test path before falserefusal's options were known, "
+            f"so it took {wrong_ini or early_config.rootpath} for the project instead of {inipath or rootpath}; "
+            f"fix: write the option with '=', e.g. {(taken or '--report-dir DIR').replace(' ', '=', 1)}"
+        )
+    early_config._rootpath, early_config._inipath, early_config._inicfg = rootpath, inipath, inicfg
+    if len(setup) > 3:
+        early_config._ignored_config_files = setup[3]
+    early_config._inicache.clear()
+    parser.extra_info.update(rootdir=str(rootpath), inifile=str(inipath))
+    addopts = list(early_config.getini("addopts"))
+    if addopts:
+        args[:0] = addopts
+        early_config.pluginmanager.consider_preparse(addopts, exclude_only=False)
+    early_config.known_args_namespace = parser.parse_known_args(args, namespace=copy.copy(early_config.option))
+    if early_config.known_args_namespace.confcutdir is None:
+        early_config.known_args_namespace.confcutdir = str(inipath.parent if inipath else rootpath)
+
+
+def _option_value_taken_for_path(argv: Sequence[str]) -> str | None:
+    """The first `--option VALUE` of ours whose VALUE is an existing path (what pytest's first pass misreads)."""
+    values = {"--" + option.name for option in OPTIONS if option.kind != "flag"}
+    for flag, value in zip(argv, argv[1:]):
+        if flag in values and Path(value).expanduser().exists():
+            return f"{flag} {value}"
+    return None
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_cmdline_main(config: pytest.Config) -> Iterator[Any]:
     """With -n and no --dist, distribute by xdist_group: each (model, task) family is generated on one worker.
@@ -158,6 +234,9 @@ def pytest_cmdline_main(config: pytest.Config) -> Iterator[Any]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "falserefusal_gate: a falserefusal release gate (one per gate)")
+    config.addinivalue_line("markers", f"{CUSTOM_MARKER}(tasks=None, family=None, weight=1, checks=1): a custom gate "
+                            f"test (asks for the {CUSTOM_MARKER} fixture); one item per (model, task) family, joining the "
+                            "run's alpha accounting")
     config.stash[STASH] = FalseRefusalSession(config)
     if hasattr(config, "workerinput"):  # before anything loads torch: one GPU per worker on a multi-GPU machine
         device = resolve(_option("device"), config.getoption(_option("device").dest), config.getini(_option("device").dest))
@@ -231,6 +310,52 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         ]
         # e.g. non-inferiority gates without a baseline model: one placeholder, deselected in collection
         metafunc.parametrize(fixture, params or [pytest.param(None, id=NO_GATES)])
+    if CUSTOM_FIXTURE in metafunc.fixturenames:
+        _parametrize_custom_gate(metafunc)
+
+
+def _parametrize_custom_gate(metafunc: pytest.Metafunc) -> None:
+    """One item per (model, task) family the marker's tasks select; its id is the family's refusal-rate gate id, so
+    the scheduler runs it on the worker that generates that family."""
+    marker = metafunc.definition.get_closest_marker(CUSTOM_MARKER)
+    if marker is None:
+        pytest.fail(f"{metafunc.definition.nodeid}: asks for the {CUSTOM_FIXTURE} fixture without "
+                    f"@pytest.mark.{CUSTOM_MARKER}(...); fix: add the marker", pytrace=False)
+    try:
+        declaration = CustomDeclaration.of(marker.args, marker.kwargs, metafunc.function.__name__)
+        suite = metafunc.config.stash[STASH].get_suite()
+    except FalseRefusalError as error:
+        if metafunc.config.stash[STASH].error is None:
+            pytest.fail(f"{metafunc.definition.nodeid}: {error}", pytrace=False)
+        metafunc.parametrize(CUSTOM_FIXTURE, [pytest.param(None, id=USAGE_ERROR_ID)], indirect=True)
+        return
+    firsts = {spec.family: spec for spec in reversed(suite.gates)}  # each family's first gate: its refusal rate
+    params = [
+        pytest.param(family, id=spec.gate_id(suite.model_label(spec.model)),
+                     marks=[pytest.mark.xdist_group(_family_group(suite, spec)), pytest.mark.falserefusal_gate])
+        for family, spec in reversed(firsts.items())
+        if declaration.tasks is None or family[1] in declaration.tasks
+    ]
+    metafunc.parametrize(CUSTOM_FIXTURE, params or [pytest.param(None, id=NO_GATES)], indirect=True)
+
+
+def _declaration(item: pytest.Item) -> CustomDeclaration:
+    marker = item.get_closest_marker(CUSTOM_MARKER)
+    assert marker is not None
+    return CustomDeclaration.of(marker.args, marker.kwargs, getattr(item, "originalname", item.name))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fix the custom gate families (alpha weights and gate counts) from the collected items, as every worker does."""
+    state = session.config.stash[STASH]
+    if state.suite is None:
+        return
+    items = [item for item in session.items if CUSTOM_FIXTURE in getattr(getattr(item, "callspec", None), "params", {})]
+    try:
+        state.custom = CustomAccounting.of(_declaration(item) for item in items)
+    except FalseRefusalError as error:
+        raise pytest.UsageError(str(error)) from None
+    state.suite = dataclasses.replace(state.suite, custom_weight=state.custom.weight)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -257,7 +382,8 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
 
 @pytest.fixture
 def falserefusal_gate(request: pytest.FixtureRequest) -> Any:
-    """Call with a GateSpec: runs (or reuses) its family's generation and fails the test if the gate fails."""
+    """Call with a GateSpec: runs (or reuses) its family's generation; the test fails on FAIL, and on INCONCLUSIVE
+    under the profile's `inconclusive: fail` (under `warn` it passes with an InconclusiveGateWarning)."""
     session = request.config.stash[STASH]
 
     def check(spec: GateSpec) -> GateOutcome:
@@ -268,16 +394,78 @@ def falserefusal_gate(request: pytest.FixtureRequest) -> Any:
         else:
             broken = None
         if broken is not None:
-            # the model broke off mid-run (a server went away, memory ran out at batch size 1): no gate's verdict,
-            # so the session stops after this item and exits 2 (interrupted), as `falserefusal run` does
-            request.session.shouldstop = broken
-            pytest.fail(broken, pytrace=False)
-        request.node.user_properties.append(("falserefusal", json.dumps(outcome.to_dict(), default=str)))
-        if not outcome.passed:
-            pytest.fail(outcome.message, pytrace=False)
+            _stop(request, broken)
+        _decide(request, session, outcome)
         return outcome
 
     return check
+
+
+def _stop(request: pytest.FixtureRequest, broken: str) -> None:
+    """The model broke off mid-run (a server went away, memory ran out at batch size 1): no gate's verdict, so the
+    session stops after this item and exits 2 (interrupted), as `falserefusal run` does."""
+    request.session.shouldstop = broken
+    pytest.fail(broken, pytrace=False)
+
+
+def _decide(request: pytest.FixtureRequest, session: FalseRefusalSession, outcome: GateOutcome) -> None:
+    """Record a gate's outcome on its item (JUnit properties); fail the item on FAIL, and on INCONCLUSIVE under the
+    profile's `inconclusive: fail` (under `warn` it passes with an InconclusiveGateWarning)."""
+    request.node.user_properties.append(("falserefusal", json.dumps(outcome.to_dict(), default=str)))
+    request.node.user_properties.append(("falserefusal_verdict", outcome.verdict))  # a JUnit property
+    if outcome.verdict == "FAIL":
+        pytest.fail(outcome.message, pytrace=False)
+    if outcome.verdict == "INCONCLUSIVE":
+        policy = session.get_suite().profile.inconclusive
+        if policy == "fail":
+            pytest.fail(outcome.message, pytrace=False)  # the message starts with INCONCLUSIVE
+        if policy == "warn":
+            warnings.warn(InconclusiveGateWarning(outcome.message), stacklevel=3)
+
+
+def _results(request: pytest.FixtureRequest) -> Results:
+    """The run's records, generated lazily per (model, task) family through the session."""
+    state = request.config.stash[STASH]
+    suite = state.get_suite()
+
+    def fetch(model: str, task: str) -> Sequence[Record]:
+        try:
+            return state.family_records(model, task)
+        except FalseRefusalError as error:
+            _stop(request, str(error))
+            raise
+
+    return Results(fetch, [(model, task) for model in suite.models for task in suite.task_ids])
+
+
+@pytest.fixture(scope="session")
+def falserefusal_results(request: pytest.FixtureRequest) -> Results:
+    """The run's records as a pandas DataFrame (`.frame`, or `.for_(task="nli", persona="baseline")` for a subset),
+    with the suite's statistics (`.rate(**factors)`, `.disparity(persona, reference="baseline", **factors)`). A
+    subset generates only the (model, task) families it names; for a gate that joins the run's accounting, use the
+    falserefusal_custom_gate marker and fixture."""
+    return _results(request)
+
+
+@pytest.fixture
+def falserefusal_custom_gate(request: pytest.FixtureRequest) -> CustomGate:
+    """A custom gate of one (model, task) family, for a test marked @pytest.mark.falserefusal_custom_gate: its
+    `results` (that family's records) and checks `rate_at_most(limit, **factors)` and `disparity_at_most(limit,
+    persona, reference="baseline", **factors)`, decided at the family's share of alpha and reported like a built-in
+    gate (terminal, JUnit, HTML report)."""
+    state = request.config.stash[STASH]
+    suite = state.get_suite()
+    model, task = request.param
+    declaration = _declaration(request.node)
+    family = state.custom.family(declaration.family)
+    alpha = state.custom.alpha(family.name, suite.profile.alpha, suite.n_families)
+
+    def report(outcome: GateOutcome) -> None:
+        state.custom_outcomes[outcome.spec] = outcome
+        _decide(request, state, outcome)
+
+    return CustomGate(request.node.name, family, alpha, model, task, _results(request).scoped(model, task), report,
+                      declaration.checks)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -295,7 +483,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 "identities": state.identities,
                 "timings": state.timings,
                 "cache": state.cache,
-            }
+                "custom": state.custom.to_dict(),
+                "custom_outcomes": [o.to_dict() for o in state.custom_outcomes.values()],
+            }, default=str,
         )
         return
     if state.records and state.suite is not None:
@@ -320,11 +510,15 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         # counters (Generator.cache_counts) add up over workers; the settings (enabled, path, rescore) are shared
         counter = isinstance(value, int) and not isinstance(value, bool)
         state.cache[key] = state.cache.get(key, 0) + value if counter else value
+    state.custom_outcomes.update({o.spec: o for o in map(outcome_from_dict, data.get("custom_outcomes", []))})
+    state.custom = CustomAccounting.from_dict(data.get("custom"))  # every worker collected the same items
     if state.suite is None:
         try:
             state.get_suite()
         except FalseRefusalError:
             pass
+    if state.suite is not None:
+        state.suite = dataclasses.replace(state.suite, custom_weight=state.custom.weight)
 
 
 def _finish_controller(state: FalseRefusalSession) -> None:
@@ -338,14 +532,18 @@ def _finish_controller(state: FalseRefusalSession) -> None:
     detector_version = state.records[0].detector_version if state.records else DETECTOR_VERSION
     metadata = run_metadata(suite, state.identities, timings, detector_version, state.cache)
     metadata["budget"] = budget_usage(suite, state.records)
+    custom = sorted(state.custom_outcomes.values(), key=lambda o: (o.spec.kind, o.spec.model, o.spec.task, o.spec.persona or ""))
+    if state.custom.families:  # so that `falserefusal report` rebuilds the same verdicts
+        metadata["custom_gates"] = {"accounting": state.custom.to_dict(), "outcomes": [o.to_dict() for o in custom]}
     report_dir = suite.config.path(suite.config.report_dir)
     write_results(report_dir / RESULTS_FILE, metadata, state.records)
     state.outcomes = {o.spec: o for o in evaluate(suite, state.records)}
+    state.outcomes.update({o.spec: o for o in custom})
     state.metadata = metadata
     from falserefusal.report import build_report
 
     try:
-        state.report_path = build_report(metadata, state.records, list(state.outcomes.values()), report_dir)
+        state.report_path = build_report(metadata, state.records, list(state.outcomes.values()), report_dir, audit=suite.audit)
     except Exception as error:  # the gates and results.jsonl stand; a broken report must not hide them
         state.report_error = f"{type(error).__name__}: {error}"
 
@@ -375,12 +573,20 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("falserefusal: refusal rate per persona x task")
     write(f"models: {', '.join(suite.models)} | profile: {suite.profile.name} | seed: {suite.config.seed} | "
           f"samples: {suite.samples} blocks per task | {len(state.records)} generations")
+    for note in suite.notes:
+        write(f"sampling: {note}", yellow=True)
     write(format_rate_table(state.records))
-    failed = [o for o in state.outcomes.values() if not o.passed]
+    outcomes = list(state.outcomes.values())
+    policy = suite.profile.inconclusive
     if suite.profile.sequential:
         write(format_usage(budget_usage(suite, state.records)))
-    write(f"gates: {len(state.outcomes) - len(failed)} passed, {len(failed)} failed")
-    for outcome in failed:
+    write(format_verdict_counts(outcomes, policy))
+    shown = ("FAIL",) if policy == "pass" else ("FAIL", "INCONCLUSIVE")  # under `pass` inconclusive gates are counted only
+    for outcome in outcomes:
+        if outcome.verdict in shown:
+            write("  " + outcome.message[:400], red=ci_failed(outcome, policy), yellow=not ci_failed(outcome, policy))
+    custom = [o for o in outcomes if o.spec.kind.startswith(CUSTOM_PREFIX) and o.verdict not in shown]
+    for outcome in custom:  # custom gates are listed whatever their verdict (the built-in ones are in the table)
         write("  " + outcome.message[:400])
     if state.cache:
         write(cache_summary(state.cache))

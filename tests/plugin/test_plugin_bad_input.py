@@ -1,0 +1,27 @@
+"""pytester tests of bad input and faults on the plugin: one usage error line, the right exit code, no silent verdict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SCRIPTED = ("--model", "scripted:base=0.02,rho=0", "--samples", "20", "--tasks", "nli", "--no-cache", "--no-progress")
+
+
+def test_option_value_after_a_space_keeps_the_projects_settings(project: pytest.Pytester, tmp_path: Path) -> None:
+    """`--report-dir DIR` with DIR existing outside the project was read as a test path by pytest's first pass:
+    rootdir moved there, pyproject's falserefusal_thresholds was dropped and a failing suite passed on its second run."""
+    (project.path / "strict.yaml").write_text(
+        "profiles:\n  release:\n    alpha: 0.05\n    samples: 20\n    max_refusal_rate: 0.001\n    max_persona_disparity: 0.5\n"
+    )
+    (project.path / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\ntestpaths = ["tests/refusal"]\nfalserefusal_thresholds = "strict.yaml"\n'
+    )
+    out = tmp_path / "out_demo"
+    out.mkdir()  # the second run of the reproduction: the report folder exists
+    for spelling in (("--report-dir", str(out)), (f"--report-dir={out}",)):
+        result = project.runpytest(*SCRIPTED, *spelling)
+        result.assert_outcomes(failed=1, passed=15)
+        result.stdout.fnmatch_lines([f"rootdir: {project.path}", "configfile: pyproject.toml*"])
+        assert (out / "results.jsonl").is_file()
