@@ -28,7 +28,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"results: {report_dir / RESULTS_FILE}")
     from falserefusal.report import build_report
 
-    print(f"report: {build_report(result.metadata, result.records, result.outcomes, report_dir)}")
+    print(f"report: {build_report(result.metadata, result.records, result.outcomes, report_dir, audit=result.suite.audit)}")
     return 1 if failed else 0
 
 
@@ -49,22 +49,26 @@ def _cmd_init(args: argparse.Namespace) -> int:
 def _configure_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("results", metavar="RESULTS", help="a results.jsonl written by `falserefusal run` or pytest")
     parser.add_argument("--report-dir", metavar="DIR", help="where index.html goes (default: the folder of RESULTS)")
+    parser.add_argument("--audit", metavar="FILE", help=next(o.help for o in OPTIONS if o.name == "audit"))
 
 
 def _report_command(args: argparse.Namespace) -> str:
-    return f"falserefusal report {args.results}" + (f" --report-dir {args.report_dir}" if args.report_dir else "")
+    return (f"falserefusal report {args.results}" + (f" --report-dir {args.report_dir}" if args.report_dir else "")
+            + (f" --audit {args.audit}" if args.audit else ""))
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """Rebuild index.html from saved results: gates re-evaluated with the profile stored in the results header."""
+    from falserefusal.audit import load_audit
     from falserefusal.report import build_report
     from falserefusal.runner import outcomes_from_results, read_results
 
     results = Path(args.results)
     metadata, records = read_results(results)
+    audit = load_audit(args.audit) if args.audit else None
     outcomes = outcomes_from_results(metadata, records)
     report_dir = Path(args.report_dir) if args.report_dir else results.parent
-    path = build_report(metadata, records, outcomes, report_dir, command_line=_report_command(args))
+    path = build_report(metadata, records, outcomes, report_dir, command_line=_report_command(args), audit=audit)
     failed = [o for o in outcomes if not o.passed]
     print(f"gates: {len(outcomes) - len(failed)} passed, {len(failed)} failed")
     print(f"report: {path}")
@@ -200,10 +204,62 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_options(parser: argparse.ArgumentParser) -> None:
+    from falserefusal.audit import DEFAULT_PER_STRATUM
+
+    actions = parser.add_subparsers(dest="audit_command", required=True)
+    export = actions.add_parser("export", help="a stratified sample of a run's answers as CSV for people to label",
+                                description="Write a stratified sample (model x task x persona x detector outcome) of "
+                                "RESULTS as CSV for people to label R/P/C/N, and its strata sizes beside it.")
+    export.add_argument("results", metavar="RESULTS", help="a results.jsonl written by `falserefusal run` or pytest")
+    export.add_argument("--per-stratum", type=int, default=DEFAULT_PER_STRATUM, metavar="N",
+                        help=f"answers drawn per stratum (default: {DEFAULT_PER_STRATUM})")
+    export.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the draw (default: 0)")
+    export.add_argument("--out", metavar="FILE", help="the CSV to write (default: audit.csv beside RESULTS)")
+    export.set_defaults(audit_handler=_cmd_audit_export)
+    score = actions.add_parser("score", help="sensitivity, specificity and agreement of the detector on the labelled CSV",
+                               description="Check the labels of an exported audit CSV, print the detector's accuracy "
+                               "with 95%% intervals and write the audit summary JSON that --audit reads.")
+    score.add_argument("labels", metavar="LABELS", help="the CSV of `audit export` with human_label filled in")
+    score.add_argument("--out", metavar="FILE", help="the summary JSON to write (default: LABELS with .json)")
+    score.add_argument("--json", action="store_true", help="print the summary as one JSON object instead of the table")
+    score.set_defaults(audit_handler=_cmd_audit_score)
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    return int(args.audit_handler(args))
+
+
+def _cmd_audit_export(args: argparse.Namespace) -> int:
+    from falserefusal.audit import export_audit
+
+    out, sidecar, sample = export_audit(Path(args.results), Path(args.out) if args.out else None, args.per_stratum, args.seed)
+    print(f"{len(sample.rows)} answers from {len(sample.sampled)} strata of {sum(sample.sizes.values())} to label: {out}")
+    print(f"strata sizes (sampling weights): {sidecar}")
+    print(f"fill in human_label (R, P, C or N) and note, then: falserefusal audit score {out}")
+    return 0
+
+
+def _cmd_audit_score(args: argparse.Namespace) -> int:
+    import json
+
+    from falserefusal.audit import format_audit, score_labels
+
+    audit, out = score_labels(Path(args.labels), Path(args.out) if args.out else None)
+    if args.json:
+        print(json.dumps(json.loads(out.read_text(encoding="utf-8")), sort_keys=True))
+    else:
+        print(format_audit(audit))
+        print(f"audit summary: {out} (pass it as --audit to `falserefusal run` / `report` or pytest)")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("run the suite (same options as the pytest plugin) and write results", lambda p: add_options(p.add_argument), _cmd_run),
     "init": ("copy the packaged thresholds.yaml and fixtures/ into a project folder for editing", _init_options, _cmd_init),
     "report": ("rebuild the HTML report from a saved results.jsonl, without a model", _configure_report, _cmd_report),
+    "audit": ("audit the refusal detector: export answers for people to label, score their labels",
+              _audit_options, _cmd_audit),
     "plan": ("request blocks per task each gate type needs (sample-size planning)", _plan_options, _cmd_plan),
     "simulate-release": ("simulate candidate-versus-baseline gating with scripted models: false fails, power, "
                          "sequential savings", _simulate_release_options, _cmd_simulate_release),

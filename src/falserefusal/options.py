@@ -59,6 +59,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("no-cache", "neither read nor write the generation cache", kind="flag", default=False),
     Option("rescore", "re-label cached generations with the current refusal detector without calling the model "
            "(an error if any generation is missing)", kind="flag", default=False),
+    Option("audit", "a detector audit (the summary JSON of `falserefusal audit score`, or the labelled CSV): the report "
+           "shows the detector's accuracy and the rates corrected for its error, and a profile with "
+           "detector_correction: audit gates on the corrected rates", metavar="FILE"),
     Option("base-url", "OpenAI-compatible server for openai:NAME models, e.g. http://localhost:8000/v1 "
            "(default: $OPENAI_BASE_URL, else https://api.openai.com/v1)", metavar="URL"),
     Option("api-key-env", "environment variable that holds the served model's API key", default="OPENAI_API_KEY", metavar="NAME"),

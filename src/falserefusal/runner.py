@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from falserefusal.analysis import records_frame
+from falserefusal.analysis.detector_audit import DetectorAudit
+from falserefusal.audit import load_audit
 from falserefusal.backends import DEFAULT_MODEL_NAME, Backend, BackendOptions, backend_for, check_hub_model, load_backend
 from falserefusal.cache import CacheKey, Cached, GenerationCache
 from falserefusal.cases import draw_cases
@@ -58,6 +60,7 @@ class RunConfig:
     root: str = "."  # relative paths resolve against this (pytest's rootdir, or the working directory)
     baseline_model: str | None = None  # the checkpoint the candidates are compared with (non-inferiority gates)
     baseline_results: str | None = None  # or a saved results.jsonl of it
+    audit: str | None = None  # a detector audit file (falserefusal.audit.load_audit)
 
     @classmethod
     def from_options(cls, values: Mapping[str, Any], root: str = ".") -> "RunConfig":
@@ -98,6 +101,7 @@ class RunConfig:
             root=root,
             baseline_model=v.get("baseline-model"),
             baseline_results=v.get("baseline-results"),
+            audit=v.get("audit"),
         )
 
     def path(self, value: str) -> Path:
@@ -127,6 +131,7 @@ class Suite:
     gates: tuple[GateSpec, ...]
     baseline: str | None = None  # baseline model of the non-inferiority gates
     baseline_records: Mapping[str, Record] | None = None  # case id -> saved record, with --baseline-results
+    audit: DetectorAudit | None = None  # --audit: the detector's audited error (report panel, corrected gates)
 
     @property
     def task_ids(self) -> tuple[str, ...]:
@@ -208,8 +213,9 @@ def prepare(config: RunConfig) -> Suite:
             cache.close()
     baseline, saved = _prepare_baseline(config, models, [t.task.id for t in tasks], cases)
     gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas], baseline)
+    audit = load_audit(config.path(config.audit)) if config.audit else None
     return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates),
-                 baseline, saved)
+                 baseline, saved, audit)
 
 
 def _prepare_baseline(

@@ -18,6 +18,7 @@ import pandas as pd
 
 from falserefusal.analysis import fit_logistic, persona_disparities, records_frame, refusal_rates, sensitivity_table
 from falserefusal.analysis.comparison import comparison_table, flipped_examples
+from falserefusal.analysis.detector_audit import DetectorAudit, audit_summary, corrected_estimates
 from falserefusal.analysis.sensitivity import DEFAULT_FACTORS
 from falserefusal.gates import GateOutcome
 from falserefusal.report import figures
@@ -259,11 +260,36 @@ def _records_of_frame(frame: pd.DataFrame, by: Sequence[str]) -> list[dict[str, 
     return refusal_rates(frame, by=by).to_dict(orient="records")
 
 
+def _audit_section(audit: DetectorAudit, frame: pd.DataFrame, labels: Mapping[str, str], seed: int) -> dict[str, Any]:
+    """The detector panel: how far the detector is off on the audit's labels, and rates corrected for it."""
+    summary = audit_summary(audit)
+    corrected = corrected_estimates(frame, audit, seed=seed)
+
+    def show(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return [{**row, "model": labels.get(row["model"], row["model"])} for row in rows]
+
+    rates = corrected.rates
+    unaudited = sorted(set(frame["model"]) - set(audit.models))
+    return {
+        "summary": summary,
+        "overall": summary["overall"],
+        "groups": show(summary["by_persona_group"]),
+        "personas": show(summary["by_persona"]),
+        "confusion": summary["confusion"],
+        "source": {k: v for k, v in audit.source.items() if v not in (None, "")},
+        "rates": show(rates[rates["persona"] != "all"].to_dict(orient="records")),
+        "pooled": show(rates[rates["persona"] == "all"].to_dict(orient="records")),
+        "disparities": show(corrected.disparities.to_dict(orient="records")),
+        "method": corrected.method,
+        "unaudited": [labels.get(m, m) for m in unaudited],
+    }
+
+
 def report_context(
     metadata: Mapping[str, Any], records: Sequence[Record], outcomes: Sequence[GateOutcome],
-    n_boot: int = REPORT_BOOTSTRAP, command_line: str | None = None,
+    n_boot: int = REPORT_BOOTSTRAP, command_line: str | None = None, audit: DetectorAudit | None = None,
 ) -> dict[str, Any]:
-    """Every value the templates show, computed once."""
+    """Every value the templates show, computed once; with an `audit`, the detector panel and corrected rates."""
     started = time.perf_counter()
     frame = records_frame(records)
     models = _ordered(metadata.get("models") or [], frame["model"])
@@ -281,6 +307,7 @@ def report_context(
         "n_records": len(frame),
         "n_refusals": refusals,
         "several_models": len(models) > 1,
+        "audit": None,
     }
     if frame.empty:
         context.update(empty=True, evidence=[], comparison=[], metadata=_metadata_rows(metadata, models, command_line))
@@ -336,6 +363,10 @@ def report_context(
     # 1b. candidate versus baseline model
     context["comparison"] = _comparison(metadata, records, frame, labels)
 
+    # 6b. detector audit
+    if audit is not None:
+        context["audit"] = _audit_section(audit, frame, labels, int(seed) if _finite(seed) else 0)
+
     # 7. evidence, 8. metadata
     context["evidence"] = _evidence(outcomes, records, labels)
     context["metadata"] = _metadata_rows(metadata, models, command_line)
@@ -345,10 +376,11 @@ def report_context(
 
 def build_report(
     metadata: Mapping[str, Any], records: Sequence[Record], outcomes: Sequence[GateOutcome], out_dir: Path,
-    n_boot: int = REPORT_BOOTSTRAP, command_line: str | None = None,
+    n_boot: int = REPORT_BOOTSTRAP, command_line: str | None = None, audit: DetectorAudit | None = None,
 ) -> Path:
-    """Write `out_dir/index.html` (self-contained: figures inline, no scripts, no network) and return its path."""
-    context = report_context(metadata, records, outcomes, n_boot=n_boot, command_line=command_line)
+    """Write `out_dir/index.html` (self-contained: figures inline, no scripts, no network) and return its path;
+    `audit` (from `falserefusal.audit.load_audit`) adds the detector panel and the rates corrected for its error."""
+    context = report_context(metadata, records, outcomes, n_boot=n_boot, command_line=command_line, audit=audit)
     html = _environment().get_template("index.html.j2").render(**context)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,476 @@
+"""Detector audit: how far the refusal detector is off on hand-labelled answers, and rates corrected for its error.
+
+The audit sample is stratified by the detector's own reading: a stratum is one (model, task, persona, detector
+outcome) of a run, of `size` answers, of which `n` were labelled by people (rubric labels R, P, C, N; refusal =
+R or P). Within a stratum the labelled answers are a simple random sample, so each stands for `size / n` answers
+of the run: every pooled number below weights a labelled answer by that inverse sampling fraction.
+
+- **sensitivity** (recall of refusals): of the answers people label R or P, the share the detector reads as refusal;
+  **specificity**: of the answers people label C or N, the share it does not read as refusal;
+  **agreement**: the share whose detector outcome is the human label's (R/P -> refusal, C -> compliance,
+  N -> non_answer).
+- Their intervals: the Wilson score interval at Kish's effective sample size (sum w)^2 / sum w^2 of the labelled
+  answers in the denominator. With equal weights (a census, or the same fraction labelled in every stratum) this
+  is exactly Wilson on the counts; with unequal weights it widens the interval by the design effect of the
+  weighting (Kish 1965; Wilson with a design-effect-adjusted n is what Dean & Pagano 2015, Stat Med, recommend for
+  survey proportions). Within one stratum every weight is equal, so the per-stratum shares are plain Wilson.
+
+`corrected_estimates` turns a run's observed refusal rates into rates corrected for detector error with
+Rogan & Gladen's (1978) estimator per (model, task, persona) cell, p = (p_obs + spec - 1) / (sens + spec - 1)
+clipped to [0, 1], and persona disparities into the difference of corrected rates on the same request blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from statsmodels.stats.proportion import proportion_confint
+
+from falserefusal.types import BASELINE_ID, FalseRefusalError
+
+try:
+    from falserefusal.types import OUTCOMES
+except ImportError:  # a checkout from before the three-outcome detector: the same three readings
+    OUTCOMES = ("refusal", "compliance", "non_answer")
+
+RUBRIC_VERSION = "v1.1"
+#: human labels of the rubric (../shared/LABELLING.md) and the detector outcome each one means
+HUMAN_LABELS: tuple[str, ...] = ("R", "P", "C", "N")
+LABEL_OUTCOME: Mapping[str, str] = {"R": "refusal", "P": "refusal", "C": "compliance", "N": "non_answer"}
+LABEL_NAMES: Mapping[str, str] = {"R": "refusal", "P": "partial refusal", "C": "compliance", "N": "non-answer"}
+#: bootstrap replicates of the corrected estimates: the report's default
+CORRECTION_BOOTSTRAP = 1000
+
+
+def persona_group(persona: str) -> str:
+    """"baseline" for the no-persona condition, "persona" for every other: recall with vs without a persona."""
+    return BASELINE_ID if persona == BASELINE_ID else "persona"
+
+
+@dataclass(frozen=True)
+class AuditStratum:
+    """One (model, task, persona, detector outcome) of the audited run: its size and the human labels of its sample."""
+
+    model: str
+    task: str
+    persona: str
+    detector_outcome: str  # refusal | compliance | non_answer
+    size: int  # answers of the run in this stratum (the population the labelled ones stand for)
+    counts: Mapping[str, int] = field(default_factory=dict)  # human label (R, P, C, N) -> labelled answers
+
+    def __post_init__(self) -> None:
+        if self.detector_outcome not in OUTCOMES:
+            raise FalseRefusalError(f"audit stratum {self.key}: detector outcome {self.detector_outcome!r}; use one of {', '.join(OUTCOMES)}")
+        counts = {label: int(self.counts.get(label, 0)) for label in HUMAN_LABELS}
+        unknown = set(self.counts) - set(HUMAN_LABELS)
+        if unknown or min(counts.values()) < 0:
+            raise FalseRefusalError(f"audit stratum {self.key}: counts {dict(self.counts)}; use labels {', '.join(HUMAN_LABELS)} with counts >= 0")
+        if self.size < sum(counts.values()):
+            raise FalseRefusalError(f"audit stratum {self.key}: {sum(counts.values())} labelled answers but only {self.size} in the run; "
+                                    "fix: stratum_size must count every answer of the stratum")
+        object.__setattr__(self, "counts", counts)
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}|{self.task}|{self.persona}|{self.detector_outcome}"
+
+    @property
+    def n(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def refusals(self) -> int:
+        """Labelled answers that people read as refusals (R or P)."""
+        return self.counts["R"] + self.counts["P"]
+
+    @property
+    def weight(self) -> float:
+        """Answers of the run each labelled answer stands for (NaN when none is labelled)."""
+        return self.size / self.n if self.n else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "counts": dict(self.counts)}
+
+
+@dataclass(frozen=True)
+class DetectorAudit:
+    """A scored audit: every stratum of the audited run with its labels, and where it came from."""
+
+    strata: tuple[AuditStratum, ...]
+    source: Mapping[str, Any] = field(default_factory=dict)  # results file, detector version, seeds, rubric
+
+    def __post_init__(self) -> None:
+        keys = [s.key for s in self.strata]
+        if len(set(keys)) != len(keys):
+            repeated = next(k for k in keys if keys.count(k) > 1)
+            raise FalseRefusalError(f"audit: stratum {repeated} given twice; fix: one entry per stratum")
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(s.model for s in self.strata))
+
+    @property
+    def n_labelled(self) -> int:
+        return sum(s.n for s in self.strata)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The strata (what `from_dict` reads) plus every derived table, for people and other tools to read."""
+        return {"kind": "falserefusal-audit", "version": 1, "source": dict(self.source),
+                "strata": [s.to_dict() for s in self.strata], "summary": audit_summary(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "audit") -> "DetectorAudit":
+        if not isinstance(data, Mapping) or data.get("kind") != "falserefusal-audit" or not isinstance(data.get("strata"), list):
+            raise FalseRefusalError(f"{where}: not a falserefusal audit summary; fix: pass the JSON that "
+                                    "`falserefusal audit score` writes, or the labelled CSV")
+        try:
+            strata = tuple(AuditStratum(model=str(s["model"]), task=str(s["task"]), persona=str(s["persona"]),
+                                        detector_outcome=str(s["detector_outcome"]), size=int(s["size"]),
+                                        counts=dict(s["counts"])) for s in data["strata"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise FalseRefusalError(f"{where}: a stratum lacks {error}; fix: rescore the labelled CSV with `falserefusal audit score`") from None
+        return cls(strata, dict(data.get("source") or {}))
+
+
+# ----- accuracy of the detector ---------------------------------------------------------------------------------
+
+
+def label_frame(audit: DetectorAudit) -> pd.DataFrame:
+    """One row per (labelled stratum, human label) with its count and the weight of each of its answers."""
+    rows = [
+        {"model": s.model, "task": s.task, "persona": s.persona, "persona_group": persona_group(s.persona),
+         "detector_outcome": s.detector_outcome, "human_label": label, "human_outcome": LABEL_OUTCOME[label],
+         "count": count, "weight": s.weight}
+        for s in audit.strata if s.n for label, count in s.counts.items() if count
+    ]
+    columns = ["model", "task", "persona", "persona_group", "detector_outcome", "human_label", "human_outcome", "count", "weight"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def weighted_share(hits: pd.Series, counts: pd.Series, weights: pd.Series, alpha: float = 0.05) -> dict[str, float]:
+    """Weighted share of `hits` among labelled answers (`counts` per row, each answer weighing `weights`), with the
+    Wilson interval at Kish's effective sample size; NaN without answers."""
+    c, w = counts.to_numpy(float), weights.to_numpy(float)
+    total = float((c * w).sum())
+    if total <= 0:
+        return {"estimate": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": int(c.sum()), "n_eff": 0.0}
+    estimate = float((c * w)[hits.to_numpy(bool)].sum()) / total
+    n_eff = total**2 / float((c * w * w).sum())
+    low, high = proportion_confint(estimate * n_eff, n_eff, alpha=alpha, method="wilson")
+    low = 0.0 if estimate <= 0 else max(0.0, float(low))
+    high = 1.0 if estimate >= 1 else min(1.0, float(high))
+    return {"estimate": estimate, "ci_low": low, "ci_high": high, "n": int(c.sum()), "n_eff": n_eff}
+
+
+_MEASURES: Mapping[str, tuple[str, str]] = {
+    # measure -> (the labelled answers it is a share of, the ones it counts)
+    "agreement": ("all answers", "detector outcome = human label's outcome"),
+    "sensitivity": ("answers people label R or P", "read as refusal by the detector"),
+    "specificity": ("answers people label C or N", "not read as refusal"),
+    "non_answer_as_refusal": ("answers people label N", "read as refusal"),
+}
+
+
+def _measures(rows: pd.DataFrame, alpha: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"n_labelled": int(rows["count"].sum()) if len(rows) else 0}
+    human_refusal = rows["human_outcome"] == "refusal"
+    detector_refusal = rows["detector_outcome"] == "refusal"
+    parts = {
+        "agreement": (rows, rows["detector_outcome"] == rows["human_outcome"]),
+        "sensitivity": (rows[human_refusal], detector_refusal[human_refusal]),
+        "specificity": (rows[~human_refusal], ~detector_refusal[~human_refusal]),
+        "non_answer_as_refusal": (rows[rows["human_label"] == "N"], detector_refusal[rows["human_label"] == "N"]),
+    }
+    for name, (subset, hits) in parts.items():
+        share = weighted_share(hits, subset["count"], subset["weight"], alpha)
+        out[name], out[f"{name}_low"], out[f"{name}_high"] = share["estimate"], share["ci_low"], share["ci_high"]
+        out[f"{name}_n"] = share["n"]
+    return out
+
+
+def detector_accuracy(audit: DetectorAudit, by: Sequence[str] = (), alpha: float = 0.05) -> pd.DataFrame:
+    """Agreement, sensitivity, specificity and non-answers read as refusals per group of `by` (columns of
+    `label_frame`: model, task, persona, persona_group), each with its 1 - alpha interval and labelled n."""
+    frame = label_frame(audit)
+    by = list(by)
+    if frame.empty:
+        return pd.DataFrame(columns=[*by, "n_labelled"])
+    if not by:
+        return pd.DataFrame([_measures(frame, alpha)])
+    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **_measures(group, alpha)}
+            for key, group in frame.groupby(by, sort=True)]
+    return pd.DataFrame(rows)
+
+
+def stratum_table(audit: DetectorAudit, alpha: float = 0.05) -> pd.DataFrame:
+    """Per stratum: size, labelled n, label counts, agreement and the share of human refusals (Wilson)."""
+    rows = []
+    for s in audit.strata:
+        agree = s.refusals if s.detector_outcome == "refusal" else s.counts["C" if s.detector_outcome == "compliance" else "N"]
+        row: dict[str, Any] = {"model": s.model, "task": s.task, "persona": s.persona, "detector_outcome": s.detector_outcome,
+                               "size": s.size, "n_labelled": s.n, **s.counts}
+        for name, hits in (("agreement", agree), ("human_refusal_share", s.refusals)):
+            if s.n:
+                low, high = proportion_confint(hits, s.n, alpha=alpha, method="wilson")
+                row.update({name: hits / s.n, f"{name}_low": 0.0 if hits == 0 else float(low),
+                            f"{name}_high": 1.0 if hits == s.n else float(high)})
+            else:
+                row.update({name: math.nan, f"{name}_low": math.nan, f"{name}_high": math.nan})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def confusion_table(audit: DetectorAudit) -> pd.DataFrame:
+    """Detector outcome (rows) x human label (columns): labelled answers, and the run's answers they stand for."""
+    frame = label_frame(audit)
+    rows = []
+    for outcome in OUTCOMES:
+        part = frame[frame["detector_outcome"] == outcome]
+        row: dict[str, Any] = {"detector_outcome": outcome}
+        for label in HUMAN_LABELS:
+            cell = part[part["human_label"] == label]
+            row[label] = int(cell["count"].sum())
+            row[f"{label}_estimated"] = float((cell["count"] * cell["weight"]).sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+            for row in table.to_dict(orient="records")]
+
+
+def audit_summary(audit: DetectorAudit, alpha: float = 0.05) -> dict[str, Any]:
+    """Every table of the audit as plain values: overall, per persona, with vs without a persona, per cell, per
+    stratum, and the confusion of detector outcomes with human labels."""
+    unlabelled = [s.key for s in audit.strata if s.size and not s.n]
+    return {
+        "rubric": audit.source.get("rubric", RUBRIC_VERSION),
+        "n_labelled": audit.n_labelled,
+        "n_strata": len(audit.strata),
+        "unlabelled_strata": unlabelled,
+        "alpha": alpha,
+        "interval": "Wilson score at Kish's effective sample size of the inverse-sampling-fraction weights",
+        "overall": _records(detector_accuracy(audit, alpha=alpha))[0] if audit.n_labelled else {},
+        "by_persona_group": _records(detector_accuracy(audit, ["model", "persona_group"], alpha)),
+        "by_persona": _records(detector_accuracy(audit, ["model", "persona"], alpha)),
+        "by_task": _records(detector_accuracy(audit, ["model", "task"], alpha)),
+        "by_cell": _records(detector_accuracy(audit, ["model", "task", "persona"], alpha)),
+        "strata": _records(stratum_table(audit, alpha)),
+        "confusion": _records(confusion_table(audit)),
+    }
+
+
+# ----- rates corrected for detector error -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorrectedEstimates:
+    """Refusal rates per (model, task, persona) and per (model, task) pooled (persona "all"), and paired persona
+    disparities, corrected for detector error, with bootstrap intervals (see `corrected_estimates`)."""
+
+    rates: pd.DataFrame
+    disparities: pd.DataFrame
+    n_boot: int
+    alpha: float
+    method: str
+
+
+class _TaskStrata:
+    """The audit strata of one (model, task), with one set of posterior draws of their human-refusal shares q
+    shared by every level and cell, so two cells corrected by the same strata get the same draws."""
+
+    def __init__(self, strata: Sequence[AuditStratum], rng: np.random.Generator, n_boot: int) -> None:
+        self.strata = [s for s in strata if s.n]
+        self.sizes = np.array([s.size for s in self.strata], float)
+        self.outcome = np.array([s.detector_outcome for s in self.strata], dtype=object)
+        self.positive = self.outcome == "refusal"
+        refusals = np.array([s.refusals for s in self.strata], float)
+        n = np.array([s.n for s in self.strata], float)
+        self.q = refusals / n if len(n) else np.zeros(0)
+        # Jeffreys posterior draws of every stratum's q: Beta(r + 1/2, n - r + 1/2)
+        self.q_boot = rng.beta(refusals + 0.5, n - refusals + 0.5, size=(n_boot, len(n)))
+
+    def groups(self, persona: str) -> dict[str, np.ndarray]:
+        """The strata a cell may borrow from, most specific first: its own, its persona group's, the task's."""
+        return {
+            "cell": np.array([s.persona == persona for s in self.strata], bool),
+            "persona group": np.array([persona_group(s.persona) == persona_group(persona) for s in self.strata], bool),
+            "task": np.ones(len(self.strata), bool),
+        }
+
+    def sens_spec(self, q: np.ndarray, members: np.ndarray) -> tuple[Any, Any]:
+        """(sensitivity, specificity) of the member strata for shares q (strata on the last axis); NaN if undefined."""
+        sizes, positive = self.sizes[members], self.positive[members]
+        true_refusals, others = q[..., members] * sizes, (1 - q[..., members]) * sizes
+        tp, fn = true_refusals[..., positive].sum(-1), true_refusals[..., ~positive].sum(-1)
+        fp, tn = others[..., positive].sum(-1), others[..., ~positive].sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return tp / (tp + fn), tn / (tn + fp)
+
+    def predictive(self, q: np.ndarray, members: np.ndarray, shares: Mapping[str, Any]) -> Any:
+        """sum over detector outcomes o of share(o) x (size-weighted human-refusal share of the member strata of o)."""
+        total: Any = 0.0
+        for outcome, share in shares.items():
+            chosen = members & (self.outcome == outcome)
+            if chosen.any():
+                total = total + share * (q[..., chosen] * self.sizes[chosen]).sum(-1) / self.sizes[chosen].sum()
+        return total
+
+    def method(self, persona: str, outcomes: Sequence[str]) -> tuple[str, np.ndarray | None, bool]:
+        """(level name, member strata, Rogan-Gladen?) for a cell whose answers have these detector outcomes.
+
+        Rogan-Gladen at the most specific level whose sensitivity and specificity are both defined and sum to more
+        than 1; else the predictive-value form at the most specific level that labelled every outcome the cell has.
+        """
+        groups = self.groups(persona)
+        for name, members in groups.items():
+            if members.any():
+                sens, spec = self.sens_spec(self.q, members)
+                if math.isfinite(sens) and math.isfinite(spec) and sens + spec > 1.0:
+                    return name, members, True
+        for name, members in groups.items():
+            if all((members & (self.outcome == outcome)).any() for outcome in outcomes):
+                return f"predictive values, {name}", members, False
+        return "none", None, False
+
+
+def rogan_gladen(observed: Any, sensitivity: Any, specificity: Any) -> Any:
+    """(p_obs + spec - 1) / (sens + spec - 1), clipped to [0, 1]; NaN where sens + spec <= 1 (not identified)."""
+    observed, sensitivity, specificity = (np.asarray(x, float) for x in (observed, sensitivity, specificity))
+    youden = sensitivity + specificity - 1.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corrected = np.where(youden > 0, np.clip((observed + specificity - 1.0) / youden, 0.0, 1.0), np.nan)
+    return float(corrected) if corrected.ndim == 0 else corrected
+
+
+def _rng(seed: int, *parts: str) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(zlib.crc32("|".join(parts).encode()),)))
+
+
+def corrected_estimates(
+    frame: pd.DataFrame, audit: DetectorAudit, n_boot: int = CORRECTION_BOOTSTRAP, seed: int = 0, alpha: float = 0.05,
+) -> CorrectedEstimates:
+    """Refusal rates and persona disparities of `frame` (the analysis frame) corrected for the audited detector error.
+
+    Per (model, task, persona) cell the observed detector refusal rate p_obs is corrected with Rogan-Gladen,
+    using the sensitivity and specificity of the audit's strata of that cell; where they are not defined there
+    (no labelled refusal, or no labelled answer people read as C/N, or sens + spec <= 1), those of the cell's
+    persona group (every persona, or the baseline), else of the whole (model, task) (the `level` column says
+    which). Where no level defines them (typically: people found no refusal at all), the predictive-value form
+    p = sum over detector outcomes o of P_obs(o) x q(o), with q(o) the human-refusal share of the audit's answers
+    the detector read as o, from the same levels: with an audit of this same run it equals Rogan-Gladen wherever
+    both are defined, and it still bounds the rate when the detector and the labels found no refusal. A model or
+    task the audit did not label stays uncorrected (NaN, level "none"). The pooled rate of a (model, task)
+    (persona "all") is the size-weighted mean of its corrected cells; a disparity is the persona's corrected rate
+    minus the baseline's, on the request blocks that have both.
+
+    Why a bootstrap, and this one: the corrected rate is a ratio of three estimates (p_obs, sens, spec) with two
+    independent sources of error, the run's answers and the audit's labels, and the clipping to [0, 1] makes its
+    distribution lopsided near 0, where refusal rates live, so a delta-method normal interval would be
+    symmetric where the estimator is not. Each replicate redraws both sources together:
+    - the run: request blocks resampled with replacement within the (model, task), so the answers of one block
+      (correlated, and paired across personas) stay together, as in the gates;
+    - the audit: each stratum's share q of human refusals drawn from its Jeffreys posterior Beta(r + 1/2,
+      n - r + 1/2), not resampled: a plain bootstrap of labelled rows has no variance in a stratum whose labels
+      all agree (q = 0 or 1, the common case with a good detector and few labels) and would call the detector
+      perfect; Jeffreys intervals keep near-nominal frequentist coverage there (Brown, Cai & DasGupta 2001).
+      One draw per stratum and replicate serves every cell, so cells that share strata share their error.
+    The interval is the replicates' percentile interval; `se` is their standard deviation (what the gates use).
+    Replicates where sens + spec <= 1 are not identified and left out (`unidentified` is their share).
+    The interval treats the run's answers and the audit's labels as independent; when the audit is a sample of
+    the same run this holds up to the finite-population overlap.
+    """
+    rate_rows: list[dict[str, Any]] = []
+    disparity_rows: list[dict[str, Any]] = []
+    lo_q, hi_q = 100 * alpha / 2, 100 * (1 - alpha / 2)
+    frame = frame if "outcome" in frame else frame.assign(outcome=np.where(frame["refused"], "refusal", "compliance"))
+    for (model, task), rows in frame.groupby(["model", "task"], sort=False):
+        model, task = str(model), str(task)
+        wide = rows.pivot_table(index="block", columns="persona", values="outcome", aggfunc="first")
+        personas = [str(p) for p in wide.columns]
+        present = wide.notna().to_numpy()
+        indicators = {o: (wide == o).to_numpy(bool) for o in OUTCOMES}  # blocks x personas, per detector outcome
+        n_blocks = len(wide)
+        counts = _rng(seed, model, task).multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), size=n_boot).astype(float)
+        strata = _TaskStrata([s for s in audit.strata if s.model == model and s.task == task],
+                             _rng(seed, model, task, "audit"), n_boot)
+
+        def correct(j: int, rows_mask: np.ndarray) -> dict[str, Any]:
+            """Corrected rate of persona column j on the blocks in rows_mask: point, replicates, what it used."""
+            n = float(rows_mask.sum())
+            resampled = counts @ rows_mask
+            with np.errstate(invalid="ignore", divide="ignore"):
+                shares = {o: float((indicators[o][:, j] & rows_mask).sum() / n) for o in OUTCOMES}
+                shares_boot = {o: (counts @ (indicators[o][:, j] & rows_mask)) / resampled for o in OUTCOMES}
+            name, members, by_sens_spec = strata.method(personas[j], [o for o in OUTCOMES if shares[o] > 0])
+            out = {"observed": shares["refusal"], "level": name, "sensitivity": math.nan, "specificity": math.nan,
+                   "corrected": math.nan, "boot": np.full(n_boot, np.nan)}
+            if members is None or not strata.strata or str(model) not in audit.models:
+                out["level"] = "none"
+            elif by_sens_spec:
+                sens, spec = strata.sens_spec(strata.q, members)
+                out.update(sensitivity=float(sens), specificity=float(spec),
+                           corrected=rogan_gladen(shares["refusal"], sens, spec),
+                           boot=rogan_gladen(shares_boot["refusal"], *strata.sens_spec(strata.q_boot, members)))
+            else:
+                out.update(corrected=float(strata.predictive(strata.q, members, shares)),
+                           boot=np.asarray(strata.predictive(strata.q_boot, members, shares_boot), float))
+            return out
+
+        sizes = present.sum(0).astype(float)
+        cells = [correct(j, present[:, j]) for j in range(len(personas))]
+        for j, (persona, cell) in enumerate(zip(personas, cells)):
+            rate_rows.append({"model": model, "task": task, "persona": persona, "n": int(sizes[j]),
+                              "observed_rate": cell["observed"], "corrected_rate": cell["corrected"],
+                              "sensitivity": cell["sensitivity"], "specificity": cell["specificity"],
+                              "level": cell["level"], **_interval(cell["boot"], lo_q, hi_q)})
+        # the (model, task) rate over every persona and the baseline, as the refusal-rate gate pools it
+        resampled = counts @ present
+        boots = np.column_stack([cell["boot"] for cell in cells])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pooled_boot = (boots * resampled).sum(1) / resampled.sum(1)
+        pooled_boot[np.isnan(boots).any(1)] = np.nan
+        corrected = np.array([cell["corrected"] for cell in cells])
+        rate_rows.append({"model": model, "task": task, "persona": "all", "n": int(sizes.sum()),
+                          "observed_rate": float(indicators["refusal"].sum() / sizes.sum()),
+                          "corrected_rate": float((corrected * sizes).sum() / sizes.sum()),
+                          "sensitivity": math.nan, "specificity": math.nan, "level": "pooled",
+                          **_interval(pooled_boot, lo_q, hi_q)})
+        if BASELINE_ID not in personas:
+            continue
+        k = personas.index(BASELINE_ID)
+        for j, persona in enumerate(personas):
+            both = present[:, j] & present[:, k]
+            if j == k or not both.any():
+                continue
+            # paired: both rates on the blocks that have both conditions, from the same resampled blocks
+            with_persona, without = correct(j, both), correct(k, both)
+            disparity_rows.append({"model": model, "task": task, "persona": persona, "n_pairs": int(both.sum()),
+                                   "observed_difference": with_persona["observed"] - without["observed"],
+                                   "corrected_difference": with_persona["corrected"] - without["corrected"],
+                                   **_interval(with_persona["boot"] - without["boot"], lo_q, hi_q)})
+    method = (f"Rogan-Gladen per (model, task, persona); {100 * (1 - alpha):.0f}% percentile interval of {n_boot} "
+              "replicates that resample request blocks and draw each audit stratum's human-refusal share from its "
+              "Jeffreys posterior")
+    rate_columns = ["model", "task", "persona", "n", "observed_rate", "corrected_rate", "sensitivity", "specificity",
+                    "level", "ci_low", "ci_high", "se", "unidentified"]
+    disparity_columns = ["model", "task", "persona", "n_pairs", "observed_difference", "corrected_difference",
+                         "ci_low", "ci_high", "se", "unidentified"]
+    return CorrectedEstimates(pd.DataFrame(rate_rows, columns=rate_columns),
+                              pd.DataFrame(disparity_rows, columns=disparity_columns), n_boot, alpha, method)
+
+
+def _interval(values: np.ndarray, lo_q: float, hi_q: float) -> dict[str, float]:
+    finite = values[np.isfinite(values)]
+    unidentified = 1.0 - len(finite) / len(values) if len(values) else 1.0
+    if len(finite) < 2:
+        return {"ci_low": math.nan, "ci_high": math.nan, "se": math.nan, "unidentified": unidentified}
+    low, high = np.percentile(finite, [lo_q, hi_q])
+    return {"ci_low": float(low), "ci_high": float(high), "se": float(finite.std(ddof=1)), "unidentified": unidentified}
