@@ -132,14 +132,16 @@ class Suite:
     baseline: str | None = None  # baseline model of the non-inferiority gates
     baseline_records: Mapping[str, Record] | None = None  # case id -> saved record, with --baseline-results
     audit: DetectorAudit | None = None  # --audit: the detector's audited error (report panel, corrected gates)
+    custom_weight: float = 0.0  # alpha weight of the custom gate families (falserefusal.custom), fixed at collection
 
     @property
     def task_ids(self) -> tuple[str, ...]:
         return tuple(spec.task.id for spec in self.tasks)
 
     @property
-    def n_families(self) -> int:
-        return len(self.models) * len(self.tasks)
+    def n_families(self) -> float:
+        """Families alpha is split over: each (model, task) counts 1, custom gate families their weight."""
+        return len(self.models) * len(self.tasks) + self.custom_weight
 
     def cases_for(self, task: str) -> list[Case]:
         return [case for case in self.cases if case.task == task]
@@ -770,7 +772,12 @@ def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record]
             "fix: pass a results.jsonl written by falserefusal run or pytest"
         ) from None
     specs = gate_specs(profile, models, tasks, personas, metadata.get("baseline_model"))
-    return decide_gates(specs, records, profile, len(models) * len(tasks), int(metadata.get("samples") or profile.samples))
+    from falserefusal.custom import CustomAccounting, outcome_from_dict
+
+    custom = metadata.get("custom_gates") or {}  # custom gates (pytest markers) keep their alpha and outcomes
+    n_families = len(models) * len(tasks) + CustomAccounting.from_dict(custom.get("accounting")).weight
+    outcomes = decide_gates(specs, records, profile, n_families, int(metadata.get("samples") or profile.samples))
+    return outcomes + [outcome_from_dict(o) for o in custom.get("outcomes", [])]
 
 
 def generation_stopped(error: FalseRefusalError, generator: "Generator") -> FalseRefusalError:

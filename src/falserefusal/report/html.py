@@ -89,11 +89,12 @@ GATE_KIND_NAMES = {"refusal_rate": "refusal rate", "persona_disparity": "persona
 
 def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]:
     spec = outcome.spec
-    is_rate = spec.kind == "refusal_rate"
+    custom = outcome.detail.get("custom") or {}  # a custom gate (falserefusal.custom): its statistic decides the format
+    is_rate = custom.get("statistic", spec.kind) == "refusal_rate"
     fmt = _pct if is_rate else _pp
     return {
         "passed": outcome.passed,
-        "kind": GATE_KIND_NAMES.get(spec.kind, spec.kind),
+        "kind": GATE_KIND_NAMES.get(spec.kind, spec.kind.replace(":", ": ", 1)),
         "model": labels.get(spec.model, spec.model),
         "task": spec.task,
         "persona": spec.persona or "all",
@@ -132,7 +133,8 @@ def _forest_alpha(outcomes: Sequence[GateOutcome]) -> tuple[float, str]:
     """The two-sided level whose lower end is the Bonferroni bound over a gate family (at most 0.05)."""
     families: dict[tuple[str, str], list[GateOutcome]] = {}
     for outcome in outcomes:
-        families.setdefault(outcome.spec.family, []).append(outcome)
+        if "custom" not in outcome.detail:  # custom gates have families of their own
+            families.setdefault(outcome.spec.family, []).append(outcome)
     if not families:
         return 0.05, "95% CI, unadjusted (no gate outcomes)"
     level = min(o.alpha_family / len(members) for members in families.values() for o in members)
