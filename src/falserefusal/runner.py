@@ -18,13 +18,14 @@ import pandas as pd
 from falserefusal.analysis import records_frame
 from falserefusal.analysis.detector_audit import DetectorAudit
 from falserefusal.audit import load_audit
-from falserefusal.backends import DEFAULT_MODEL_NAME, Backend, BackendOptions, backend_for, check_hub_model, load_backend
+from falserefusal.backends import DEFAULT_MODEL_NAME, Backend, BackendOptions, backend_for, check_hub_model, check_local_model, load_backend
 from falserefusal.cache import CacheKey, Cached, GenerationCache
-from falserefusal.cases import draw_cases
-from falserefusal.gates import GateOutcome, GateSpec, Profile, evaluate_gates, family_alpha, gate_specs, load_profile
+from falserefusal.cases import blocks_per_task, draw_cases, factorial_size, sampling_notes
+from falserefusal.gates import GateOutcome, GateSpec, Profile, ci_failed, evaluate_gates, family_alpha, gate_specs, load_profile
 from falserefusal.options import OPTIONS, resolve
 from falserefusal.personas import load_personas, select_personas
 from falserefusal.project import fixtures_path, thresholds_path
+from falserefusal.registry import check_detector_name
 from falserefusal.tasks import TaskSpec, load_tasks
 from falserefusal.refusal import decision_window_of
 from falserefusal.scheduling import length_order, run_batches
@@ -52,6 +53,7 @@ class RunConfig:
     fixtures: str | None = None  # None: the project's fixtures/, else the packaged ones
     datasets: tuple[str, ...] = ()
     refusal_rules: str | None = None
+    detector: str = "rules"  # --detector: the built-in rule detector or a registered one (falserefusal.registry)
     backend_options: BackendOptions = field(default_factory=BackendOptions)
     progress: bool = True
     cache_dir: str | None = None  # None: DEFAULT_CACHE_DIR (the plugin passes pytest's cache dir)
@@ -93,6 +95,7 @@ class RunConfig:
             fixtures=v["fixtures-dir"],
             datasets=tuple(v["dataset"]),
             refusal_rules=v["refusal-rules"],
+            detector=v.get("detector") or "rules",
             backend_options=backend_options,
             progress=not v["no-progress"],
             cache_dir=v.get("cache-dir"),
@@ -110,6 +113,13 @@ class RunConfig:
 
     def cache_path(self) -> Path:
         return self.path(self.cache_dir or DEFAULT_CACHE_DIR)
+
+    def refusal_detector(self) -> Any:
+        """The run's detector: --detector (rules, or one registered by a plugin) over --refusal-rules, and any wrapper
+        a plugin registered (falserefusal.registry)."""
+        from falserefusal.registry import make_detector
+
+        return make_detector(self.detector, self.path(self.refusal_rules) if self.refusal_rules else None)
 
 
 def default_options() -> dict[str, Any]:
@@ -133,6 +143,8 @@ class Suite:
     baseline_records: Mapping[str, Record] | None = None  # case id -> saved record, with --baseline-results
     audit: DetectorAudit | None = None  # --audit: the detector's audited error (report panel, corrected gates)
     custom_weight: float = 0.0  # alpha weight of the custom gate families (falserefusal.custom), fixed at collection
+    factorial: Mapping[str, int] = field(default_factory=dict)  # task -> distinct request blocks (the population)
+    notes: tuple[str, ...] = ()  # e.g. --samples capped at a task's factorial: shown by both front ends
 
     @property
     def task_ids(self) -> tuple[str, ...]:
@@ -187,6 +199,7 @@ def prepare(config: RunConfig) -> Suite:
     models = config.models or (DEFAULT_MODEL_NAME,)
     for model in models:
         backend_for(model, config.backend)  # validates --backend
+    check_detector_name(config.detector)
     if len(set(models)) != len(models):
         raise FalseRefusalError(f"--model: the same model is given twice ({', '.join(models)}); give each once")
     profile_name = config.profile or ("smoke" if models == (DEFAULT_MODEL_NAME,) else "release")
@@ -203,6 +216,8 @@ def prepare(config: RunConfig) -> Suite:
         _check_model_exists(model, config.backend, options)
     if config.rescore and not config.use_cache:
         raise FalseRefusalError("--rescore: it re-labels cached generations, and --no-cache turns the cache off; fix: drop one of them")
+    notes = sampling_notes(tasks, phrasings, samples)
+    samples = max(blocks_per_task(tasks, phrasings, samples).values())  # blocks are drawn once each: no repeats
     cases = draw_cases(tasks, personas, phrasings, samples, config.seed, config.persona_placement)
     if config.use_cache:
         cache = GenerationCache(config.cache_path())  # a corrupt or foreign file is a usage error now, not mid-run
@@ -217,7 +232,7 @@ def prepare(config: RunConfig) -> Suite:
     gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas], baseline)
     audit = load_audit(config.path(config.audit)) if config.audit else None
     return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates),
-                 baseline, saved, audit)
+                 baseline, saved, audit, factorial={t.task.id: factorial_size(t, phrasings) for t in tasks}, notes=notes)
 
 
 def _prepare_baseline(
@@ -235,11 +250,9 @@ def _prepare_baseline(
         return baseline, None
     if not config.baseline_results:
         return None, None
-    from falserefusal.refusal import RefusalDetector, load_rules
-
     path = config.path(config.baseline_results)
     metadata, records = read_results(path)
-    detector = RefusalDetector(load_rules(config.path(config.refusal_rules) if config.refusal_rules else None))
+    detector = config.refusal_detector()
     return check_baseline_results(str(path), metadata, records, models, config.seed, task_ids, cases, detector.version)
 
 
@@ -302,7 +315,7 @@ def _check_model_exists(model: str, backend: str, options: BackendOptions) -> No
         return
     path = Path(model).expanduser()
     if path.exists():
-        return
+        return check_local_model(model, path, options.trust_remote_code)
     if model.startswith((".", "/", "~")) or model.endswith(".gguf") or model.count("/") > 1:
         raise FalseRefusalError(f"--model {model}: no such file or folder; fix: check the path, or give a hub id")
     check_hub_model(model, revision)
@@ -328,10 +341,8 @@ class Generator:
     """Holds loaded backends, the detector and the generation cache; turns cases into records, batch by batch."""
 
     def __init__(self, config: RunConfig, progress_position: int = 0) -> None:
-        from falserefusal.refusal import RefusalDetector, load_rules
-
         self.config = config
-        self.detector = RefusalDetector(load_rules(config.path(config.refusal_rules) if config.refusal_rules else None))
+        self.detector = config.refusal_detector()
         self.backends: dict[str, Backend] = {}
         self.timings: dict[str, float] = {"load_s": 0.0, "generate_s": 0.0}
         self.batch_sizes: dict[str, int] = {}  # per model: the batch size in use (after automatic pick or halving)
@@ -344,7 +355,12 @@ class Generator:
     def backend(self, model: str) -> Backend:
         if model not in self.backends:
             started = time.perf_counter()
-            self.backends[model] = load_backend(model, self.config.backend, self.config.backend_options)
+            try:
+                self.backends[model] = load_backend(model, self.config.backend, self.config.backend_options, self.config.seed)
+            except (OSError, ValueError, RuntimeError, ImportError) as error:  # what prepare() could not foresee
+                first = (str(error).strip().splitlines() or [""])[0][:200]
+                raise FalseRefusalError(f"--model {model}: cannot load ({type(error).__name__}: {first}); fix: check that "
+                                        "it is a chat model that transformers can load") from None
             self.timings["load_s"] += time.perf_counter() - started
         return self.backends[model]
 
@@ -440,6 +456,7 @@ class Generator:
             parsed_label=verdict.label,
             detector_version=self.detector.version,
             cached=cached,
+            outcome=verdict.outcome,
         )
 
     def _auto_batch_size(self, model: str, backend: Backend, requests: Sequence[GenerationRequest]) -> int:
@@ -531,6 +548,12 @@ def run_metadata(
         "kind": "run",
         "seed": config.seed,
         "samples": suite.samples,
+        "sampling": {
+            "design": "seeded permutation of each task's item x paraphrase x phrasing factorial, without replacement",
+            "factorial": dict(suite.factorial),
+            "blocks": {task: min(suite.samples, size) for task, size in suite.factorial.items()},
+            "notes": list(suite.notes),
+        },
         "profile": suite.profile.to_dict(),
         "models": list(suite.models),
         "model_identities": dict(identities),
@@ -630,21 +653,31 @@ class RunResult:
 
     @property
     def passed(self) -> bool:
-        return all(outcome.passed for outcome in self.outcomes)
+        """No gate fails CI: no FAIL, and no INCONCLUSIVE under the profile's `inconclusive: fail`."""
+        return not any(ci_failed(outcome, self.suite.profile.inconclusive) for outcome in self.outcomes)
 
 
 def evaluate(suite: Suite, records: Sequence[Record]) -> list[GateOutcome]:
     """The gate outcomes of finished records."""
-    return decide_gates(suite.gates, records, suite.profile, suite.n_families, suite.samples)
+    return decide_gates(suite.gates, records, suite.profile, suite.n_families, suite.samples, suite.factorial)
+
+
+def with_population(frame: pd.DataFrame, factorial: Mapping[str, int] | None) -> pd.DataFrame:
+    """The analysis frame with column `population`: each row's task factorial size (the gates' finite population
+    for the "these items" interval); absent when the sizes are unknown (results written before 0.2)."""
+    if factorial:
+        frame["population"] = frame["task"].map(dict(factorial))
+    return frame
 
 
 def decide_gates(
-    gates: Sequence[GateSpec], records: Sequence[Record], profile: Profile, n_families: int, samples: int
+    gates: Sequence[GateSpec], records: Sequence[Record], profile: Profile, n_families: int, samples: int,
+    factorial: Mapping[str, int] | None = None,
 ) -> list[GateOutcome]:
     """Gates of the families present in `records`; a sequential profile replays its looks on the saved prefixes."""
     from falserefusal.sequential import SequentialDesign, run_sequential
 
-    frame = records_frame(records)
+    frame = with_population(records_frame(records), factorial)
     present = {(r.model, r.case.task) for r in records}
     specs = [spec for spec in gates if spec.family in present]
     design = SequentialDesign.from_profile(profile.sequential)
@@ -725,7 +758,7 @@ def run_family(generator: "Generator", suite: Suite, model: str, task: str, base
                 records.extend(paired)
                 emitted.extend(new)
             have = blocks
-        return records_frame(records)
+        return with_population(records_frame(records), suite.factorial)
 
     design = SequentialDesign.from_profile(suite.profile.sequential)
     if design is None:
@@ -776,13 +809,15 @@ def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record]
 
     custom = metadata.get("custom_gates") or {}  # custom gates (pytest markers) keep their alpha and outcomes
     n_families = len(models) * len(tasks) + CustomAccounting.from_dict(custom.get("accounting")).weight
-    outcomes = decide_gates(specs, records, profile, n_families, int(metadata.get("samples") or profile.samples))
+    outcomes = decide_gates(specs, records, profile, n_families, int(metadata.get("samples") or profile.samples),
+                            (metadata.get("sampling") or {}).get("factorial"))
     return outcomes + [outcome_from_dict(o) for o in custom.get("outcomes", [])]
 
 
 def generation_stopped(error: FalseRefusalError, generator: "Generator") -> FalseRefusalError:
     """The error of a model that broke off mid-run (a server went away, memory ran out at batch size 1)."""
-    kept = "; finished batches are in the generation cache, so a rerun resumes" if generator.cache is not None else ""
+    resumes = generator.cache is not None and generator.cache_counts.get("generated", 0) > 0  # this run committed some
+    kept = "; finished batches are in the generation cache, so a rerun resumes" if resumes else ""
     return FalseRefusalError(f"generation stopped: {error}{kept}")
 
 

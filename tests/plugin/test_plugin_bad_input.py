@@ -25,3 +25,25 @@ def test_option_value_after_a_space_keeps_the_projects_settings(project: pytest.
         result.assert_outcomes(failed=1, passed=15)
         result.stdout.fnmatch_lines([f"rootdir: {project.path}", "configfile: pyproject.toml*"])
         assert (out / "results.jsonl").is_file()
+
+
+def usage_error(result: pytest.RunResult) -> str:
+    """pytest must stop with exit 4 and one `ERROR:` line, no traceback, no gate run; the line is returned."""
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.lines if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("ERROR: "), errors
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    assert "passed" not in result.stdout.str() and "failed" not in result.stdout.str()
+    return errors[0]
+
+
+@pytest.mark.parametrize("make", ["folder", "gguf"])
+def test_a_model_path_that_is_not_a_model_is_a_usage_error(project: pytest.Pytester, make: str) -> None:
+    if make == "folder":
+        (project.path / "ckpt").mkdir()
+        model = "./ckpt"
+    else:
+        (project.path / "fake.gguf").write_text("not a gguf")
+        model = "./fake.gguf"
+    line = usage_error(project.runpytest("--model", model, *SCRIPTED[2:]))
+    assert f"--model {model}: " in line and "fix:" in line

