@@ -15,14 +15,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from falserefusal.runner import RunConfig, cache_summary, format_rate_table, format_usage, run, RESULTS_FILE
 
     values = {option.name: resolve(option, getattr(args, option.dest)) for option in OPTIONS}
+    from falserefusal.gates import ci_failed, format_verdict_counts
+
     result = run(RunConfig.from_options(values, root="."))
+    for note in result.suite.notes:
+        print(f"sampling: {note}")
     print(format_rate_table(result.records))
-    failed = [o for o in result.outcomes if not o.passed]
     if result.suite.profile.sequential:
         print(format_usage(result.metadata["budget"]))
-    print(f"gates: {len(result.outcomes) - len(failed)} passed, {len(failed)} failed")
-    for outcome in failed:
-        print("  " + outcome.message)
+    policy = result.suite.profile.inconclusive
+    print(format_verdict_counts(result.outcomes, policy))
+    for outcome in result.outcomes:
+        if outcome.verdict == "FAIL" or (outcome.verdict == "INCONCLUSIVE" and policy != "pass"):
+            print("  " + outcome.message)
+    failed = [o for o in result.outcomes if ci_failed(o, policy)]
     print(cache_summary(result.metadata["cache"]))
     report_dir = result.suite.config.path(result.suite.config.report_dir)
     print(f"results: {report_dir / RESULTS_FILE}")
@@ -61,16 +67,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     """Rebuild index.html from saved results: gates re-evaluated with the profile stored in the results header."""
     from falserefusal.audit import load_audit
     from falserefusal.report import build_report
-    from falserefusal.runner import outcomes_from_results, read_results
+    from falserefusal.runner import check_writable_folder, outcomes_from_results, read_results
 
     results = Path(args.results)
     metadata, records = read_results(results)
     audit = load_audit(args.audit) if args.audit else None
     outcomes = outcomes_from_results(metadata, records)
     report_dir = Path(args.report_dir) if args.report_dir else results.parent
+    check_writable_folder(report_dir, "--report-dir")
     path = build_report(metadata, records, outcomes, report_dir, command_line=_report_command(args), audit=audit)
-    failed = [o for o in outcomes if not o.passed]
-    print(f"gates: {len(outcomes) - len(failed)} passed, {len(failed)} failed")
+    from falserefusal.gates import format_verdict_counts
+
+    print(format_verdict_counts(outcomes, (metadata.get("profile") or {}).get("inconclusive", "warn")))
     print(f"report: {path}")
     return 0
 
@@ -90,9 +98,13 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
     add("--model-correlation", type=float, default=0.0,
         help="correlation of the candidate's and the baseline model's answers to one case (default: 0, independent)")
     add("--rate-limit", type=float, default=None, help="the refusal-rate gate's limit (default: --base-rate)")
-    add("--disparity-limit", type=float, default=0.0, help="the persona disparity gate's limit (default: 0)")
-    add("--margin", type=float, default=0.01, help="non-inferiority margin per task (default: 0.01)")
-    add("--persona-margin", type=float, default=0.01, help="non-inferiority margin per task x persona (default: 0.01)")
+    add("--disparity-limit", type=float, default=0.02, help="the persona disparity gate's tolerance (default: 0.02)")
+    add("--margin", type=float, default=0.03, help="non-inferiority margin per task (default: 0.03)")
+    add("--persona-margin", type=float, default=0.03, help="non-inferiority margin per task x persona (default: 0.03)")
+    add("--pass-effect", type=float, default=0.0,
+        help="the true disparity / difference below the tolerance that should PASS (default: 0)")
+    add("--pass-rate", type=float, default=None,
+        help="the true refusal rate below the rate limit that should PASS (default: --base-rate)")
     add("--json", action="store_true", help="print the plan as one JSON object")
 
 
@@ -103,7 +115,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     result = plan(args.base_rate, args.mde, args.power, args.alpha, args.personas, args.tasks, args.models,
                   not args.no_baseline, args.correlation, args.model_correlation, args.rate_limit, args.disparity_limit,
-                  args.margin, args.persona_margin)
+                  args.margin, args.persona_margin, args.pass_effect, args.pass_rate)
     print(json.dumps(result.to_dict()) if args.json else format_plan(result))
     return 0
 

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata as importlib_metadata
@@ -214,6 +215,7 @@ def prepare(config: RunConfig) -> Suite:
         raise FalseRefusalError("--batch-size must be >= 0 and --max-new-tokens >= 1")
     for model in models:
         _check_model_exists(model, config.backend, options)
+    check_writable_folder(config.path(config.report_dir), "--report-dir")  # before hours of generation, not after
     if config.rescore and not config.use_cache:
         raise FalseRefusalError("--rescore: it re-labels cached generations, and --no-cache turns the cache off; fix: drop one of them")
     notes = sampling_notes(tasks, phrasings, samples)
@@ -233,6 +235,18 @@ def prepare(config: RunConfig) -> Suite:
     audit = load_audit(config.path(config.audit)) if config.audit else None
     return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates),
                  baseline, saved, audit, factorial={t.task.id: factorial_size(t, phrasings) for t in tasks}, notes=notes)
+
+
+def check_writable_folder(folder: Path, option: str) -> None:
+    """Create `folder` if needed and write a probe file in it: an unwritable place (or one under a regular file) is a
+    usage error now rather than a traceback after the run."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".falserefusal-probe-"):
+            pass
+    except OSError as error:
+        raise FalseRefusalError(f"{option} {folder}: cannot write there ({error.strerror or type(error).__name__}); "
+                                f"fix: pass a folder you can write to as {option}") from None
 
 
 def _prepare_baseline(

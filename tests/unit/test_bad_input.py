@@ -54,3 +54,18 @@ def test_a_gguf_that_is_not_gguf_is_refused_before_generation(workdir: Path, cap
 def test_a_model_that_answers_nothing_does_not_promise_a_resume(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     line = usage_error(["run", "--samples", "2", "--tasks", "nli", "--no-progress", "--model", "scripted:base=0,fail_after=0"], capsys)
     assert line.startswith("falserefusal: error: generation stopped: ") and "resumes" not in line
+
+
+def test_a_report_folder_under_a_regular_file_is_refused_before_generation(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (workdir / "plain").write_text("a file, not a folder")
+    line = usage_error([*RUN[:-1], "--model", "scripted:base=0", "--report-dir", "plain/out"], capsys)
+    assert "--report-dir " in line and "plain/out: cannot write there" in line and "fix:" in line
+    assert not (workdir / ".falserefusal-cache").exists()  # refused before the generation cache was touched
+
+
+def test_report_refuses_an_unwritable_report_folder_up_front(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*RUN[:-1], "--model", "scripted:base=0", "--report-dir", "out"]) == 0
+    (workdir / "plain").write_text("a file, not a folder")
+    capsys.readouterr()
+    line = usage_error(["report", "out/results.jsonl", "--report-dir", "plain/html"], capsys)
+    assert "--report-dir plain/html: cannot write there" in line
