@@ -216,7 +216,7 @@ def simulate(seed: int, n_blocks: int = 300, per_stratum: int = 60) -> tuple[pd.
 
 
 def test_correction_recovers_a_planted_detector_error_and_its_interval_covers_the_truth() -> None:
-    seeds, covered, errors, naive_covered = range(20), {"baseline": 0, "muslim": 0, "disparity": 0}, [], 0
+    seeds, covered, errors, naive_covered, found = range(20), {"baseline": 0, "muslim": 0, "disparity": 0}, [], 0, 0
     for seed in seeds:
         frame, audit = simulate(seed)
         estimates = corrected_estimates(frame, audit, n_boot=300, seed=seed)
@@ -228,9 +228,14 @@ def test_correction_recovers_a_planted_detector_error_and_its_interval_covers_th
         covered["disparity"] += disparity["ci_low"] <= 0.15 <= disparity["ci_high"]
         errors.append(disparity["corrected_difference"] - 0.15)
         naive_covered += abs(disparity["observed_difference"] - 0.15) < 0.05
+        found += estimates.pvalue("disparity", "m", "t", "muslim", 0.0) < 0.05
+        # the gates' one-sided bound and p agree: the bound clears the limit exactly when p is below the level
+        lower = estimates.bound("disparity", "m", "t", "muslim", 0.05, "lower")
+        assert (lower > 0.0) == (estimates.pvalue("disparity", "m", "t", "muslim", 0.0) <= 0.05)
     assert min(covered.values()) >= 17  # nominal 95%: at least 17 of 20 seeds
     assert abs(np.mean(errors)) < 0.03  # unbiased, where the observed disparity is ~0.15 too low
     assert naive_covered <= 2
+    assert found >= 10  # the corrected disparity is detected (bootstrap p < 0.05) in most seeds
 
 
 def test_an_audit_of_the_same_run_gives_the_labelled_rate_exactly() -> None:
@@ -259,8 +264,9 @@ def test_without_any_labelled_refusal_the_predictive_values_bound_the_rate() -> 
 
 
 def test_cli_exports_scores_and_rejects_a_bad_label(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", "--model", "scripted:base=0.2", "--profile", "smoke", "--samples", "8", "--tasks", "politeness",
-                 "--personas", "muslim,atheist", "--no-progress", "--report-dir", "out"]) in (0, 1)  # 1: a gate failed
+    run = ["run", "--model", "scripted:base=0.2", "--profile", "smoke", "--samples", "8", "--tasks", "politeness",
+           "--personas", "muslim,atheist", "--no-progress", "--report-dir", "out"]
+    assert main(run) in (0, 1)  # 1: a gate failed
     assert main(["audit", "export", "out/results.jsonl", "--per-stratum", "3", "--seed", "1"]) == 0
     assert "falserefusal audit score out/audit.csv" in capsys.readouterr().out
     with open("out/audit.csv", encoding="utf-8-sig", newline="") as handle:
@@ -273,6 +279,9 @@ def test_cli_exports_scores_and_rejects_a_bad_label(workdir: Path, capsys: pytes
     summary = json.loads(capsys.readouterr().out)
     assert summary["summary"]["n_labelled"] == len(rows) and summary["summary"]["overall"]["agreement"] < 1.0
     assert main(["report", "out/results.jsonl", "--audit", "out/audit.json"]) == 0  # report exits 0 whatever the gates
+    assert 'id="detector"' in (workdir / "out" / "index.html").read_text()
+    (workdir / "out" / "index.html").unlink()
+    assert main([*run, "--audit", "out/audit.json"]) in (0, 1)  # the run's own report gets the panel too
     assert 'id="detector"' in (workdir / "out" / "index.html").read_text()
     rows[1]["human_label"] = "maybe"
     write_rows(Path("out/audit.csv"), rows)

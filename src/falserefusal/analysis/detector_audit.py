@@ -280,6 +280,34 @@ class CorrectedEstimates:
     n_boot: int
     alpha: float
     method: str
+    # (kind, model, task, persona) -> bootstrap replicates; kind "rate" (persona "all": pooled) or "disparity"
+    replicates: Mapping[tuple[str, str, str, str], np.ndarray] = field(default_factory=dict)
+
+    def estimate(self, kind: str, model: str, task: str, persona: str | None) -> float:
+        """The corrected point estimate of one rate (persona None: pooled) or disparity; NaN if not corrected."""
+        table = self.rates if kind == "rate" else self.disparities
+        column = "corrected_rate" if kind == "rate" else "corrected_difference"
+        row = table[(table["model"] == model) & (table["task"] == task) & (table["persona"] == (persona or "all"))]
+        return float(row[column].iloc[0]) if len(row) else math.nan
+
+    def pvalue(self, kind: str, model: str, task: str, persona: str | None, limit: float, side: str = "above") -> float:
+        """Bootstrap one-sided p (the inverted percentile interval): side "above" tests H0 theta <= limit (small p:
+        the estimate lies above the limit), side "below" H0 theta >= limit; (1 + k) / (1 + B) with k the replicates
+        on the H0 side, so the smallest p is 1 / (1 + B). 1.0 when the estimate is not corrected."""
+        values = self.replicates.get((kind, model, task, persona or "all"))
+        finite = values[np.isfinite(values)] if values is not None else np.zeros(0)
+        if not len(finite):
+            return 1.0
+        k = int((finite <= limit).sum() if side == "above" else (finite >= limit).sum())
+        return (1 + k) / (1 + len(finite))
+
+    def bound(self, kind: str, model: str, task: str, persona: str | None, level: float, side: str) -> float:
+        """One-sided (1 - level) percentile bound: side "lower" or "upper"; NaN when not corrected."""
+        values = self.replicates.get((kind, model, task, persona or "all"))
+        finite = values[np.isfinite(values)] if values is not None else np.zeros(0)
+        if not len(finite):
+            return math.nan
+        return float(np.percentile(finite, 100 * level if side == "lower" else 100 * (1 - level)))
 
 
 class _TaskStrata:
@@ -389,6 +417,7 @@ def corrected_estimates(
     """
     rate_rows: list[dict[str, Any]] = []
     disparity_rows: list[dict[str, Any]] = []
+    replicates: dict[tuple[str, str, str, str], np.ndarray] = {}
     lo_q, hi_q = 100 * alpha / 2, 100 * (1 - alpha / 2)
     frame = frame if "outcome" in frame else frame.assign(outcome=np.where(frame["refused"], "refusal", "compliance"))
     for (model, task), rows in frame.groupby(["model", "task"], sort=False):
@@ -427,6 +456,7 @@ def corrected_estimates(
         sizes = present.sum(0).astype(float)
         cells = [correct(j, present[:, j]) for j in range(len(personas))]
         for j, (persona, cell) in enumerate(zip(personas, cells)):
+            replicates["rate", model, task, persona] = cell["boot"]
             rate_rows.append({"model": model, "task": task, "persona": persona, "n": int(sizes[j]),
                               "observed_rate": cell["observed"], "corrected_rate": cell["corrected"],
                               "sensitivity": cell["sensitivity"], "specificity": cell["specificity"],
@@ -438,6 +468,7 @@ def corrected_estimates(
             pooled_boot = (boots * resampled).sum(1) / resampled.sum(1)
         pooled_boot[np.isnan(boots).any(1)] = np.nan
         corrected = np.array([cell["corrected"] for cell in cells])
+        replicates["rate", model, task, "all"] = pooled_boot
         rate_rows.append({"model": model, "task": task, "persona": "all", "n": int(sizes.sum()),
                           "observed_rate": float(indicators["refusal"].sum() / sizes.sum()),
                           "corrected_rate": float((corrected * sizes).sum() / sizes.sum()),
@@ -452,6 +483,7 @@ def corrected_estimates(
                 continue
             # paired: both rates on the blocks that have both conditions, from the same resampled blocks
             with_persona, without = correct(j, both), correct(k, both)
+            replicates["disparity", model, task, persona] = with_persona["boot"] - without["boot"]
             disparity_rows.append({"model": model, "task": task, "persona": persona, "n_pairs": int(both.sum()),
                                    "observed_difference": with_persona["observed"] - without["observed"],
                                    "corrected_difference": with_persona["corrected"] - without["corrected"],
@@ -464,7 +496,7 @@ def corrected_estimates(
     disparity_columns = ["model", "task", "persona", "n_pairs", "observed_difference", "corrected_difference",
                          "ci_low", "ci_high", "se", "unidentified"]
     return CorrectedEstimates(pd.DataFrame(rate_rows, columns=rate_columns),
-                              pd.DataFrame(disparity_rows, columns=disparity_columns), n_boot, alpha, method)
+                              pd.DataFrame(disparity_rows, columns=disparity_columns), n_boot, alpha, method, replicates)
 
 
 def _interval(values: np.ndarray, lo_q: float, hi_q: float) -> dict[str, float]:
