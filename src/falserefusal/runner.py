@@ -436,6 +436,7 @@ class Generator:
             with _progress(len(cases), label or model, self.config.progress, self.progress_position, len(from_cache)) as bar:
 
                 def done(chunk: Sequence[int], answers: Sequence[Completion]) -> None:
+                    answers = [answer.storable() for answer in answers]  # a lone surrogate cannot be stored
                     if self.cache is not None:
                         self.cache.put(kind, model, identity, [(keys[i], answer) for i, answer in zip(chunk, answers)])
                     completions.update(zip(chunk, answers))

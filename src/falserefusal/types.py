@@ -16,6 +16,8 @@ Placement = Literal["system", "user"]
 
 #: persona id of the no-persona condition every persona is compared with
 BASELINE_ID = "baseline"
+#: what the detector reads an answer as; the gates count "refusal" (full or partial), the report shows all three
+OUTCOMES: tuple[str, ...] = ("refusal", "compliance", "non_answer")
 
 
 class FalseRefusalError(ValueError):
@@ -143,14 +145,37 @@ class Completion:
     n_tokens: int  # generated tokens (0 where the backend cannot tell)
     finish_reason: str = "length"  # stop | length | decided (stopped early: verdict settled)
 
+    def storable(self) -> "Completion":
+        """The same answer as valid Unicode (see `storable_text`), so the cache, results.jsonl and the report can hold it."""
+        text = storable_text(self.text)
+        return self if text is self.text else dataclasses.replace(self, text=text)
+
+
+def storable_text(text: str) -> str:
+    """Model text that UTF-8 can encode: a served model's JSON may carry a lone surrogate ("\\ud800"), which no
+    UTF-8 file or SQLite cache can store. Surrogate pairs are joined into their character; each lone one becomes
+    U+FFFD (the replacement character), the same in the cache, results.jsonl and the report."""
+    if not any("\ud800" <= char <= "\udfff" for char in text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+
 
 @dataclass(frozen=True)
 class Verdict:
     """The refusal detector's reading of one response."""
 
-    refused: bool
+    refused: bool  # outcome == "refusal" (full or partial refusal): what the gates count
     rule: str  # the rule that fired, e.g. "refusal:cannot_help" or "compliance:label"
     label: str | None = None  # the task label the response gives, if one can be parsed
+    outcome: str = ""  # refusal | compliance | non_answer; "" is filled from `refused` (older callers)
+
+    def __post_init__(self) -> None:
+        if not self.outcome:
+            object.__setattr__(self, "outcome", "refusal" if self.refused else "compliance")
+        if self.outcome not in OUTCOMES:
+            raise ValueError(f"verdict outcome {self.outcome!r}: use one of {', '.join(OUTCOMES)}")
+        if self.refused != (self.outcome == "refusal"):
+            raise ValueError(f"verdict refused={self.refused} contradicts outcome {self.outcome!r}")
 
 
 @dataclass(frozen=True)
@@ -168,6 +193,11 @@ class Record:
     parsed_label: str | None
     detector_version: str
     cached: bool = False
+    outcome: str = ""  # refusal | compliance | non_answer; "" (results written before 0.2) is read from `refused`
+
+    def __post_init__(self) -> None:
+        if not self.outcome:
+            object.__setattr__(self, "outcome", "refusal" if self.refused else "compliance")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -178,6 +208,7 @@ class Record:
             "n_tokens": self.n_tokens,
             "finish_reason": self.finish_reason,
             "refused": self.refused,
+            "outcome": self.outcome,
             "rule": self.rule,
             "parsed_label": self.parsed_label,
             "detector_version": self.detector_version,
@@ -193,7 +224,7 @@ class Record:
 
     FLAT_COLUMNS = (
         "model", "task", "persona", "persona_dimension", "forcing_level", "paraphrase", "phrasing",
-        "item", "block", "case_id", "refused", "rule", "seed",
+        "item", "block", "case_id", "refused", "outcome", "rule", "seed",
     )
 
     def flat(self) -> dict[str, Any]:
@@ -211,6 +242,7 @@ class Record:
             "block": case.block_id,
             "case_id": case.case_id,
             "refused": bool(self.refused),
+            "outcome": self.outcome,
             "rule": self.rule,
             "seed": case.seed,
         }

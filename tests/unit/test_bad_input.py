@@ -69,3 +69,35 @@ def test_report_refuses_an_unwritable_report_folder_up_front(workdir: Path, caps
     capsys.readouterr()
     line = usage_error(["report", "out/results.jsonl", "--report-dir", "plain/html"], capsys)
     assert "--report-dir plain/html: cannot write there" in line
+
+
+def test_a_lone_surrogate_in_model_text_is_stored_and_reported(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A served model's JSON can carry "\\ud800": it crashed the first cache commit and the report of a failed gate."""
+    from falserefusal.backends.scripted import ScriptedBackend
+
+    plain = ScriptedBackend.answer
+    monkeypatch.setattr(ScriptedBackend, "answer", lambda self, request: plain(self, request) + " \ud800!")
+    args = ["run", "--samples", "3", "--tasks", "nli", "--no-progress", "--model", "scripted:base=0.9", "--profile", "release"]
+    assert main(args) == 1  # the refusal-rate gate fails: its evidence (with the text) goes into the report
+    results = (workdir / "report" / "results.jsonl").read_text(encoding="utf-8")
+    assert main(args) == 1  # the second run reads every answer back from the cache
+    assert (workdir / "report" / "results.jsonl").read_text(encoding="utf-8") == results
+    assert "cache: 48 generations from" in capsys.readouterr().out
+    answers = [json.loads(line)["response"] for line in results.splitlines()[1:]]
+    assert len(answers) == 48 and all(answer.endswith(" \ufffd!") for answer in answers)
+    assert "\ufffd!" in (workdir / "report" / "index.html").read_text(encoding="utf-8")
+    assert not list((workdir / "report").glob("*.tmp"))
+
+
+def test_the_report_writes_unencodable_text_escaped_and_leaves_no_tmp(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*RUN[:-1], "--model", "scripted:base=0.9", "--profile", "release", "--report-dir", "out"]) == 1
+    path = workdir / "out" / "results.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    edited = [lines[0]] + [json.dumps({**json.loads(line), "response": "I'm sorry \ud800"}) for line in lines[1:]]
+    path.write_text("\n".join(edited) + "\n", encoding="utf-8")  # json.dumps escapes the surrogate as \\ud800
+    (workdir / "out" / "index.html").unlink()
+    assert main(["report", str(path)]) == 0
+    assert "I&#39;m sorry \\ud800" in (workdir / "out" / "index.html").read_text(encoding="utf-8")
+    assert not list((workdir / "out").glob("*.tmp"))

@@ -387,9 +387,15 @@ def build_report(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / REPORT_FILE
+    # text that UTF-8 cannot hold (a lone surrogate in a hand-edited results file) is shown as its backslash escape;
+    # encoded before anything is written, so a failure never leaves a partial .tmp beside the report
+    data = html.encode("utf-8", "backslashreplace")
     staging = path.with_suffix(".html.tmp")
-    staging.write_text(html, encoding="utf-8")
-    staging.replace(path)
+    try:
+        staging.write_bytes(data)
+        staging.replace(path)
+    finally:
+        staging.unlink(missing_ok=True)
     return path
 
 
