@@ -47,6 +47,8 @@ OPTIONS: tuple[Option, ...] = (
            "one, else the packaged one)", metavar="DIR"),
     Option("dataset", "replace a task's items: TASK=PATH.csv|PATH.jsonl|HUB_ID (repeatable)", kind="list", metavar="TASK=SRC"),
     Option("refusal-rules", "YAML file of refusal detector rules (default: the packaged rules)", metavar="PATH"),
+    Option("detector", "refusal detector: rules (the packaged rule detector) or a name registered by a plugin (entry "
+           "point group falserefusal.detectors, or the pytest_falserefusal_detectors hook)", default="rules", metavar="NAME"),
     Option("device", "auto | cpu | cuda | cuda:N", default="auto"),
     Option("dtype", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16", default="auto"),
     Option("batch-size", "generation batch size (0: automatic)", type=int, default=16, metavar="N"),
@@ -106,4 +108,6 @@ def resolve(option: Option, given: Any, ini: Any = None) -> Any:
     except (TypeError, ValueError):
         from falserefusal.types import FalseRefusalError
 
-        raise FalseRefusalError(f"--{option.name} {raw}: expected {option.type.__name__}") from None
+        kind = {"int": "a whole number", "float": "a number"}.get(option.type.__name__, option.type.__name__)
+        example = option.default if option.default is not None else 1
+        raise FalseRefusalError(f"--{option.name} {raw}: not {kind}; fix: give e.g. --{option.name} {example}") from None

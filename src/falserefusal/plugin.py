@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import pytest
 
-from falserefusal.custom import CUSTOM_PREFIX, CustomAccounting, CustomDeclaration, CustomGate, Results, outcome_from_dict
+from falserefusal.custom import CUSTOM_PREFIX, AddedGate, CustomAccounting, CustomDeclaration, CustomGate, Results, outcome_from_dict
 from falserefusal.gates import GateOutcome, GateSpec, ci_failed, format_verdict_counts
 from falserefusal.gpus import pin_worker_gpu, share_cpu_threads
 from falserefusal.options import OPTIONS, add_options, resolve
@@ -53,6 +53,9 @@ NO_GATES = "no-gates-in-this-run"
 #: the marker that declares a custom gate test, and the fixture such a test asks for (falserefusal.custom.CustomGate)
 CUSTOM_MARKER = "falserefusal_custom_gate"
 CUSTOM_FIXTURE = "falserefusal_custom_gate"
+#: the packaged suite's parameter holding a gate of the pytest_falserefusal_add_gates hook (falserefusal.custom.AddedGate)
+ADDED_FIXTURE = "falserefusal_added_gate"
+NO_ADDED_GATES = "no-added-gates"
 
 
 class InconclusiveGateWarning(UserWarning):
@@ -85,6 +88,7 @@ class FalseRefusalSession:
     def get_suite(self) -> Suite:
         if self.suite is None and self.error is None:
             try:
+                _register_extensions(self.config)
                 self.suite = prepare(_run_config(self.config))
             except FalseRefusalError as error:
                 self.error = error
@@ -128,6 +132,41 @@ class FalseRefusalSession:
 
 
 STASH = pytest.StashKey[FalseRefusalSession]()
+
+
+def _register_extensions(config: pytest.Config) -> None:
+    """Backends and detectors from the pytest_falserefusal_* hooks, and the detector wrapper that applies every
+    pytest_falserefusal_wrap_detector in turn (falserefusal.registry; cleared at unconfigure)."""
+    from falserefusal import registry
+
+    registry.clear()
+    for hook, register in ((config.hook.pytest_falserefusal_backends, registry.register_backend),
+                           (config.hook.pytest_falserefusal_detectors, registry.register_detector)):
+        for found in hook(config=config):
+            for name, factory in (found or {}).items():
+                register(name, factory)
+    wrappers = list(reversed(config.hook.pytest_falserefusal_wrap_detector.get_hookimpls()))  # in call order
+    if wrappers:
+        def wrap(detector: Any) -> Any:
+            for impl in wrappers:
+                given = {"config": config, "detector": detector}
+                result = impl.function(**{name: given[name] for name in impl.argnames})
+                detector = detector if result is None else result
+            return detector
+
+        registry.add_detector_wrapper(wrap)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from falserefusal import hookspec
+
+    pluginmanager.add_hookspecs(hookspec)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from falserefusal import registry
+
+    registry.clear()  # hook registrations belong to this session (pytester runs several in one process)
 
 
 @contextlib.contextmanager
@@ -243,6 +282,11 @@ def pytest_configure(config: pytest.Config) -> None:
         pin_worker_gpu(device, _worker_index(config))
         share_cpu_threads(int(config.workerinput.get("workercount", 1)))
         return
+    if getattr(config.option, "numprocesses", None):
+        try:  # the xdist controller reads the options again for every worker (pytest_configure_node), where a
+            _run_config(config)  # bad --seed or --samples would be an INTERNALERROR: a usage error here instead
+        except FalseRefusalError as error:
+            raise pytest.UsageError(str(error)) from None
     if getattr(config.option, "dist", "no") in ("load", "worksteal", "each"):
         config.issue_config_time_warning(pytest.PytestConfigWarning(
             f"falserefusal: --dist {config.option.dist} splits a (model, task) family across workers, which then "
@@ -286,7 +330,10 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
         def _split_scope(self, nodeid: str) -> str:
             scope = super()._split_scope(nodeid)
             if scope == nodeid and nodeid.endswith("]") and "[" in nodeid:
-                return groups.get(nodeid[nodeid.rfind("[") + 1 : -1], nodeid)
+                parts = nodeid[nodeid.rfind("[") + 1 : -1].split("-")
+                # a gate id, or one that ends with its family's (added gates: NAME-TASK, custom gates with more params)
+                found = (groups.get("-".join(parts[i:])) for i in range(len(parts)))
+                return next((group for group in found if group), nodeid)
             return scope
 
     return FamilyScheduling(config, log)
@@ -310,7 +357,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         ]
         # e.g. non-inferiority gates without a baseline model: one placeholder, deselected in collection
         metafunc.parametrize(fixture, params or [pytest.param(None, id=NO_GATES)])
-    if CUSTOM_FIXTURE in metafunc.fixturenames:
+    if ADDED_FIXTURE in metafunc.fixturenames:
+        _parametrize_added_gates(metafunc)
+    elif CUSTOM_FIXTURE in metafunc.fixturenames:
         _parametrize_custom_gate(metafunc)
 
 
@@ -339,6 +388,35 @@ def _parametrize_custom_gate(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(CUSTOM_FIXTURE, params or [pytest.param(None, id=NO_GATES)], indirect=True)
 
 
+def _parametrize_added_gates(metafunc: pytest.Metafunc) -> None:
+    """The gates of the pytest_falserefusal_add_gates hook: one item per gate and (model, task) family, marked as
+    a custom gate with the gate's declaration."""
+    state = metafunc.config.stash[STASH]
+    try:
+        suite = state.get_suite()
+    except FalseRefusalError:
+        metafunc.parametrize((ADDED_FIXTURE, CUSTOM_FIXTURE), [pytest.param(None, None, id=USAGE_ERROR_ID)],
+                             indirect=[CUSTOM_FIXTURE])
+        return
+    gates = [gate for found in metafunc.config.hook.pytest_falserefusal_add_gates(config=metafunc.config, suite=suite)
+             for gate in (found or [])]
+    names = [gate.name for gate in gates]
+    if len(set(names)) != len(names) or not all(isinstance(gate, AddedGate) for gate in gates):
+        raise pytest.UsageError(f"pytest_falserefusal_add_gates: gates must be falserefusal.custom.AddedGate with "
+                                f"distinct names; got {', '.join(map(repr, names))}")
+    firsts = {spec.family: spec for spec in reversed(suite.gates)}  # each family's first gate: its refusal rate
+    params = [
+        pytest.param(gate, family, id=f"{gate.name}-{spec.gate_id(suite.model_label(spec.model))}",
+                     marks=[pytest.mark.xdist_group(_family_group(suite, spec)), pytest.mark.falserefusal_gate,
+                            getattr(pytest.mark, CUSTOM_MARKER)(**gate.marker_kwargs())])
+        for gate in gates
+        for family, spec in reversed(firsts.items())
+        if gate.tasks is None or family[1] in gate.tasks
+    ]
+    metafunc.parametrize((ADDED_FIXTURE, CUSTOM_FIXTURE), params or [pytest.param(None, None, id=NO_ADDED_GATES)],
+                         indirect=[CUSTOM_FIXTURE])
+
+
 def _declaration(item: pytest.Item) -> CustomDeclaration:
     marker = item.get_closest_marker(CUSTOM_MARKER)
     assert marker is not None
@@ -362,6 +440,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session = config.stash[STASH]
     if session.error is not None and not hasattr(config, "workerinput"):
         raise pytest.UsageError(str(session.error))
+    # the packaged test of hook-added gates when no conftest adds any: not a gate, so not counted as deselected
+    items[:] = [item for item in items if NO_ADDED_GATES not in getattr(getattr(item, "callspec", None), "id", "")]
     unused = [item for item in items if NO_GATES in getattr(getattr(item, "callspec", None), "id", "")]
     if unused:
         items[:] = [item for item in items if item not in unused]

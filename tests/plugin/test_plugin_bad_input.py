@@ -47,3 +47,9 @@ def test_a_model_path_that_is_not_a_model_is_a_usage_error(project: pytest.Pytes
         model = "./fake.gguf"
     line = usage_error(project.runpytest("--model", model, *SCRIPTED[2:]))
     assert f"--model {model}: " in line and "fix:" in line
+
+
+@pytest.mark.parametrize("option", ["--seed", "--samples"])
+def test_a_non_number_under_xdist_is_a_usage_error_not_an_internal_error(project: pytest.Pytester, option: str) -> None:
+    line = usage_error(project.runpytest_subprocess("-n", "2", option, "abc", *SCRIPTED[:2], "--tasks", "nli", "--no-progress"))
+    assert line.startswith(f"ERROR: {option} abc: not a whole number; fix: give e.g. {option} ")
