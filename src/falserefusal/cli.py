@@ -7,17 +7,20 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from falserefusal.options import OPTIONS, add_options, resolve
+from falserefusal.options import OPTIONS, add_options, project_settings, resolve
 from falserefusal.types import FalseRefusalError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from falserefusal.runner import RunConfig, cache_summary, format_rate_table, format_usage, run, RESULTS_FILE
 
-    values = {option.name: resolve(option, getattr(args, option.dest)) for option in OPTIONS}
+    # pyproject's falserefusal_* settings as the plugin reads them; relative paths resolve against that file's folder
+    settings, config_file = project_settings(Path.cwd())
+    values = {option.name: resolve(option, getattr(args, option.dest), settings.get(option.dest)) for option in OPTIONS}
+    root = str(config_file.parent) if config_file is not None else "."
     from falserefusal.gates import ci_failed, format_verdict_counts
 
-    result = run(RunConfig.from_options(values, root="."))
+    result = run(RunConfig.from_options(values, root=root))
     for note in result.suite.notes:
         print(f"sampling: {note}")
     print(format_rate_table(result.records))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import configparser
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 
@@ -111,3 +113,64 @@ def resolve(option: Option, given: Any, ini: Any = None) -> Any:
         kind = {"int": "a whole number", "float": "a number"}.get(option.type.__name__, option.type.__name__)
         example = option.default if option.default is not None else 1
         raise FalseRefusalError(f"--{option.name} {raw}: not {kind}; fix: give e.g. --{option.name} {example}") from None
+
+
+#: config files pytest reads, in its order within one folder, with where its settings sit (pytest.ini always counts)
+CONFIG_FILES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("pytest.ini", ("pytest",)), (".pytest.ini", ("pytest",)), ("pytest.toml", ("pytest",)), (".pytest.toml", ("pytest",)),
+    ("pyproject.toml", ("tool", "pytest", "ini_options")), ("tox.ini", ("pytest",)), ("setup.cfg", ("tool:pytest",)),
+)
+
+
+def project_settings(start: str | Path = ".") -> tuple[dict[str, Any], Path | None]:
+    """The falserefusal_* settings the pytest plugin would read, for the command line: from the first config file
+    pytest would pick in `start` or a folder above it (pytest.ini, pyproject.toml's [tool.pytest.ini_options],
+    tox.ini's [pytest], setup.cfg's [tool:pytest]), keyed by option dest; and that file. Relative paths in them and
+    on the command line then resolve against the file's folder, as in pytest."""
+    from falserefusal.types import FalseRefusalError
+
+    folder = Path(start).resolve()
+    for directory in (folder, *folder.parents):
+        for name, section in CONFIG_FILES:
+            path = directory / name
+            if not path.is_file():
+                continue
+            table = _config_table(path, section)
+            if table is None:
+                continue
+            settings = {key: value for key, value in table.items() if str(key).startswith("falserefusal_")}
+            known = {option.dest for option in OPTIONS}
+            unknown = sorted(set(settings) - known)
+            if unknown:
+                raise FalseRefusalError(f"{path}: {unknown[0]} is not a falserefusal option; fix: use one of "
+                                        f"falserefusal_<option> with <option> from `falserefusal run --help` ('_' for '-')")
+            return settings, path
+    return {}, None
+
+
+def _config_table(path: Path, section: tuple[str, ...]) -> dict[str, Any] | None:
+    """The settings table of one config file, or None when the file holds no pytest section (pytest skips it then)."""
+    from falserefusal.types import FalseRefusalError
+
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+                import tomli as tomllib  # type: ignore[no-redef]
+            table: Any = tomllib.loads(text)
+            for key in section:
+                table = table.get(key) if isinstance(table, dict) else None
+            if path.name == "pyproject.toml" and table is None:  # pytest 9 also reads [tool.pytest] itself
+                table = tomllib.loads(text).get("tool", {}).get("pytest")
+                table = {k: v for k, v in table.items() if k != "ini_options"} if isinstance(table, dict) else None
+            return dict(table) if isinstance(table, dict) else ({} if path.stem.lstrip(".") == "pytest" else None)
+        parser = configparser.ConfigParser(interpolation=None)
+        parser.read_string(text, source=str(path))
+        if parser.has_section(section[0]):
+            return dict(parser.items(section[0]))
+        return {} if path.name in ("pytest.ini", ".pytest.ini") else None
+    except (OSError, UnicodeDecodeError, ValueError, configparser.Error) as error:
+        raise FalseRefusalError(f"{path}: cannot read it ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
+                                "fix: repair the file (pytest reads it too)") from None

@@ -101,3 +101,22 @@ def test_the_report_writes_unencodable_text_escaped_and_leaves_no_tmp(workdir: P
     assert main(["report", str(path)]) == 0
     assert "I&#39;m sorry \\ud800" in (workdir / "out" / "index.html").read_text(encoding="utf-8")
     assert not list((workdir / "out").glob("*.tmp"))
+
+
+def test_run_reads_the_falserefusal_settings_of_pyproject(workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    (workdir / "pyproject.toml").write_text(
+        '[tool.pytest.ini_options]\nfalserefusal_model = ["scripted:base=0"]\nfalserefusal_samples = "3"\n'
+        'falserefusal_tasks = "nli"\nfalserefusal_report_dir = "from-pyproject"\nfalserefusal_no_cache = true\n'
+    )
+    (workdir / "sub").mkdir()
+    monkeypatch.chdir(workdir / "sub")  # as pytest does, the file is found above, and paths resolve against its folder
+    assert main(["run", "--no-progress"]) == 0
+    lines = (workdir / "from-pyproject" / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 3 * 16 and json.loads(lines[0])["models"] == ["scripted:base=0"]
+    assert not (workdir / ".falserefusal-cache").exists()  # falserefusal_no_cache = true
+    assert main(["run", "--no-progress", "--samples", "2"]) == 0  # the command line overrides the file
+    assert len((workdir / "from-pyproject" / "results.jsonl").read_text().splitlines()) == 1 + 2 * 16
+    (workdir / "pyproject.toml").write_text('[tool.pytest.ini_options]\nfalserefusal_sample = "3"\n')
+    capsys.readouterr()
+    line = usage_error(["run", "--no-progress"], capsys)
+    assert "pyproject.toml: falserefusal_sample is not a falserefusal option; fix:" in line
