@@ -201,6 +201,8 @@ def prepare(config: RunConfig) -> Suite:
     for model in models:
         backend_for(model, config.backend)  # validates --backend
     check_detector_name(config.detector)
+    if config.refusal_rules:  # a missing rules file or a bad regex: a usage error now, not a failed gate mid-run
+        config.refusal_detector()
     if len(set(models)) != len(models):
         raise FalseRefusalError(f"--model: the same model is given twice ({', '.join(models)}); give each once")
     profile_name = config.profile or ("smoke" if models == (DEFAULT_MODEL_NAME,) else "release")
@@ -228,6 +230,9 @@ def prepare(config: RunConfig) -> Suite:
                 for spec in tasks:
                     label = f"{model_labels(models)[model]} {spec.task.id}"
                     cached_for_rescore(cache, config, model, [c for c in cases if c.task == spec.task.id], label)
+            for model in () if config.rescore else (*models, *filter(None, [config.baseline_model])):
+                # every cached row this run may read passes its checksum, or the run stops here, before any generation
+                cache.get_for_rescore(*_rescore_keys(config, model, cases))
         finally:
             cache.close()
     baseline, saved = _prepare_baseline(config, models, [t.task.id for t in tasks], cases)
@@ -510,11 +515,16 @@ def decoding_settings(config: RunConfig, detector_version: str | None = None) ->
     return {"max_new_tokens": config.backend_options.max_new_tokens, "stop": stop}
 
 
+def _rescore_keys(config: RunConfig, model: str, cases: Sequence[Case]) -> tuple[str, str, list[CacheKey]]:
+    """(backend, model, keys) to find a model's cached generations of `cases` by request alone, whatever its identity."""
+    kind = backend_for(model, config.backend)
+    return kind, model, [CacheKey.of(kind, model, {}, request_for(case), decoding_settings(config)) for case in cases]
+
+
 def cached_for_rescore(cache: GenerationCache, config: RunConfig, model: str, cases: Sequence[Case], label: str) -> list[Cached]:
     """--rescore: the cached generation of every case, found without loading the model; a missing one is an error."""
-    kind = backend_for(model, config.backend)
+    kind, _, keys = _rescore_keys(config, model, cases)
     requests = [request_for(case) for case in cases]
-    keys = [CacheKey.of(kind, model, {}, request, decoding_settings(config)) for request in requests]
     found, missing = cache.get_for_rescore(kind, model, keys)
     if missing:
         absent = [r.case_id for r, k in zip(requests, keys) if k.request_key not in found]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,7 @@ def usage_error(result: pytest.RunResult) -> str:
     errors = [line for line in result.stderr.lines if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("ERROR: "), errors
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
-    assert "passed" not in result.stdout.str() and "failed" not in result.stdout.str()
+    assert not re.search(r"\d+ (passed|failed)", result.stdout.str())
     return errors[0]
 
 
@@ -53,3 +54,28 @@ def test_a_model_path_that_is_not_a_model_is_a_usage_error(project: pytest.Pytes
 def test_a_non_number_under_xdist_is_a_usage_error_not_an_internal_error(project: pytest.Pytester, option: str) -> None:
     line = usage_error(project.runpytest_subprocess("-n", "2", option, "abc", *SCRIPTED[:2], "--tasks", "nli", "--no-progress"))
     assert line.startswith(f"ERROR: {option} abc: not a whole number; fix: give e.g. {option} ")
+
+
+@pytest.mark.parametrize(
+    ("rules", "expected"),
+    [
+        ("refusal:\n  mine:\n    strength: strong\n    patterns: ['(unclosed']\n", "is not a valid regex"),
+        (None, "rules.yaml"),
+    ],
+)
+def test_bad_refusal_rules_are_a_usage_error_not_a_failed_gate(project: pytest.Pytester, rules: str | None, expected: str) -> None:
+    if rules is not None:
+        (project.path / "rules.yaml").write_text(rules)
+    line = usage_error(project.runpytest(*SCRIPTED, "--refusal-rules", "rules.yaml"))
+    assert "rules.yaml" in line and expected in line
+
+
+def test_a_cache_row_failing_its_checksum_is_a_usage_error_before_generation(project: pytest.Pytester) -> None:
+    import sqlite3
+
+    args = (*SCRIPTED[:4], "--tasks", "nli", "--no-progress", "--cache-dir", "gen-cache")
+    project.runpytest(*args).assert_outcomes(passed=16)
+    with sqlite3.connect(project.path / "gen-cache" / "generations.sqlite") as db:
+        db.execute("UPDATE generations SET text = 'tampered' WHERE rowid = 1")
+    line = usage_error(project.runpytest(*args))
+    assert "generations.sqlite: not a usable falserefusal generation cache" in line and "fails its checksum" in line

@@ -120,3 +120,17 @@ def test_run_reads_the_falserefusal_settings_of_pyproject(workdir: Path, capsys:
     capsys.readouterr()
     line = usage_error(["run", "--no-progress"], capsys)
     assert "pyproject.toml: falserefusal_sample is not a falserefusal option; fix:" in line
+
+
+def test_a_tampered_cache_row_stops_the_run_before_generation(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import sqlite3
+
+    args = ["run", "--samples", "2", "--tasks", "nli", "--no-progress", "--model", "scripted:base=0", "--report-dir", "out"]
+    assert main(args) == 0
+    results = (workdir / "out" / "results.jsonl").read_text()
+    with sqlite3.connect(workdir / ".falserefusal-cache" / "generations.sqlite") as db:
+        db.execute("UPDATE generations SET text = 'tampered' WHERE rowid = 3")
+    capsys.readouterr()
+    line = usage_error(args, capsys)
+    assert "fails its checksum" in line and "fix: delete the file" in line and "generation stopped" not in line
+    assert (workdir / "out" / "results.jsonl").read_text() == results  # nothing lost
