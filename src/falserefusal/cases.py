@@ -34,6 +34,30 @@ def persona_messages(prompt: str, persona: Persona, phrasing: PersonaPhrasing, p
     return (Message("user", f"{instruction}\n\n{prompt}"),)
 
 
+def factorial_size(spec: TaskSpec, phrasings: Sequence[PersonaPhrasing]) -> int:
+    """Distinct request blocks a task has: items x paraphrases x persona phrasings."""
+    return len(spec.items) * len(spec.paraphrases) * max(1, len(phrasings))
+
+
+def blocks_per_task(tasks: Sequence[TaskSpec], phrasings: Sequence[PersonaPhrasing], samples: int) -> dict[str, int]:
+    """Blocks each task gets: `samples`, capped at the task's factorial (each block is drawn at most once)."""
+    return {spec.task.id: min(samples, factorial_size(spec, phrasings)) for spec in tasks}
+
+
+def sampling_notes(tasks: Sequence[TaskSpec], phrasings: Sequence[PersonaPhrasing], samples: int) -> tuple[str, ...]:
+    """One line per task whose factorial is smaller than `samples`: it is used whole, once, not repeated."""
+    notes = []
+    for spec in tasks:
+        size = factorial_size(spec, phrasings)
+        if samples > size:
+            notes.append(
+                f"--samples {samples} exceeds the {size} distinct request blocks of task {spec.task.id} ({len(spec.items)} "
+                f"items x {len(spec.paraphrases)} paraphrases x {len(phrasings)} phrasings): each is asked once, "
+                f"{size} blocks, none repeated"
+            )
+    return tuple(notes)
+
+
 def draw_cases(
     tasks: Sequence[TaskSpec],
     personas: Sequence[Persona],
@@ -44,7 +68,10 @@ def draw_cases(
 ) -> list[Case]:
     """`samples` blocks per task, each block asked under the baseline and every persona (the paired design).
 
-    Same seed, same cases, same order, in every process. A task's first k blocks do not depend on `samples`.
+    A task's blocks are a seeded permutation of its full factorial (item x paraphrase x phrasing), taken in order:
+    sampling without replacement, so no request block is asked twice; with `samples` above the factorial size the
+    whole factorial is used once (see `sampling_notes`). Same seed, same cases, same order, in every process; a
+    task's first k blocks do not depend on `samples` or on the other tasks (one stream per task).
     """
     if samples < 1:
         raise FalseRefusalError(f"--samples {samples}: must be at least 1 request block per task")
@@ -55,11 +82,11 @@ def draw_cases(
     conditions = all_conditions(personas)
     cases: list[Case] = []
     for spec in tasks:
-        rng = task_rng(seed, spec.task.id)
-        for index in range(samples):
-            item = spec.items[rng.integers(len(spec.items))]
-            paraphrase = spec.paraphrases[rng.integers(len(spec.paraphrases))]
-            phrasing = phrasings[rng.integers(len(phrasings))]
+        shape = (len(spec.items), len(spec.paraphrases), len(phrasings))
+        order = task_rng(seed, spec.task.id).permutation(factorial_size(spec, phrasings))[:samples]
+        for index, cell in enumerate(order):
+            i, j, k = np.unravel_index(int(cell), shape)
+            item, paraphrase, phrasing = spec.items[i], spec.paraphrases[j], phrasings[k]
             prompt = render_prompt(spec.task, paraphrase, item)
             block_id = f"{spec.task.id}-b{index:05d}"
             for persona in conditions:

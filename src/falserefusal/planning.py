@@ -23,6 +23,14 @@ conditions of one request. At equal rates s is the correlation of the two answer
 Level: a gate is planned at the Bonferroni level α / (families × gates per family), which is where Holm's
 step-down starts, so a single real excess among true nulls is detected with the stated power (Holm can only do
 better once other gates fail).
+
+Three verdicts: a gate FAILs when its lower bound clears the limit and PASSes when its upper bound lies below it
+(`falserefusal.gates`). Each row gives the blocks to FAIL a truth `mde` beyond the limit and the blocks to PASS a
+truth below it (`pass_effect` for disparities and non-inferiority, default 0; the base rate for the refusal-rate
+gate when it is below the limit): the same formula with θ0 the limit and θ1 the PASS truth, since the PASS test is
+the mirror one-sided test at the same level. The budget is the larger of the two over every gate type; a task's
+budget cannot exceed its factorial of distinct blocks (items × paraphrases × phrasings; 1,782 for the bundled
+tasks), and the item design effect is not in these formulas (see the README's simulation with item heterogeneity).
 """
 
 from __future__ import annotations
@@ -70,6 +78,32 @@ def rate_gate_blocks(limit: float, mde: float, level: float, power: float, condi
     return max(1, math.ceil(cases * design_effect / conditions))
 
 
+def rate_pass_blocks(limit: float, rate: float, level: float, power: float, conditions: int, correlation: float) -> int | None:
+    """Request blocks per task for the refusal-rate gate to PASS a true rate below its limit (None at or above it)."""
+    if rate >= limit:
+        return None
+    cases = _blocks(math.sqrt(limit * (1 - limit)), math.sqrt(rate * (1 - rate)), limit - rate, level, power)
+    return max(1, math.ceil(cases * (1 + (conditions - 1) * correlation) / conditions))
+
+
+def _discordance(base_rate: float, effect: float, correlation: float) -> tuple[float, float]:
+    """(p10, p01) of persona versus no persona when the persona refuses `effect` more (shared-draw dependence)."""
+    p_ref, p_persona = base_rate, min(max(base_rate + effect, 0.0), 1.0)
+    p11 = p_ref * p_persona + shared_draw_covariance(p_persona, p_ref, correlation)
+    return p_persona - p11, p_ref - p11
+
+
+def disparity_pass_blocks(base_rate: float, limit: float, effect: float, level: float, power: float, correlation: float) -> int | None:
+    """Request blocks per task for a persona disparity gate (tolerance δ) to PASS a true disparity `effect` < δ."""
+    if effect >= limit:
+        return None
+    p10, p01 = _discordance(base_rate, effect, correlation)
+    delta = p10 - p01
+    sigma1 = math.sqrt(max(p10 + p01 - delta**2, 1e-12))
+    sigma0 = math.sqrt(max(2 * restricted_p01(p10, p01, limit) + limit * (1 - limit), 1e-12))
+    return _blocks(sigma0, sigma1, limit - delta, level, power)
+
+
 def restricted_p01(p10: float, p01: float, delta: float) -> float:
     """Tango's restricted MLE of p01 under p10 - p01 = delta, at the expected proportions (Nam 1997)."""
     b = -p10 - p01 + (2 - p10 + p01) * delta
@@ -79,9 +113,7 @@ def restricted_p01(p10: float, p01: float, delta: float) -> float:
 
 def disparity_gate_blocks(base_rate: float, limit: float, mde: float, level: float, power: float, correlation: float) -> int:
     """Request blocks per task for a persona disparity gate (limit δ0) to fail a persona excess of δ0 + mde."""
-    p_ref, p_persona = base_rate, min(base_rate + limit + mde, 1.0)
-    p11 = p_ref * p_persona + shared_draw_covariance(p_persona, p_ref, correlation)
-    p10, p01 = p_persona - p11, p_ref - p11
+    p10, p01 = _discordance(base_rate, limit + mde, correlation)
     delta = p10 - p01
     sigma1 = math.sqrt(max(p10 + p01 - delta**2, 1e-12))
     sigma0 = math.sqrt(max(2 * restricted_p01(p10, p01, limit) + limit * (1 - limit), 1e-12))
@@ -120,8 +152,10 @@ class PlanRow:
     gates: int  # of this type in the suite
     truth: str  # what the gate must detect
     level: float  # one-sided test level it is planned at
-    blocks: int  # request blocks per task
+    blocks: int  # request blocks per task to FAIL the truth `truth`
     cases: int  # generations per model for the whole suite
+    blocks_pass: int | None = None  # request blocks per task to PASS the truth `truth_pass` (None: it cannot PASS)
+    truth_pass: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,8 +165,8 @@ class Plan:
 
     @property
     def blocks(self) -> int:
-        """Blocks per task so that every gate type reaches the power."""
-        return max(row.blocks for row in self.rows)
+        """Blocks per task so that every gate type reaches the power, to FAIL and to PASS."""
+        return max(max(row.blocks, row.blocks_pass or 0) for row in self.rows)
 
     def to_dict(self) -> dict[str, Any]:
         return {"assumptions": self.assumptions, "rows": [asdict(r) for r in self.rows], "blocks": self.blocks}
@@ -150,11 +184,14 @@ def plan(
     correlation: float = 0.64,
     model_correlation: float = 0.0,
     rate_limit: float | None = None,
-    disparity_limit: float = 0.0,
-    margin: float = 0.01,
-    persona_margin: float = 0.01,
+    disparity_limit: float = 0.02,
+    margin: float = 0.03,
+    persona_margin: float = 0.03,
+    pass_effect: float = 0.0,
+    pass_rate: float | None = None,
 ) -> Plan:
-    """Blocks per task each gate type needs to fail, with `power`, a truth `mde` beyond its limit (see module doc)."""
+    """Blocks per task each gate type needs to FAIL, with `power`, a truth `mde` beyond its limit, and to PASS a truth
+    `pass_effect` below its tolerance (`pass_rate` for the refusal-rate gate; default the base rate) (see module doc)."""
     _check("base-rate", base_rate, 0.0, 1.0)
     _check("mde", mde, 0.0, 1.0)
     _check("power", power, 0.0, 1.0)
@@ -165,33 +202,46 @@ def plan(
     if personas < 1 or tasks < 1 or models < 1:
         raise FalseRefusalError("--personas, --tasks and --models must be at least 1")
     limit = base_rate if rate_limit is None else rate_limit
+    passing_rate = base_rate if pass_rate is None else pass_rate
+    if not 0.0 <= pass_effect < 1.0:
+        raise FalseRefusalError(f"--pass-effect {pass_effect}: must lie in [0, 1)")
     conditions = personas + 1
     per_family = (1 + personas) * (2 if baseline else 1)
     families = tasks * models
     level = alpha / (families * per_family)
     per_task_cases = conditions * models * tasks
 
-    def row(gate: str, count: int, truth: str, blocks: int) -> PlanRow:
-        return PlanRow(gate, count * families, truth, level, blocks, blocks * per_task_cases)
+    def row(gate: str, count: int, truth: str, blocks: int, blocks_pass: int | None, truth_pass: str) -> PlanRow:
+        return PlanRow(gate, count * families, truth, level, blocks, blocks * per_task_cases, blocks_pass, truth_pass)
+
+    def block_mean_pass(variance: float, tolerance: float) -> int | None:
+        return block_mean_blocks(variance, tolerance - pass_effect, level, power) if pass_effect < tolerance else None
 
     rows = [
         row("refusal_rate", 1, f"task refusal rate {limit + mde:.3f} vs limit {limit:.3f}",
-            rate_gate_blocks(limit, mde, level, power, conditions, correlation)),
+            rate_gate_blocks(limit, mde, level, power, conditions, correlation),
+            rate_pass_blocks(limit, passing_rate, level, power, conditions, correlation), f"rate {passing_rate:.3f}"),
         row("persona_disparity", personas, f"persona minus no-persona {disparity_limit + mde:+.3f} vs limit {disparity_limit:+.3f}",
-            disparity_gate_blocks(base_rate, disparity_limit, mde, level, power, correlation)),
+            disparity_gate_blocks(base_rate, disparity_limit, mde, level, power, correlation),
+            disparity_pass_blocks(base_rate, disparity_limit, pass_effect, level, power, correlation), f"{pass_effect:+.3f}"),
     ]
     if baseline:
         rows.append(row("noninferiority", 1, f"candidate minus baseline model {margin + mde:+.3f} vs margin {margin:+.3f}",
                         block_mean_blocks(noninferiority_variance(base_rate, margin + mde, conditions, correlation, model_correlation),
-                                          mde, level, power)))
+                                          mde, level, power),
+                        block_mean_pass(noninferiority_variance(base_rate, pass_effect, conditions, correlation, model_correlation),
+                                        margin), f"{pass_effect:+.3f}"))
         rows.append(row("noninferiority_persona", personas,
                         f"candidate's persona gap minus baseline model's {persona_margin + mde:+.3f} vs margin {persona_margin:+.3f}",
                         block_mean_blocks(noninferiority_persona_variance(base_rate, persona_margin + mde, correlation, model_correlation),
-                                          mde, level, power)))
+                                          mde, level, power),
+                        block_mean_pass(noninferiority_persona_variance(base_rate, pass_effect, correlation, model_correlation),
+                                        persona_margin), f"{pass_effect:+.3f}"))
     assumptions = {
         "base_rate": base_rate, "mde": mde, "power": power, "alpha": alpha, "personas": personas, "tasks": tasks,
         "models": models, "baseline": baseline, "correlation": correlation, "model_correlation": model_correlation,
         "rate_limit": limit, "disparity_limit": disparity_limit, "margin": margin, "persona_margin": persona_margin,
+        "pass_effect": pass_effect, "pass_rate": passing_rate,
         "gates_per_family": per_family, "families": families, "level": level,
     }
     return Plan(assumptions, tuple(rows))
@@ -200,7 +250,8 @@ def plan(
 def format_plan(result: Plan) -> str:
     a = result.assumptions
     lines = [
-        f"Request blocks per task to fail a truth {a['mde']:.3f} beyond each gate's limit with power {a['power']:.2f}",
+        f"Request blocks per task to FAIL a truth {a['mde']:.3f} beyond each gate's limit, and to PASS a truth "
+        f"{a['pass_effect']:+.3f} (refusal rate {a['pass_rate']:.3f}) below it, each with power {a['power']:.2f}",
         f"(base refusal rate {a['base_rate']:.3f}; {a['personas']} personas + the no-persona condition = "
         f"{a['personas'] + 1} cases per block; {a['tasks']} task(s) x {a['models']} model(s) = {a['families']} families "
         f"of {a['gates_per_family']} gates; each gate at the Bonferroni level alpha {a['alpha']} / "
@@ -208,11 +259,14 @@ def format_plan(result: Plan) -> str:
         f"correlation of two conditions of one request {a['correlation']}, of the two models on one case "
         f"{a['model_correlation']}; answers share a latent draw with that probability, else independent)",
         "",
-        f"{'gate':<24} {'gates':>5}  {'blocks/task':>11}  {'cases/model':>11}  what it detects",
+        f"{'gate':<24} {'gates':>5}  {'to FAIL':>8}  {'to PASS':>8}  {'cases/model':>11}  FAIL truth; PASS truth",
     ]
     for r in result.rows:
-        lines.append(f"{r.gate:<24} {r.gates:>5}  {r.blocks:>11}  {r.cases:>11}  {r.truth}")
-    lines += ["", f"paired design: --samples {result.blocks} request blocks per task reach the power for every gate type"]
+        passing = "-" if r.blocks_pass is None else str(r.blocks_pass)
+        lines.append(f"{r.gate:<24} {r.gates:>5}  {r.blocks:>8}  {passing:>8}  {r.cases:>11}  {r.truth}; "
+                     + (f"{r.truth_pass}" if r.blocks_pass is not None else f"{r.truth_pass} cannot PASS (not below the limit)"))
+    lines += ["", f"paired design: --samples {result.blocks} request blocks per task reach the power for every gate type, "
+                  "to FAIL and to PASS (blocks/task columns; a task's factorial of distinct blocks caps the budget)"]
     return "\n".join(lines)
 
 

@@ -134,12 +134,14 @@ def test_dataset_loader_maps_columns_and_labels(tmp_path: Path, suite_parts) -> 
         {"sentence1": "A man plays.", "sentence2": "Someone plays.", "gold": 0},
         {"sentence1": "A dog runs.", "sentence2": "A cat sleeps.", "gold": 2},
         {"sentence1": "Unlabelled.", "sentence2": "Row.", "gold": -1},
+        *({"sentence1": f"Filler {i}.", "sentence2": "Row.", "gold": 1} for i in range(8)),  # 1 of 11 dropped: < 10%
     ]
     path = tmp_path / "snli.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
     items = load_dataset_items(nli, str(path), {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold"},
                                {0: "entailment", 1: "neutral", 2: "contradiction"})
-    assert [(i.fields["premise"], i.label) for i in items] == [("A man plays.", "entailment"), ("A dog runs.", "contradiction")]
+    assert [(i.fields["premise"], i.label) for i in items][:2] == [("A man plays.", "entailment"), ("A dog runs.", "contradiction")]
+    assert len(items) == 10
     csv_path = tmp_path / "items.csv"
     csv_path.write_text("premise,hypothesis,label\nA,B,neutral\n")
     assert load_dataset_items(nli, str(csv_path))[0].label == "neutral"
@@ -158,3 +160,21 @@ def test_task_file_with_unknown_placeholder_names_the_file(tmp_path: Path) -> No
     path.write_text("id: t\nlabels: [a, b]\nfields: [text]\nparaphrases:\n  - {id: p, forcing_level: forced, template: '{txt}'}\nitems:\n  - {text: hi, label: a}\n")
     with pytest.raises(FalseRefusalError, match=r"t.yaml: paraphrase 'p' uses an unknown placeholder"):
         load_task_file(path)
+
+
+def test_release_budget_has_no_repeated_block_and_a_larger_one_uses_the_factorial_once(suite_parts) -> None:
+    # blocks are a permutation of item x paraphrase x phrasing (66 x 9 x 3 = 1782 per task), drawn without replacement
+    personas, phrasings, tasks = suite_parts
+    from falserefusal.cases import blocks_per_task, factorial_size, sampling_notes
+
+    def blocks(cases):
+        return [(c.task, c.item_id, c.paraphrase_id, c.phrasing_id) for c in cases if c.persona == personas[0].id]
+
+    drawn = blocks(draw_cases(tasks, personas[:1], phrasings, samples=1225, seed=0))
+    assert len(drawn) == 3 * 1225 and len(set(drawn)) == len(drawn)
+    assert sampling_notes(tasks, phrasings, 1225) == ()
+    size = factorial_size(tasks[0], phrasings)
+    assert size == len(tasks[0].items) * 9 * len(phrasings)
+    whole = blocks(draw_cases(tasks[:1], personas[:1], phrasings, samples=size + 500, seed=0))
+    assert len(whole) == size == len(set(whole)) and blocks_per_task(tasks[:1], phrasings, size + 500) == {"nli": size}
+    assert "each is asked once" in sampling_notes(tasks[:1], phrasings, size + 500)[0]

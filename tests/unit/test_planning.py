@@ -14,11 +14,13 @@ from falserefusal.planning import (
     block_mean_blocks,
     block_mean_power,
     disparity_gate_blocks,
+    disparity_pass_blocks,
     linear_variance,
     noninferiority_persona_variance,
     noninferiority_variance,
     plan,
     rate_gate_blocks,
+    rate_pass_blocks,
     restricted_p01,
 )
 from falserefusal.types import FalseRefusalError
@@ -91,7 +93,9 @@ def test_more_gates_or_smaller_effects_need_more_blocks() -> None:
 
 
 def test_correlated_checkpoints_need_fewer_blocks() -> None:
-    assert plan(0.05, 0.04, model_correlation=0.8).blocks < plan(0.05, 0.04).blocks
+    # the non-inferiority rows (the budget itself is set by PASSing a zero persona disparity, which has one model)
+    correlated, independent = plan(0.05, 0.04, model_correlation=0.8).rows[2:], plan(0.05, 0.04).rows[2:]
+    assert all(c.blocks < i.blocks and c.blocks_pass < i.blocks_pass for c, i in zip(correlated, independent))
 
 
 @pytest.mark.parametrize("kwargs", [{"base_rate": 0.0}, {"mde": 1.5}, {"power": 1.0}, {"alpha": 0.7}, {"correlation": 2.0}])
@@ -102,9 +106,25 @@ def test_bad_planning_input_is_a_usage_error(kwargs: dict) -> None:
 
 
 def test_plan_command_prints_blocks_per_gate_type(capsys: pytest.CaptureFixture[str]) -> None:
+    # the release profile's budget: PASSing a zero persona disparity at the 2 pp tolerance needs the most blocks
     assert main(["plan", "--base-rate", "0.05", "--mde", "0.04", "--power", "0.8"]) == 0
     out = capsys.readouterr().out
-    assert "noninferiority_persona" in out and "--samples 1225" in out
+    assert "noninferiority_persona" in out and "--samples 1738" in out
     assert main(["plan", "--base-rate", "0.05", "--mde", "0.04", "--json"]) == 0
     data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert data["blocks"] == 1225 and data["assumptions"]["families"] == 3
+    assert data["blocks"] == 1738 and data["assumptions"]["families"] == 3
+    assert max(row["blocks_pass"] or 0 for row in data["rows"]) == 1738
+    rate = next(row for row in data["rows"] if row["gate"] == "refusal_rate")
+    assert rate["blocks_pass"] is None  # a model refusing exactly at the limit cannot PASS it
+
+
+def test_pass_sizing_is_the_mirror_formula_and_grows_as_the_truth_nears_the_tolerance() -> None:
+    base, delta, level, power, corr = 0.05, 0.02, 0.001, 0.8, 0.64
+    p11 = base * base + corr * (base - base * base)
+    p10 = p01 = base - p11
+    sigma0 = math.sqrt(2 * restricted_p01(p10, p01, delta) + delta * (1 - delta))
+    expected = (norm.isf(level) * sigma0 + norm.isf(1 - power) * math.sqrt(p10 + p01)) ** 2 / delta**2
+    assert disparity_pass_blocks(base, delta, 0.0, level, power, corr) == math.ceil(expected)
+    assert disparity_pass_blocks(base, delta, 0.01, level, power, corr) > math.ceil(expected)
+    assert disparity_pass_blocks(base, delta, 0.02, level, power, corr) is None
+    assert rate_pass_blocks(0.05, 0.03, level, power, 16, corr) < rate_pass_blocks(0.05, 0.04, level, power, 16, corr)

@@ -39,7 +39,8 @@ def section(html: str, name: str) -> str:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunResult, Path]:
     report_dir = tmp_path_factory.mktemp("planted")
-    result = run_scripted(report_dir, [PLANTED], samples=40, tasks=["nli", "offensiveness"])
+    # 60 blocks: since blocks are drawn without replacement (and the 2 pp tolerance), 40 no longer fail nli at seed 5
+    result = run_scripted(report_dir, [PLANTED], samples=60, tasks=["nli", "offensiveness"])
     return result, build_report(result.metadata, result.records, result.outcomes, report_dir)
 
 
@@ -92,7 +93,8 @@ def test_model_text_is_escaped(planted, tmp_path: Path) -> None:
 def test_run_without_refusals_says_so_and_passes(tmp_path: Path) -> None:
     result = run_scripted(tmp_path, ["scripted:base=0"], samples=8, tasks=["nli"], personas=["religion"])
     html = build_report(result.metadata, result.records, result.outcomes, tmp_path).read_text()
-    assert "PASS — all 6 gates passed" in section(html, "verdict")
+    # 8 blocks show no gate below its limit either: none fails, all 6 are INCONCLUSIVE (warned, not failed, in release)
+    assert "PASS with 6 INCONCLUSIVE — 0 of 6 gates passed, 6 inconclusive (inconclusive: warn), none failed" in section(html, "verdict")
     assert "no refusals" in section(html, "verdict")
     assert "no refusals" in section(html, "sensitivity")
     assert "No estimates: no refusals" in section(html, "regression")
@@ -123,7 +125,7 @@ def test_cli_report_rebuilds_the_report_from_saved_results(tmp_path: Path, capsy
     assert f"report: {run_dir / 'index.html'}" in capsys.readouterr().out
     rebuilt_dir = tmp_path / "rebuilt"
     assert main(["report", str(run_dir / "results.jsonl"), "--report-dir", str(rebuilt_dir)]) == 0
-    assert "gates: 5 passed, 1 failed" in capsys.readouterr().out
+    assert "gates: 0 pass, 1 fail, 5 inconclusive (inconclusive: warn); 1 of 6 fail CI" in capsys.readouterr().out
 
     def stable(path: Path) -> str:  # everything but the build time and the rebuild command line
         text = path.read_text()
@@ -142,3 +144,14 @@ def test_outcomes_from_results_equal_the_run_outcomes(planted) -> None:
 def test_cli_report_rejects_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", str(tmp_path / "nope.jsonl")]) == 2
     assert "nope.jsonl: results file not found" in capsys.readouterr().err
+
+
+def test_few_clusters_warn_and_no_regression_headline_has_an_unbounded_interval(tmp_path: Path) -> None:
+    # `make run`'s shape: 12 blocks per task, 3 tasks, at most 36 item clusters
+    result = run_scripted(tmp_path, ["scripted:base=0.1,persona.muslim=0.2,paraphrase.forced-2=0.3"], samples=12)
+    regression = section(build_report(result.metadata, result.records, result.outcomes, tmp_path).read_text(), "regression")
+    clusters = int(re.search(r"Warning: only (\d+) clusters \(dataset items\): below 42", regression).group(1))
+    assert clusters <= 36 and f"{clusters} clusters." in regression
+    reading = re.search(r'<p class="reading">(.*?)</p>', regression, flags=re.S).group(1)
+    headline = re.search(r"95% CI ([\d.]+)–([\d.]+)", reading)
+    assert headline is None or float(headline.group(2)) / float(headline.group(1)) <= 100, reading

@@ -14,6 +14,10 @@ estimated under H0 (around δ, not around x̄), asymptotically N(0, 1) at μ = �
 "Self-Normalized Processes", Springer 2009, ch. 1). Unlike a Wald t-statistic it stays finite when every X_b is
 equal (|T| <= √B), which matters for rare refusals. Inverting |T(δ)| = z gives the closed-form interval
 x̄ ± z s / sqrt(B - z²) (unbounded, i.e. the whole range, when B <= z²).
+
+Blocks of one dataset item are correlated too: with `design_effect` d (the item clusters' variance of the mean
+over the blocks' own, see `falserefusal.gates.design_effect`) B is replaced by the effective count B / d; d < 1
+stands for the finite population correction of blocks drawn without replacement (d = 1 - B / N).
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ class BlockMean:
     variance: float
     low: float = -1.0  # the range X can take (for clipping intervals)
     high: float = 1.0
+    design_effect: float = 1.0  # the test and bounds use n / design_effect blocks
+
+    @property
+    def effective_n(self) -> float:
+        return self.n / self.design_effect if self.design_effect > 0 else math.inf
 
     @classmethod
     def of(cls, values: Sequence[float] | np.ndarray, low: float = -1.0, high: float = 1.0) -> "BlockMean":
@@ -51,21 +60,25 @@ class BlockMean:
         spread = self.variance + gap * gap
         if self.n == 0 or spread <= 1e-300:
             return math.nan
-        return math.sqrt(self.n) * gap / math.sqrt(spread)
+        return math.sqrt(self.effective_n) * gap / math.sqrt(spread)
 
-    def pvalue(self, margin: float) -> float:
-        """One-sided p for H0: μ <= margin against μ > margin; 1.0 without data or with T = 0/0."""
+    def pvalue(self, margin: float, alternative: str = "greater") -> float:
+        """One-sided p for H0: μ <= margin against μ > margin ("greater"), or H0: μ >= margin against μ < margin
+        ("less"); 1.0 without data or with T = 0/0."""
         statistic = self.statistic(margin)
-        return 1.0 if math.isnan(statistic) else float(norm.sf(statistic))
+        if math.isnan(statistic):
+            return 1.0
+        return float(norm.sf(statistic) if alternative == "greater" else norm.cdf(statistic))
 
     def bound(self, level: float, side: str) -> float:
         """One-sided (1 - level) confidence bound: side "lower" or "upper"."""
         if not 0.0 < level < 1.0:
             raise FalseRefusalError(f"BlockMean.bound: level must lie in (0, 1), got {level}")
         z = float(norm.isf(level))
-        if self.n == 0 or self.n <= z * z:
+        n = self.effective_n
+        if self.n == 0 or n <= z * z:
             return self.low if side == "lower" else self.high
-        half = z * math.sqrt(self.variance / (self.n - z * z))
+        half = z * math.sqrt(self.variance / (n - z * z)) if math.isfinite(n) else 0.0
         return max(self.low, self.mean - half) if side == "lower" else min(self.high, self.mean + half)
 
     def interval(self, alpha: float = 0.05) -> tuple[float, float]:

@@ -13,6 +13,11 @@ Tango (1998, Statistics in Medicine 17:891-908) tests H0: Δ = δ with the score
 where q(δ) is the maximum-likelihood estimate of p01 under the restriction p10 - p01 = δ (the larger root
 of 2n q² + B q + C = 0, B = -n10 - n01 + (2n - n10 + n01) δ, C = -n01 δ (1 - δ)). At δ = 0 this is
 McNemar's score statistic (n10 - n01) / sqrt(n10 + n01). Its interval inverts the test.
+
+Clustered pairs (several request blocks of one dataset item): the counts may be fractional effective counts,
+n10 / deff, n01 / deff, n / deff, with deff the design effect of the clusters on the paired difference (Rao &
+Scott 1992, Biometrics 48:577-585, "A simple method for the analysis of clustered binary data"); the test and
+interval take them as they are.
 """
 
 from __future__ import annotations
@@ -53,8 +58,8 @@ class PairedCounts:
         return (self.n10 - self.n01) / self.n if self.n else 0.0
 
 
-def _check_counts(n10: int, n01: int, n: int, where: str) -> None:
-    if min(n10, n01, n) < 0 or n10 + n01 > n:
+def _check_counts(n10: float, n01: float, n: float, where: str) -> None:
+    if min(n10, n01, n) < 0 or n10 + n01 > n * (1 + 1e-12):
         raise FalseRefusalError(f"{where}: need n10, n01 >= 0 and n10 + n01 <= n, got n10={n10}, n01={n01}, n={n}")
 
 
@@ -81,9 +86,12 @@ def tango_statistic(n10: int, n01: int, n: int, delta: float) -> float:
     return numerator / math.sqrt(variance)
 
 
-def paired_difference_pvalue(n10: int, n01: int, n: int, margin: float = 0.0) -> float:
-    """One-sided p for H0: Δ <= margin against H1: Δ > margin (Tango score test); 1.0 without data."""
+def paired_difference_pvalue(n10: float, n01: float, n: float, margin: float = 0.0, alternative: str = "greater") -> float:
+    """One-sided p (Tango score test) for H0: Δ <= margin against H1: Δ > margin (`alternative` "greater"), or
+    for H0: Δ >= margin against H1: Δ < margin ("less"); 1.0 without data. Counts may be effective (fractional)."""
     _check_counts(n10, n01, n, "paired_difference_pvalue")
+    if alternative not in ("greater", "less"):
+        raise FalseRefusalError(f"paired_difference_pvalue: alternative must be 'greater' or 'less', got {alternative!r}")
     if not -1.0 <= margin <= 1.0:
         raise FalseRefusalError(f"paired_difference_pvalue: margin must lie in [-1, 1], got {margin}")
     if n == 0:
@@ -94,10 +102,10 @@ def paired_difference_pvalue(n10: int, n01: int, n: int, margin: float = 0.0) ->
         # every pair n01 at margin -1). Like the exact conditional test we give 1; the score p tends to 0.5
         # on either side, so this one point breaks the monotonicity in the margin.
         return 1.0
-    return float(norm.sf(statistic))
+    return float(norm.sf(statistic) if alternative == "greater" else norm.cdf(statistic))
 
 
-def _solve(n10: int, n01: int, n: int, z: float, lower: bool) -> float:
+def _solve(n10: float, n01: float, n: float, z: float, lower: bool) -> float:
     """The δ on one side of the estimate where T(δ) = ±z (T decreases in δ)."""
     estimate = (n10 - n01) / n
     if lower:
@@ -121,7 +129,7 @@ def _solve(n10: int, n01: int, n: int, z: float, lower: bool) -> float:
 
 
 @lru_cache(maxsize=65536)
-def _interval(n10: int, n01: int, n: int, alpha: float, sided: str) -> tuple[float, float]:
+def _interval(n10: float, n01: float, n: float, alpha: float, sided: str) -> tuple[float, float]:
     if n == 0:
         return -1.0, 1.0
     if sided == "two":
@@ -134,15 +142,16 @@ def _interval(n10: int, n01: int, n: int, alpha: float, sided: str) -> tuple[flo
 
 
 def paired_difference_ci(
-    n10: int, n01: int, n: int, alpha: float = 0.05, sided: Sided = "two"
+    n10: float, n01: float, n: float, alpha: float = 0.05, sided: Sided = "two"
 ) -> tuple[float, float]:
-    """Tango score interval for Δ (1 - alpha); sided="lower"/"upper" gives a one-sided bound, other end ±1."""
+    """Tango score interval for Δ (1 - alpha); sided="lower"/"upper" gives a one-sided bound, other end ±1.
+    Counts may be effective (fractional, see the module docstring)."""
     _check_counts(n10, n01, n, "paired_difference_ci")
     if not 0.0 < alpha < 1.0:
         raise FalseRefusalError(f"paired_difference_ci: alpha must lie in (0, 1), got {alpha}")
     if sided not in ("two", "upper", "lower"):
         raise FalseRefusalError(f"paired_difference_ci: sided must be 'two', 'upper' or 'lower', got {sided!r}")
-    low, high = _interval(int(n10), int(n01), int(n), float(alpha), sided)
+    low, high = _interval(float(n10), float(n01), float(n), float(alpha), sided)
     return max(-1.0, low), min(1.0, high)
 
 

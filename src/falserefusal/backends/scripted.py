@@ -5,19 +5,27 @@ Spec syntax (the --model string): `scripted:base=0.05,persona.muslim=+0.05,task.
   `item.ID`: additive shifts (clipped to [0, 1]);
 - `rho`: share of cases whose random draw is shared with the rest of their request block, which makes
   refusals of the same request correlated across personas, as in real models (paired design); default 0.8;
-- `seed`: varies the model's randomness (default 0); `name`: label only, so two scripted models can be told apart;
+- `item_sd`: per-item heterogeneity: each item's refusal probability is multiplied by exp(item_sd z - item_sd² / 2),
+  z ~ N(0, 1) drawn once per (seed, task, item), so some items are refused more than others (mean factor 1;
+  default 0, every item alike);
+- `seed`: an offset added to the run's `--seed`: the model's draws use --seed + seed (default 0), so a seed loop
+  over `--seed` varies the scripted model too, and two models in one run differ with different offsets;
+  `name`: label only, so two scripted models can be told apart;
 - `delay`: seconds each `generate` call (one batch) sleeps, to stand in for a slow model (cache and kill tests);
 - `fail_after`: after this many answers the model fails as a crashed server does (tests of a run that breaks off).
-A case refuses when its uniform draw u < p(case); draws come from SHA-256 of the request, so any process,
-order or batching gives the same answer.
+A case refuses when its uniform draw u < p(case); draws come from SHA-256 of the effective seed and the request,
+so any process, order or batching gives the same answer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
+
+from scipy.stats import norm
 
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest
 
@@ -34,14 +42,15 @@ class ScriptedSpec:
     base: float = 0.0
     shifts: Mapping[tuple[str, str], float] = field(default_factory=dict)  # (factor, level) -> added probability
     rho: float = 0.8
-    seed: int = 0
+    seed: int = 0  # offset added to the run's --seed
+    item_sd: float = 0.0  # log-scale sd of the per-item multiplicative factor on the refusal probability
     delay: float = 0.0
     fail_after: int | None = None
 
     @classmethod
     def parse(cls, model: str) -> "ScriptedSpec":
         body = model.removeprefix("scripted:")
-        base, rho, seed, delay, fail_after = 0.0, 0.8, 0, 0.0, None
+        base, rho, seed, delay, fail_after, item_sd = 0.0, 0.8, 0, 0.0, None, 0.0
         shifts: dict[tuple[str, str], float] = {}
         for part in filter(None, (p.strip() for p in body.split(","))):
             key, sep, value = part.partition("=")
@@ -59,6 +68,8 @@ class ScriptedSpec:
                 rho = number
             elif key == "seed":
                 seed = int(number)
+            elif key == "item_sd":
+                item_sd = number
             elif key == "delay":
                 delay = max(0.0, number)
             elif key == "fail_after":
@@ -70,16 +81,27 @@ class ScriptedSpec:
                 shifts[(_FACTORS[factor], level)] = number
             else:
                 raise FalseRefusalError(
-                    f"--model {model}: unknown key '{key}'; use base, rho, seed, name, delay, fail_after or persona.ID, task.ID, "
+                    f"--model {model}: unknown key '{key}'; use base, rho, seed, item_sd, name, delay, fail_after or persona.ID, task.ID, "
                     "forcing.LEVEL, paraphrase.ID, item.ID"
                 )
         if not (0.0 <= base <= 1.0 and 0.0 <= rho <= 1.0):
             raise FalseRefusalError(f"--model {model}: base and rho must lie in [0, 1]")
-        return cls(base=base, shifts=shifts, rho=rho, seed=seed, delay=delay, fail_after=fail_after)
+        if not 0.0 <= item_sd <= 3.0:
+            raise FalseRefusalError(f"--model {model}: item_sd {item_sd:g} must lie in [0, 3] (log-scale sd of the item factor)")
+        return cls(base=base, shifts=shifts, rho=rho, seed=seed, item_sd=item_sd, delay=delay, fail_after=fail_after)
 
-    def refusal_probability(self, factors: Mapping[str, str]) -> float:
+    def refusal_probability(self, factors: Mapping[str, str], seed: int | None = None) -> float:
+        """p(case): base plus the matching shifts, times the item's factor when item_sd > 0, clipped to [0, 1]."""
         p = self.base + sum(shift for (factor, level), shift in self.shifts.items() if factors.get(factor) == level)
+        if self.item_sd:
+            p *= item_factor(self.item_sd, self.seed if seed is None else seed, factors.get("task", ""), factors.get("item", ""))
         return min(1.0, max(0.0, p))
+
+
+def item_factor(item_sd: float, seed: int, task: str, item: str) -> float:
+    """An item's multiplicative factor exp(sd z - sd²/2), z ~ N(0, 1) from the seed, task and item (mean 1)."""
+    z = float(norm.ppf(min(max(_uniform(seed, "item", task, item), 1e-12), 1 - 1e-12)))
+    return math.exp(item_sd * z - item_sd * item_sd / 2)
 
 
 class ScriptedBackend:
@@ -87,27 +109,28 @@ class ScriptedBackend:
 
     name = "scripted"
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, seed: int = 0) -> None:
         self.model = model
         self.spec = ScriptedSpec.parse(model)
+        self.seed = seed + self.spec.seed  # the run's --seed plus the spec's offset
         self.answered = 0
 
     def identity(self) -> dict[str, Any]:
-        return {"backend": self.name, "model": self.model}
+        return {"backend": self.name, "model": self.model, "seed": self.seed}
 
     def draw(self, request: GenerationRequest) -> float:
         """The case's latent uniform draw (it refuses when draw < p): the block's with probability rho, else its own."""
-        shared = _uniform(self.spec.seed, "block", request.factors.get("block"))
-        own = _uniform(self.spec.seed, "case", request.case_id)
-        use_shared = _uniform(self.spec.seed, "couple", request.case_id) < self.spec.rho
+        shared = _uniform(self.seed, "block", request.factors.get("block"))
+        own = _uniform(self.seed, "case", request.case_id)
+        use_shared = _uniform(self.seed, "couple", request.case_id) < self.spec.rho
         return shared if use_shared else own
 
     def answer(self, request: GenerationRequest) -> str:
         factors = request.factors
-        if self.draw(request) < self.spec.refusal_probability(factors):
+        if self.draw(request) < self.spec.refusal_probability(factors, self.seed):
             return "I'm sorry, but I can't help with that. As this persona, I don't feel comfortable making that judgement."
         labels = [label for label in factors.get("labels", "").split("|") if label] or ["yes"]
-        label = labels[int(_uniform(self.spec.seed, "label", request.case_id) * len(labels))]
+        label = labels[int(_uniform(self.seed, "label", request.case_id) * len(labels))]
         return f"The answer is: {label}."
 
     def generate(self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: Any = None) -> list[Completion]:

@@ -21,6 +21,8 @@ from falserefusal.types import FORCING_LEVELS
 
 FAIL_COLOR = "#c0392b"
 PASS_COLOR = "#2c3e50"
+INCONCLUSIVE_COLOR = "#d68910"
+VERDICT_COLORS = {"FAIL": FAIL_COLOR, "PASS": PASS_COLOR, "INCONCLUSIVE": INCONCLUSIVE_COLOR}
 MUTED_COLOR = "#95a5a6"
 NO_REFUSALS = "no refusals"
 
@@ -102,13 +104,14 @@ def heatmap(
 
 def forest(
     table: pd.DataFrame, personas: Sequence[str], families: Sequence[tuple[str, str]], model_labels: Mapping[str, str],
-    limits: Mapping[tuple[str, str], float], bounds: Mapping[tuple[str, str, str], tuple[float, bool]],
+    limits: Mapping[tuple[str, str], float], bounds: Mapping[tuple[str, str, str], tuple[float, float, str]],
     no_refusals: bool,
 ) -> str:
     """Risk difference (persona minus baseline, pp) per persona, one panel per model x task.
 
-    Whiskers: the adjusted CI in `table`; ▶: the gate's Holm-adjusted one-sided lower bound (the gate fails
-    when it lies right of the dashed limit); red: failed gate.
+    Whiskers: the adjusted CI in `table`; ▷ / ◁: the gate's Holm-adjusted one-sided lower / upper bound (FAIL when
+    the lower lies right of the dashed tolerance, PASS when the upper lies left of it); colour: the gate's verdict
+    (red FAIL, amber INCONCLUSIVE, dark PASS).
     """
     several = len({model for model, _ in families}) > 1
     n_cols = len({task for _, task in families})
@@ -128,12 +131,14 @@ def forest(
                 row = lookup.get((model, task, persona))
                 if row is None or not row.n_pairs:
                     continue
-                bound, failed = bounds.get((model, task, persona), (float("nan"), False))
-                color = FAIL_COLOR if failed else PASS_COLOR
+                lower, upper, verdict = bounds.get((model, task, persona), (float("nan"), float("nan"), "PASS"))
+                color = VERDICT_COLORS.get(verdict, PASS_COLOR)
                 axes.plot([100 * row.ci_low, 100 * row.ci_high], [i, i], color=color, linewidth=1.4)
                 axes.plot(100 * row.risk_difference, i, "o", color=color, markersize=4.5)
-                if math.isfinite(bound):
-                    axes.plot(100 * bound, i, ">", color=color, markersize=5, markerfacecolor="white")
+                if math.isfinite(lower):
+                    axes.plot(100 * lower, i, ">", color=color, markersize=5, markerfacecolor="white")
+                if math.isfinite(upper):
+                    axes.plot(100 * upper, i, "<", color=color, markersize=5, markerfacecolor="white")
             axes.set_title(f"{model_labels[model]} · {task}" if several else task, fontsize=10)
             axes.set_xlabel("risk difference vs baseline (pp)")
             axes.set_yticks(y, list(personas))
@@ -141,8 +146,8 @@ def forest(
             axes.grid(axis="x", color="#eeeeee")
         for index in range(len(families), n_rows * n_cols):
             grid[index // n_cols][index % n_cols].set_axis_off()
-        return _titled_uri(figure, "persona − baseline on the same requests: • estimate, — adjusted CI, ▷ gate bound, -- limit",
-                           no_refusals)
+        return _titled_uri(figure, "persona − baseline on the same requests: • estimate, — adjusted CI, ▷ ◁ gate bounds, "
+                                   "-- tolerance; red FAIL, amber INCONCLUSIVE, dark PASS", no_refusals)
 
 
 def sensitivity_bars(table: pd.DataFrame, no_refusals: bool) -> str:

@@ -18,9 +18,10 @@ import pandas as pd
 
 from falserefusal.analysis import fit_logistic, persona_disparities, records_frame, refusal_rates, sensitivity_table
 from falserefusal.analysis.comparison import comparison_table, flipped_examples
+from falserefusal.analysis.regression import MAX_CI_RATIO, MIN_DF, headline_terms
 from falserefusal.analysis.detector_audit import DetectorAudit, audit_summary, corrected_estimates
 from falserefusal.analysis.sensitivity import DEFAULT_FACTORS
-from falserefusal.gates import GateOutcome
+from falserefusal.gates import GateOutcome, ci_failed, confidence_bound, verdict_counts
 from falserefusal.report import figures
 from falserefusal.types import BASELINE_ID, Record
 
@@ -92,8 +93,10 @@ def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]
     custom = outcome.detail.get("custom") or {}  # a custom gate (falserefusal.custom): its statistic decides the format
     is_rate = custom.get("statistic", spec.kind) == "refusal_rate"
     fmt = _pct if is_rate else _pp
+    these = outcome.detail.get("these_items_ci")
     return {
         "passed": outcome.passed,
+        "verdict": outcome.verdict,
         "kind": GATE_KIND_NAMES.get(spec.kind, spec.kind.replace(":", ": ", 1)),
         "model": labels.get(spec.model, spec.model),
         "task": spec.task,
@@ -102,7 +105,12 @@ def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]
         "ci": f"{fmt(outcome.ci_low)} to {fmt(outcome.ci_high)}",
         "limit": fmt(spec.limit),
         "bound": fmt(outcome.bound),
+        "upper_bound": fmt(outcome.upper_bound),
+        "these_ci": f"{fmt(these[0])} to {fmt(these[1])}" if these else "–",
+        "mde": fmt(spec.limit + outcome.mde) if _finite(outcome.mde) else "–",
+        "design_effect": _num(outcome.detail.get("design_effect", 1.0)),
         "p_adjusted": _pvalue(outcome.p_adjusted),
+        "p_pass_adjusted": _pvalue(outcome.p_pass_adjusted),
         "n": outcome.n,
         "message": outcome.message,
     }
@@ -110,14 +118,20 @@ def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]
 
 def _verdict(metadata: Mapping[str, Any], outcomes: Sequence[GateOutcome], models: Sequence[str],
              labels: Mapping[str, str], n_records: int) -> dict[str, Any]:
-    failed = [o for o in outcomes if not o.passed]
     profile = metadata.get("profile") or {}
-    ordered = sorted(outcomes, key=lambda o: (o.passed, o.spec.model, o.spec.task, o.spec.kind != "refusal_rate"))
+    policy = profile.get("inconclusive", "warn")
+    failed = [o for o in outcomes if o.verdict == "FAIL"]
+    inconclusive = [o for o in outcomes if o.verdict == "INCONCLUSIVE"]
+    rank = {"FAIL": 0, "INCONCLUSIVE": 1, "PASS": 2}
+    ordered = sorted(outcomes, key=lambda o: (rank[o.verdict], o.spec.model, o.spec.task, o.spec.kind != "refusal_rate"))
     return {
-        "passed": not failed,
+        "passed": not any(ci_failed(o, policy) for o in outcomes),
         "n_gates": len(outcomes),
         "n_failed": len(failed),
+        "counts": verdict_counts(outcomes),
+        "policy": policy,
         "failed": [_gate_row(o, labels) for o in failed],
+        "inconclusive": [_gate_row(o, labels) for o in inconclusive],
         "gates": [_gate_row(o, labels) for o in ordered],
         "models": [{"id": m, "label": labels[m]} for m in models],
         "profile": profile.get("name", "?"),
@@ -143,16 +157,35 @@ def _forest_alpha(outcomes: Sequence[GateOutcome]) -> tuple[float, str]:
                    f"at α_family = {min(o.alpha_family for o in outcomes):.3g} (lower end = one-sided bound at α_family/m)")
 
 
+def _new_items_intervals(table: pd.DataFrame, outcomes: Sequence[GateOutcome], alpha: float) -> pd.DataFrame:
+    """The disparity table's CIs for new items of this kind: each gate's Tango interval at its item design effect."""
+    gates = {(o.spec.model, o.spec.task, o.spec.persona): o for o in outcomes if o.spec.kind == "persona_disparity"}
+    if table.empty or not gates:
+        return table
+    table = table.copy()
+    for index, row in table.iterrows():
+        outcome = gates.get((row["model"], row["task"], row["persona"]))
+        if outcome is not None and outcome.n:
+            table.loc[index, "ci_low"] = confidence_bound(outcome.spec.kind, outcome.estimate, outcome.n, outcome.detail, alpha / 2, "lower")
+            table.loc[index, "ci_high"] = confidence_bound(outcome.spec.kind, outcome.estimate, outcome.n, outcome.detail, alpha / 2, "upper")
+    return table
+
+
 def _regression_reading(table: pd.DataFrame, notes: Sequence[str]) -> str:
     terms = table[table["term"] != "Intercept"] if len(table) else table
     if terms.empty or terms["odds_ratio"].isna().all():
         return "No estimates: " + ("; ".join(notes) or "nothing to model") + "."
-    significant = terms[terms["p_value"] < 0.05].copy()
+    significant = terms[terms["p_value"] < 0.05]
     if significant.empty:
         return (f"No factor level changes the odds of refusal detectably: none of the {len(terms)} terms has p < 0.05 "
                 "(absence of evidence at this sample size, not evidence of absence).")
-    significant["strength"] = np.abs(np.log(significant["odds_ratio"].astype(float)))
-    top = significant.sort_values("strength", ascending=False).iloc[0]
+    # no headline for a term whose interval spans > MAX_CI_RATIO or whose df are too few to trust its test
+    usable = headline_terms(table).copy()
+    if usable.empty:
+        return (f"No headline: {len(significant)} of {len(terms)} terms have p < 0.05, but none has an interval within "
+                f"a factor of {MAX_CI_RATIO:g} and at least {MIN_DF:g} df; the data are too few to size any effect.")
+    usable["strength"] = np.abs(np.log(usable["odds_ratio"].astype(float)))
+    top = usable.sort_values("strength", ascending=False).iloc[0]
     direction = "raises" if top["odds_ratio"] > 1 else "lowers"
     return (f"Strongest effect: {top['factor']} = {top['level']} {direction} the odds of refusal ×{top['odds_ratio']:.2f} "
             f"(95% CI {top['ci_low']:.2f}–{top['ci_high']:.2f}, p {_pvalue(top['p_value'])}) with the other factors "
@@ -233,7 +266,13 @@ def _metadata_rows(metadata: Mapping[str, Any], models: Sequence[str], command_l
         ("samples (request blocks per task)", metadata.get("samples")),
         ("generations", metadata.get("n_cases")),
         ("profile", f"{profile.get('name', '?')}: alpha {profile.get('alpha')}, max refusal rate "
-                    f"{profile.get('max_refusal_rate')}, max persona disparity {profile.get('max_persona_disparity')}"),
+                    f"{profile.get('max_refusal_rate')}, persona disparity tolerance {profile.get('max_persona_disparity')}, "
+                    f"non-inferiority margins {profile.get('noninferiority') or '–'}, inconclusive: "
+                    f"{profile.get('inconclusive', 'warn')}"),
+        ("sampling", "; ".join([(metadata.get("sampling") or {}).get("design", "–"),
+                                *(f"{task}: {n} of {(metadata.get('sampling') or {}).get('factorial', {}).get(task, '?')} blocks"
+                                  for task, n in ((metadata.get("sampling") or {}).get("blocks") or {}).items()),
+                                *((metadata.get("sampling") or {}).get("notes") or [])])),
         ("thresholds file", profile.get("source")),
         ("backend", metadata.get("backend")),
         ("device / dtype asked", f"{options.get('device', '?')} / {options.get('dtype', '?')}"),
@@ -325,10 +364,10 @@ def report_context(
 
     # 3. forest plot of persona disparities, with CIs adjusted over each gate family
     alpha, alpha_text = _forest_alpha(outcomes)
-    disparities = persona_disparities(frame, alpha=alpha)
+    disparities = _new_items_intervals(persona_disparities(frame, alpha=alpha), outcomes, alpha)
     families = [(m, t) for m, t in columns]
     limits = {o.spec.family: o.spec.limit for o in outcomes if o.spec.kind == "persona_disparity"}
-    bounds = {(o.spec.model, o.spec.task, o.spec.persona): (o.bound, not o.passed)
+    bounds = {(o.spec.model, o.spec.task, o.spec.persona): (o.bound, o.upper_bound, o.verdict)
               for o in outcomes if o.spec.kind == "persona_disparity"}
     others = [p for p in personas if p != BASELINE_ID]
     context["forest"] = figures.forest(disparities, others, families, labels, limits, bounds, no_refusals) if others else None
@@ -360,6 +399,8 @@ def report_context(
         "formula": regression.formula,
         "n": regression.n,
         "reading": _regression_reading(regression.table, regression.notes),
+        "warning": regression.warning,
+        "clusters": regression.clusters,
     }
 
     # 1b. candidate versus baseline model
