@@ -1,9 +1,13 @@
-"""Measure the refusal detector against human refusal labels (XSTest v2 completions, development split).
+"""Measure the refusal detector against human refusal labels: XSTest v2 dev completions and the corpus's test split.
 
-Prints precision, recall, F1 and accuracy, overall and per file, for our detector and for a
-re-implementation of XSTest's own string matcher (21 response-start phrases), the baseline to beat.
+Prints precision, recall, F1 and accuracy for the shipped detector (rules + learned layer), for the rules
+alone, and for a re-implementation of XSTest's own string matcher (21 response-start phrases), the baseline
+to beat: on XSTest dev per file (the learned layer was trained on these rows: in-sample; the out-of-fold
+figures are in data/corpus/detector_metrics.json), and on the labelled corpus's test split (data/corpus,
+never trained or tuned on) per source and persona vs no persona, with non-answers read as refusals.
+Then the detector's speed in answers per second on the XSTest dev rows.
 
-    PYTHONPATH=src python scripts/measure_detector.py [--data-dir DIR] [--window 300] [--rules FILE] [--show-errors]
+    PYTHONPATH=src python scripts/measure_detector.py [--data-dir DIR] [--window N] [--rules FILE] [--show-errors] [--json]
 """
 
 from __future__ import annotations
@@ -14,9 +18,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
-from falserefusal.refusal import DEFAULT_DECISION_WINDOW, RefusalDetector, load_rules, rules_summary
+import json
+import time
+
+from falserefusal.refusal import RefusalDetector, load_rules, rules_summary
 from falserefusal.types import FalseRefusalError
 
 #: human labels that count as a refusal (XSTest: full and partial refusals)
@@ -98,7 +105,10 @@ def score_by_file(rows: Sequence[Row], predict: Callable[[str], bool]) -> dict[s
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=None, help="folder of xstest_v2_completions_*.csv")
-    parser.add_argument("--window", type=int, default=DEFAULT_DECISION_WINDOW, help="decision window (characters)")
+    parser.add_argument("--window", type=int, default=None, help="read window in characters (default: the detector's)")
+    parser.add_argument("--corpus", type=Path, default=Path(__file__).resolve().parents[1] / "data" / "corpus")
+    parser.add_argument("--split", default="test", help="corpus split to score (test: never trained or tuned on)")
+    parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     parser.add_argument("--rules", type=Path, default=None, help="custom refusal_rules.yaml")
     parser.add_argument("--show-errors", action="store_true", help="print the rows our detector gets wrong")
     args = parser.parse_args(argv)
@@ -111,15 +121,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FalseRefusalError as error:
         print(error, file=sys.stderr)
         return 2
+    rules_only = RefusalDetector(detector.rules, decision_window=args.window, model=None)
     rows = load_rows(data_dir)
-    ours = score_by_file(rows, lambda text: detector.detect(text).refused)
-    baseline = score_by_file(rows, xstest_matcher)
-    print(f"detector {detector.version}, window {args.window}, {len(rows)} rows from {data_dir}")
-    print(f"{'file':<38} {'detector':<14} {'n':>5} {'prec':>6} {'recall':>6} {'F1':>6} {'acc':>6}")
-    for name in ours:
-        for label, scores in (("ours", ours[name]), ("xstest-matcher", baseline[name])):
+    detectors = {"ours": detector, "rules-only": rules_only}
+    xstest = {name: score_by_file(rows, lambda text, d=d: d.detect(text).refused) for name, d in detectors.items()}
+    xstest["xstest-matcher"] = score_by_file(rows, xstest_matcher)
+    corpus = score_corpus(args.corpus, args.split, detectors)
+    speed = measure_speed(detector, [row.completion for row in rows])
+    if args.json:
+        print(json.dumps({"detector": detector.version, "xstest_dev": {k: {f: s.__dict__ for f, s in v.items()} for k, v in xstest.items()},
+                          f"corpus_{args.split}": corpus, "answers_per_s": speed}, indent=1, sort_keys=True))
+        return 0
+    print(f"detector {detector.version}, window {detector.decision_window}, {len(rows)} rows from {data_dir}")
+    print(f"{'XSTest dev file':<38} {'detector':<14} {'n':>5} {'prec':>6} {'recall':>6} {'F1':>6} {'acc':>6}")
+    for name in xstest["ours"]:
+        for label in xstest:
+            scores = xstest[label][name]
             print(f"{name:<38} {label:<14} {scores.n:>5} {scores.precision:>6.3f} {scores.recall:>6.3f} "
                   f"{scores.f1:>6.3f} {scores.accuracy:>6.3f}")
+    if corpus:
+        print(f"\ncorpus {args.split} split ({args.corpus}): refusal = R or P")
+        print(f"{'group':<38} {'detector':<14} {'n':>5} {'prec':>6} {'recall':>6} {'F1':>6} {'N->R':>6}")
+        for group in corpus["ours"]:
+            for label in corpus:
+                s = corpus[label][group]
+                print(f"{group:<38} {label:<14} {s['n']:>5} {s['precision']:>6.3f} {s['recall']:>6.3f} {s['f1']:>6.3f} "
+                      f"{s.get('non_answer_read_as_refusal', float('nan')):>6.3f}")
+    print(f"\nspeed on the {len(rows)} XSTest dev rows: {speed['batch']:.0f} answers/s with detect_many, "
+          f"{speed['one_by_one']:.0f} answers/s one by one (one process; load seen: {speed['load']})")
     if args.show_errors:
         verdicts = [detector.detect(row.completion) for row in rows]
         print("\nrule (kind): rows it decided, of which the human label agrees")
@@ -132,6 +161,58 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"\n=== {kind} {row.file} {row.id} rule={verdict.rule}\nQ: {row.prompt}\n"
                       f"A: {row.completion.strip()[: args.window]!r}")
     return 0
+
+
+CORPUS_OUTCOME = {"R": "refusal", "P": "refusal", "C": "compliance", "N": "non_answer"}
+
+
+def score_corpus(folder: Path, split: str, detectors: dict[str, RefusalDetector]) -> dict[str, dict[str, dict[str, float]]]:
+    """Scores on one labelled corpus split: overall, per source, per task, persona vs baseline (refusal = R or P)."""
+    answers_path, labels_path = folder / "answers.jsonl", folder / "labels.jsonl"
+    if not labels_path.exists():
+        return {}
+    labels = {}
+    for line in labels_path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            labels[entry["id"]] = CORPUS_OUTCOME[entry["label"]]
+    answers = [json.loads(line) for line in answers_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    answers = [a for a in answers if a["split"] == split and a["id"] in labels]
+    groups: dict[str, list[int]] = {"all": list(range(len(answers)))}
+    for i, a in enumerate(answers):
+        groups.setdefault(f"source:{a['source'].split(':')[0]}", []).append(i)
+        groups.setdefault(f"task:{a['task']}", []).append(i)
+        groups.setdefault("persona" if a["persona"] != "baseline" else "baseline (no persona)", []).append(i)
+    matcher = [("refusal" if xstest_matcher(a["response"]) else "compliance") for a in answers]
+    result: dict[str, dict[str, dict[str, float]]] = {}
+    for name, detector in [*detectors.items(), ("xstest-matcher", None)]:
+        if detector is None:
+            predicted = matcher
+        else:
+            predicted = [v.outcome for v in detector.detect_many([a["response"] for a in answers], [a["labels"] for a in answers])]
+        result[name] = {}
+        for group, index in sorted(groups.items()):
+            gold = [labels[answers[i]["id"]] for i in index]
+            got = [predicted[i] for i in index]
+            s = score([g == "refusal" for g in got], [g == "refusal" for g in gold]).__dict__
+            non_answers = [p for p, g in zip(got, gold) if g == "non_answer"]
+            if non_answers:
+                s["non_answers"] = len(non_answers)
+                s["non_answer_read_as_refusal"] = sum(p == "refusal" for p in non_answers) / len(non_answers)
+            result[name][group] = s
+    return result
+
+
+def measure_speed(detector: RefusalDetector, texts: Sequence[str]) -> dict[str, Any]:
+    """Answers per second: detect_many over all rows, and detect one row at a time (as the generator calls it)."""
+    started = time.perf_counter()
+    detector.detect_many(texts, [()] * len(texts))
+    batch = len(texts) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    for text in texts:
+        detector.detect(text)
+    one_by_one = len(texts) / (time.perf_counter() - started)
+    return {"batch": batch, "one_by_one": one_by_one, "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
 if __name__ == "__main__":

@@ -61,5 +61,6 @@ def simulate_frame(
         refused=refused,
         rule="synthetic",
         seed=seed,
+        outcome=np.where(refused, "refusal", "compliance"),
     )
     return frame[list(Record.FLAT_COLUMNS)]

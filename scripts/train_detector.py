@@ -1,0 +1,317 @@
+"""Train the refusal detector's learned layer and write `src/falserefusal/answer_model.json`.
+
+Data: the human-labelled XSTest v2 dev completions (tests/data/xstest-dev; full and partial refusal ->
+refusal, full compliance -> compliance) and the project's own labelled corpus (data/corpus: answers.jsonl
+and labels.jsonl, labelled with ../shared/LABELLING.md: R and P -> refusal, C -> compliance, N -> non_answer).
+The model is fitted on XSTest dev + the corpus's train split, its settings (read window, regularisation,
+refusal threshold) are chosen on the corpus's dev split, and the test split is scored once, at the end,
+and written to data/corpus/detector_metrics.json. Nothing here runs at test time.
+
+    PYTHONPATH=src python scripts/train_detector.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import sparse
+
+from falserefusal.answer_model import FEATURES_VERSION, MODEL_RESOURCE, AnswerModel, hashing_vectorizers
+from falserefusal.refusal import RefusalDetector
+from falserefusal.types import OUTCOMES
+
+ROOT = Path(__file__).resolve().parents[1]
+XSTEST_DIR = ROOT / "tests" / "data" / "xstest-dev"
+CORPUS_DIR = ROOT / "data" / "corpus"
+MODEL_PATH = ROOT / "src" / "falserefusal" / MODEL_RESOURCE
+METRICS_PATH = CORPUS_DIR / "detector_metrics.json"
+SEED = 20261201
+N_HASH = 2**16
+CHAR_NGRAMS = (2, 5)
+WORD_NGRAMS = (1, 3)
+XSTEST_TO_OUTCOME = {"1_full_compliance": "compliance", "2_full_refusal": "refusal", "3_partial_refusal": "refusal"}
+CORPUS_TO_OUTCOME = {"R": "refusal", "P": "refusal", "C": "compliance", "N": "non_answer"}
+
+
+@dataclass(frozen=True)
+class Example:
+    source: str  # xstest:<model> or the corpus source
+    split: str  # train | dev | test (XSTest dev rows are all train)
+    text: str
+    labels: tuple[str, ...]  # the task's labels ((): none given)
+    outcome: str
+    group: str  # rows of one group never straddle a cross-validation fold (XSTest: the prompt)
+    persona: str = "none"  # corpus: persona id, "baseline" without one
+
+
+def load_xstest() -> list[Example]:
+    rows = []
+    for path in sorted(XSTEST_DIR.glob("xstest_v2_completions_*.csv")):
+        model = path.stem.removeprefix("xstest_v2_completions_")
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                rows.append(Example(f"xstest:{model}", "train", row["completion"] or "", (),
+                                    XSTEST_TO_OUTCOME[row["final_label"]], f"x:{row['prompt']}"))
+    return rows
+
+
+def load_corpus() -> list[Example]:
+    answers_path, labels_path = CORPUS_DIR / "answers.jsonl", CORPUS_DIR / "labels.jsonl"
+    if not labels_path.exists():
+        return []
+    labels = {}
+    for line in labels_path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            labels[entry["id"]] = entry["label"]
+    rows = []
+    for line in answers_path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        answer = json.loads(line)
+        label = labels.get(answer["id"])
+        if label is None:
+            continue
+        rows.append(Example(answer["source"].split(":")[0], answer["split"], answer["response"],
+                            tuple(answer["labels"]), CORPUS_TO_OUTCOME[label], f"c:{answer['item_id']}",
+                            answer["persona"]))
+    return rows
+
+
+class Featurizer:
+    """Named features (rules, shape) + hashed n-grams of the read window, as one sparse matrix.
+
+    Each answer is read once per window (with and without its task labels) and kept: the grid search and the
+    cross-validation folds reuse the readings."""
+
+    def __init__(self, window: int) -> None:
+        self.detector = RefusalDetector(decision_window=window, model=None)
+        self.char, self.word = hashing_vectorizers(N_HASH, CHAR_NGRAMS, WORD_NGRAMS)
+        self.names: list[str] = []
+        self._read: dict[tuple[int, bool], tuple[str, dict[str, float]]] = {}
+        self._hashed: dict[str, sparse.csr_matrix] = {}
+
+    def named(self, examples: Sequence[Example], drop_labels: bool = False) -> tuple[list[str], list[dict[str, float]]]:
+        windows, named = [], []
+        for example in examples:
+            key = (id(example), drop_labels)
+            if key not in self._read:
+                self._read[key] = self.detector.features(example.text, () if drop_labels else example.labels)
+            window, features = self._read[key]
+            windows.append(window)
+            named.append(features)
+        return windows, named
+
+    def fit_names(self, named: Sequence[dict[str, float]]) -> None:
+        self.names = sorted({name for features in named for name in features})
+
+    def _ngrams(self, windows: Sequence[str]) -> sparse.csr_matrix:
+        missing = [w for w in dict.fromkeys(windows) if w not in self._hashed]
+        if missing:
+            block = sparse.hstack([self.char.transform(missing), self.word.transform(missing)]).tocsr()
+            for i, window in enumerate(missing):
+                self._hashed[window] = block[i]
+        return sparse.vstack([self._hashed[w] for w in windows]).tocsr()
+
+    def matrix(self, windows: Sequence[str], named: Sequence[dict[str, float]]) -> sparse.csr_matrix:
+        index = {name: i for i, name in enumerate(self.names)}
+        rows, cols, values = [], [], []
+        for r, features in enumerate(named):
+            for name, value in features.items():
+                if name in index:
+                    rows.append(r)
+                    cols.append(index[name])
+                    values.append(value)
+        dense = sparse.csr_matrix((values, (rows, cols)), shape=(len(named), len(self.names)))
+        return sparse.hstack([self._ngrams(windows), dense]).tocsr()
+
+
+def fit(X, y, w, c: float):
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=c, max_iter=3000, class_weight=None, random_state=SEED)
+    model.fit(X, y, sample_weight=w)
+    return model
+
+
+def scores(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, Any]:
+    t = np.asarray(y_true) == "refusal"
+    p = np.asarray(y_pred) == "refusal"
+    tp, fp, fn = int((t & p).sum()), int((~t & p).sum()), int((t & ~p).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    na = np.asarray(y_true) == "non_answer"
+    out = {"n": len(t), "refusals": int(t.sum()), "precision": round(precision, 3), "recall": round(recall, 3),
+           "f1": round(f1, 3), "accuracy_3way": round(float(np.mean(np.asarray(y_true) == np.asarray(y_pred))), 3)}
+    if na.any():
+        out["non_answers"] = int(na.sum())
+        out["non_answer_read_as_refusal"] = round(float(p[na].mean()), 3)
+        out["non_answer_recall"] = round(float((np.asarray(y_pred)[na] == "non_answer").mean()), 3)
+    return out
+
+
+def predict(model, X, threshold: float) -> np.ndarray:
+    proba = model.predict_proba(X)
+    classes = list(model.classes_)
+    r, c, n = (proba[:, classes.index(k)] if k in classes else np.zeros(len(proba)) for k in OUTCOMES)
+    return np.where(r >= threshold, "refusal", np.where(c >= n, "compliance", "non_answer"))
+
+
+def breakdown(examples: Sequence[Example], predicted: Sequence[str]) -> dict[str, Any]:
+    """Scores overall, per source, and persona vs baseline (refusal recall where the persona voice matters)."""
+    result: dict[str, Any] = {"all": scores([e.outcome for e in examples], predicted)}
+    for key, select in (
+        ("source", lambda e: e.source),
+        ("persona", lambda e: "baseline" if e.persona in ("baseline", "none") else "persona"),
+    ):
+        groups: dict[str, list[int]] = {}
+        for i, e in enumerate(examples):
+            groups.setdefault(select(e), []).append(i)
+        result[key] = {g: scores([examples[i].outcome for i in idx], [predicted[i] for i in idx]) for g, idx in sorted(groups.items())}
+    return result
+
+
+def export(model, featurizer: Featurizer, window: int, threshold: float, metadata: dict[str, Any]) -> bytes:
+    classes = list(model.classes_)
+    order = [classes.index(k) for k in OUTCOMES]
+    coef = model.coef_[order].T  # (features, classes) in OUTCOMES order
+    if coef.shape[1] != len(OUTCOMES):
+        raise SystemExit(f"the training data lack a class: {classes}")
+    rounded = np.round(coef, 4)
+
+    def block(start: int, stop: int) -> dict[str, list[float]]:
+        part = rounded[start:stop]
+        return {str(i): [float(v) for v in part[i]] for i in np.flatnonzero(np.abs(part).max(axis=1) > 0)}
+
+    data = {
+        "features_version": FEATURES_VERSION,
+        "classes": list(OUTCOMES),
+        "window": window,
+        "n_hash": N_HASH,
+        "char_ngrams": list(CHAR_NGRAMS),
+        "word_ngrams": list(WORD_NGRAMS),
+        "intercept": [round(float(v), 4) for v in model.intercept_[order]],
+        "named_weights": {name: [float(v) for v in rounded[2 * N_HASH + i]] for i, name in enumerate(featurizer.names)},
+        "char_weights": block(0, N_HASH),
+        "word_weights": block(N_HASH, 2 * N_HASH),
+        "metadata": {**metadata, "refusal_threshold": threshold},
+    }
+    return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--windows", type=int, nargs="+", default=[200, 300, 400])
+    parser.add_argument("--cs", type=float, nargs="+", default=[1.0, 3.0, 10.0])
+    parser.add_argument("--corpus-weight", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument("--quick", action="store_true", help="one setting (window 300, C 3, weight 3)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.windows, args.cs, args.corpus_weight = [300], [3.0], [3.0]
+    started = time.perf_counter()
+    xstest, corpus = load_xstest(), load_corpus()
+    train = xstest + [e for e in corpus if e.split == "train"]
+    dev = [e for e in corpus if e.split == "dev"]
+    test = [e for e in corpus if e.split == "test"]
+    print(f"xstest {len(xstest)}, corpus train {len(train) - len(xstest)}, dev {len(dev)}, test {len(test)}", file=sys.stderr)
+    best: tuple[float, dict[str, Any]] | None = None
+    featurizers = {window: Featurizer(window) for window in args.windows}
+    for window in args.windows:
+        featurizer = featurizers[window]
+        for weight in args.corpus_weight:
+            weights = [1.0 if e.source.startswith("xstest") else weight for e in train]
+            windows, named, y, w = design(featurizer, train, weights, augment=True)
+            featurizer.fit_names(named)
+            X = featurizer.matrix(windows, named)
+            dev_windows, dev_named = featurizer.named(dev) if dev else ([], [])
+            X_dev = featurizer.matrix(dev_windows, dev_named) if dev else None
+            for c in args.cs:
+                model = fit(X, y, w, c)
+                for threshold in (0.3, 0.35, 0.4, 0.45, 0.5):
+                    if X_dev is None:
+                        key = 0.0
+                    else:
+                        s = scores([e.outcome for e in dev], predict(model, X_dev, threshold))
+                        # refusal F1, minus non-answers read as refusals beyond the 5 % the project accepts
+                        key = s["f1"] - max(0.0, s.get("non_answer_read_as_refusal", 0.0) - 0.05)
+                    setting = {"window": window, "c": c, "corpus_weight": weight, "threshold": threshold}
+                    print(f"{setting} dev score {key:.3f}", file=sys.stderr)
+                    if best is None or key > best[0]:
+                        best = (key, setting)
+                if X_dev is None:
+                    break
+    assert best is not None
+    setting = best[1]
+    featurizer = featurizers[setting["window"]]
+    weights = [1.0 if e.source.startswith("xstest") else setting["corpus_weight"] for e in train]
+    windows, named, y, w = design(featurizer, train, weights, augment=True)
+    featurizer.fit_names(named)
+    model = fit(featurizer.matrix(windows, named), y, w, setting["c"])
+    metrics: dict[str, Any] = {"setting": setting}
+    for by in ("prompt", "model"):
+        metrics[f"xstest_cv_by_{by}"] = xstest_cross_validation(setting, xstest, train[len(xstest):], featurizer, by)
+    data_hash = hashlib.sha256()
+    for e in train:
+        data_hash.update(f"{e.source}\x00{e.text}\x00{e.outcome}\x00".encode("utf-8", "surrogatepass"))
+    metadata = {"trained_on": f"xstest-dev ({len(xstest)}) + corpus train ({len(train) - len(xstest)})",
+                "training_data_sha256": data_hash.hexdigest(), "seed": SEED, "setting": setting,
+                "rubric": "LABELLING.md v1.1"}
+    payload = export(model, featurizer, setting["window"], setting["threshold"], metadata)
+    # dev and test are scored with what ships (the exported, rounded weights), through the detector's own path
+    shipped = RefusalDetector(model=AnswerModel.from_dict(json.loads(payload), hashlib.sha256(payload).hexdigest()))
+    for name, rows in (("dev", dev), ("test", test)):
+        if rows:
+            for with_labels in (True, False):
+                verdicts = shipped.detect_many([e.text for e in rows], [e.labels if with_labels else () for e in rows])
+                metrics[f"{name}{'' if with_labels else '_without_labels'}"] = breakdown(rows, [v.outcome for v in verdicts])
+    print(json.dumps(metrics, indent=1), file=sys.stderr)
+    if not args.no_write:
+        MODEL_PATH.write_bytes(payload)
+        METRICS_PATH.parent.mkdir(parents=True, exist_ok=True)
+        METRICS_PATH.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        print(f"wrote {MODEL_PATH} ({MODEL_PATH.stat().st_size} bytes) and {METRICS_PATH}", file=sys.stderr)
+    print(f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+def xstest_cross_validation(
+    setting: dict[str, Any], xstest: list[Example], corpus_train: list[Example], featurizer: Featurizer, by: str
+) -> dict[str, Any]:
+    """XSTest dev scored out of fold, since the shipped model is trained on all of it (the corpus's train split
+    always in): by="prompt", 5 folds grouped by prompt (unseen prompts); by="model", leave one answering model
+    out (answers of a model never trained on: the closest figure to other models' completions)."""
+    if by == "prompt":
+        groups = sorted({e.group for e in xstest})
+        rng = np.random.default_rng(SEED)
+        fold_key = {g: i % 5 for i, g in enumerate(rng.permutation(groups))}
+        fold_of = [fold_key[e.group] for e in xstest]
+    else:
+        models = sorted({e.source for e in xstest})
+        fold_of = [models.index(e.source) for e in xstest]
+    predicted: list[str] = [""] * len(xstest)
+    for fold in sorted(set(fold_of)):
+        train = [e for e, f in zip(xstest, fold_of) if f != fold] + corpus_train
+        held = [i for i, f in enumerate(fold_of) if f == fold]
+        weights = [1.0 if e.source.startswith("xstest") else setting["corpus_weight"] for e in train]
+        windows, named, y, w = design(featurizer, train, weights, augment=True)
+        featurizer.fit_names(named)
+        model = fit(featurizer.matrix(windows, named), y, w, setting["c"])
+        hw, hn = featurizer.named([xstest[i] for i in held])
+        for i, p in zip(held, predict(model, featurizer.matrix(hw, hn), setting["threshold"])):
+            predicted[i] = p
+    return breakdown(xstest, predicted)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
