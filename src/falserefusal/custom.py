@@ -168,6 +168,23 @@ class CustomDeclaration:
 
 
 @dataclass(frozen=True)
+class AddedGate:
+    """A custom gate declared in Python (the pytest_falserefusal_add_gates hook) rather than as a test function:
+    `check(gate)` gets a `CustomGate` and calls its checks, once per (model, task) family of `tasks`."""
+
+    name: str
+    check: Callable[["CustomGate"], Any]
+    tasks: tuple[str, ...] | None = None  # None: every task of the run
+    family: str | None = None  # None: the gate's name
+    weight: float = 1.0
+    checks: int = 1
+
+    def marker_kwargs(self) -> dict[str, Any]:
+        """The falserefusal_custom_gate marker's arguments for this gate."""
+        return {"family": self.family or self.name, "weight": self.weight, "checks": self.checks, "tasks": self.tasks}
+
+
+@dataclass(frozen=True)
 class CustomFamily:
     """A custom gate family: its alpha weight (1 = as much as one built-in (model, task) family) and its gates."""
 

@@ -5,6 +5,7 @@ elsewhere, `pytest --pyargs falserefusal` runs the same items.
 """
 
 from falserefusal.suite.test_gates import (  # noqa: F401  (pytest collects the imported test functions)
+    test_added_gate,
     test_noninferiority,
     test_noninferiority_persona,
     test_persona_disparity,

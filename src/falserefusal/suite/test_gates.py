@@ -26,3 +26,8 @@ def test_noninferiority(noninferiority_gate: Any, falserefusal_gate: Any) -> Non
 def test_noninferiority_persona(noninferiority_persona_gate: Any, falserefusal_gate: Any) -> None:
     """With --baseline-model: the persona's disparity grows by no more than the margin over the baseline model's."""
     falserefusal_gate(noninferiority_persona_gate)
+
+
+def test_added_gate(falserefusal_added_gate: Any, falserefusal_custom_gate: Any) -> None:
+    """A gate of the pytest_falserefusal_add_gates hook (falserefusal.custom.AddedGate), on one (model, task) family."""
+    falserefusal_added_gate.check(falserefusal_custom_gate)
