@@ -12,7 +12,7 @@ from falserefusal.types import FalseRefusalError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from falserefusal.runner import RunConfig, cache_summary, format_rate_table, format_usage, run, RESULTS_FILE
+    from falserefusal.runner import RunConfig, cache_summary, format_rate_table, format_usage, non_answer_line, run, RESULTS_FILE
 
     # pyproject's falserefusal_* settings as the plugin reads them; relative paths resolve against that file's folder
     settings, config_file = project_settings(Path.cwd())
@@ -24,6 +24,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for note in result.suite.notes:
         print(f"sampling: {note}")
     print(format_rate_table(result.records))
+    print(non_answer_line(result.records))
     if result.suite.profile.sequential:
         print(format_usage(result.metadata["budget"]))
     policy = result.suite.profile.inconclusive
@@ -169,20 +170,48 @@ def _simulate_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=0, metavar="N", help="worker processes (default: every CPU)")
     parser.add_argument("--quick", action="store_true", help="a small, fast run (for tests): 20 replicates of 120 blocks")
     parser.add_argument("--json", action="store_true", help="also print the summary as one JSON object on the last line")
+    parser.add_argument("--item-sd", type=float, default=0.5,
+                        help="per-item heterogeneity of the gate scenarios' scripted models (item_sd=; default: 0.5)")
+    parser.add_argument("--no-ranking", action="store_true", help="skip the ranking (sensitivity) scenario: gates only")
+    parser.add_argument("--no-budget-search", action="store_true", help="do not search the budget reaching 80%% power")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="check the sensitivity section instead: CI coverage of the planted index per factor and "
+                             "persona distinguishable when a persona gate fails (200 blocks per task unless --samples)")
+
+
+def _cmd_simulate_sensitivity(args: argparse.Namespace) -> int:
+    import json
+
+    from falserefusal.validation_sensitivity import QUICK, SensitivitySettings, format_sensitivity_summary, simulate_sensitivity
+
+    values = dict(QUICK) if args.quick else {}
+    values.update({name: getattr(args, name) for name in ("replicates", "samples") if getattr(args, name) is not None})
+    summary = simulate_sensitivity(SensitivitySettings(
+        **values, seed=args.seed, rho=args.rho, profile=args.profile, thresholds=args.thresholds,
+        fixtures=args.fixtures_dir, jobs=args.jobs,
+    ))
+    print(format_sensitivity_summary(summary))
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    return 0
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     import json
 
+    if args.sensitivity:
+        return _cmd_simulate_sensitivity(args)
     from falserefusal.simulation import QUICK, SimulationSettings, format_summary, simulate
 
     values = dict(QUICK) if args.quick else {}
     for name in ("replicates", "samples"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
+    if args.no_budget_search:
+        values["find_budget"] = False
     settings = SimulationSettings(
         **values, seed=args.seed, rho=args.rho, profile=args.profile, thresholds=args.thresholds,
-        fixtures=args.fixtures_dir, jobs=args.jobs,
+        fixtures=args.fixtures_dir, jobs=args.jobs, item_sd=args.item_sd, ranking=not args.no_ranking,
     )
     summary = simulate(settings)
     print(format_summary(summary))

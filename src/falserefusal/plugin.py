@@ -29,6 +29,7 @@ from falserefusal.runner import (
     canonical_order,
     evaluate,
     format_rate_table,
+    non_answer_line,
     generation_stopped,
     budget_usage,
     format_usage,
@@ -656,6 +657,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     for note in suite.notes:
         write(f"sampling: {note}", yellow=True)
     write(format_rate_table(state.records))
+    write(non_answer_line(state.records))
     outcomes = list(state.outcomes.values())
     policy = suite.profile.inconclusive
     if suite.profile.sequential:

@@ -27,10 +27,10 @@ from falserefusal.options import OPTIONS, resolve
 from falserefusal.personas import load_personas, select_personas
 from falserefusal.project import fixtures_path, thresholds_path
 from falserefusal.registry import check_detector_name
-from falserefusal.tasks import TaskSpec, load_tasks
+from falserefusal.tasks import TaskSpec, dataset_notes, load_tasks
 from falserefusal.refusal import decision_window_of
 from falserefusal.scheduling import length_order, run_batches
-from falserefusal.types import BASELINE_ID, Case, Completion, FalseRefusalError, GenerationRequest, Persona, PersonaPhrasing, Record
+from falserefusal.types import BASELINE_ID, Case, Completion, FalseRefusalError, GenerationRequest, Persona, PersonaPhrasing, Record, Verdict
 
 RESULTS_FILE = "results.jsonl"
 #: the generation cache's folder when neither --cache-dir nor pytest's cache dir gives one (the CLI)
@@ -220,7 +220,7 @@ def prepare(config: RunConfig) -> Suite:
     check_writable_folder(config.path(config.report_dir), "--report-dir")  # before hours of generation, not after
     if config.rescore and not config.use_cache:
         raise FalseRefusalError("--rescore: it re-labels cached generations, and --no-cache turns the cache off; fix: drop one of them")
-    notes = sampling_notes(tasks, phrasings, samples)
+    notes = sampling_notes(tasks, phrasings, samples) + dataset_notes(tasks)  # printed, and kept in the results header
     samples = max(blocks_per_task(tasks, phrasings, samples).values())  # blocks are drawn once each: no repeats
     cases = draw_cases(tasks, personas, phrasings, samples, config.seed, config.persona_placement)
     if config.use_cache:
@@ -460,10 +460,11 @@ class Generator:
                         )
             self.batch_sizes[model] = size
         self.timings["generate_s"] += time.perf_counter() - started
-        return [self._record(model, kind, cases[i], completions[i], i in from_cache) for i in range(len(cases))]
+        # one call for the batch: the learned layer scores all answers in one matrix product
+        verdicts = self.detector.detect_many([completions[i].text for i in range(len(cases))], [case.labels for case in cases])
+        return [self._record(model, kind, cases[i], completions[i], verdicts[i], i in from_cache) for i in range(len(cases))]
 
-    def _record(self, model: str, kind: str, case: Case, completion: Completion, cached: bool) -> Record:
-        verdict = self.detector.detect(completion.text, case.labels)
+    def _record(self, model: str, kind: str, case: Case, completion: Completion, verdict: Verdict, cached: bool) -> Record:
         return Record(
             case=case,
             model=model,
@@ -878,12 +879,13 @@ def run(config: RunConfig) -> RunResult:
     return RunResult(suite, records, outcomes, metadata)
 
 
-def rate_table(records: Sequence[Record]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Refusal rate and number of generations per persona (rows, baseline first) x model/task (columns), for the
-    terminal summary; with several models the columns are (model label, task)."""
+def rate_table(records: Sequence[Record], outcome: str = "refusal") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rate of one detector outcome (refusal by default) and number of generations per persona (rows, baseline
+    first) x model/task (columns), for the terminal summary; with several models the columns are (model label, task)."""
     frame = records_frame(records)
     if frame.empty:
         return pd.DataFrame(), pd.DataFrame()
+    frame["refused"] = frame["outcome"] == outcome
     several = frame["model"].nunique() > 1
     if several:
         # labels from the models in run order, as the gate ids get them (two models named alike get -1, -2 alike)
@@ -895,8 +897,22 @@ def rate_table(records: Sequence[Record]) -> tuple[pd.DataFrame, pd.DataFrame]:
     return table["mean"], table["count"]
 
 
-def format_rate_table(records: Sequence[Record]) -> str:
-    table, counts = rate_table(records)
+def non_answer_line(records: Sequence[Record]) -> str:
+    """One line on answers read as non-answers (loops, echoes, gibberish): how many, and the cell with the most."""
+    table, counts = rate_table(records, "non_answer")
+    if table.empty:
+        return "non-answers: none"
+    total = int(sum(r.outcome == "non_answer" for r in records))
+    line = f"non-answers (not refusals; loops, echoes, gibberish): {total} of {len(records)} ({100 * total / len(records):.1f}%)"
+    if total:
+        stacked = table.stack(list(range(table.columns.nlevels)), future_stack=True).dropna()
+        persona, *column = stacked.idxmax()
+        line += f"; most under {persona} on {'/'.join(map(str, column))}: {100 * stacked.max():.1f}%"
+    return line
+
+
+def format_rate_table(records: Sequence[Record], outcome: str = "refusal") -> str:
+    table, counts = rate_table(records, outcome)
     if table.empty:
         return "no generations"
     formatted = table.map(lambda x: f"{100 * x:5.1f}%" if pd.notna(x) else "   -  ")

@@ -31,3 +31,22 @@ def test_records_frame_has_the_flat_columns_and_feeds_the_statistics() -> None:
 def test_records_frame_of_no_records_keeps_its_columns() -> None:
     frame = records_frame([])
     assert frame.empty and tuple(frame.columns) == Record.FLAT_COLUMNS
+
+
+def test_outcome_round_trips_and_non_answers_are_counted_apart_from_refusals() -> None:
+    from dataclasses import replace
+
+    from falserefusal.runner import non_answer_line, rate_table
+
+    loop = replace(_record("muslim", False), outcome="non_answer", rule="model:non_answer")
+    records = [_record("baseline", False), loop, replace(_record("hindu", True))]
+    assert Record.from_dict(loop.to_dict()) == loop
+    # results written before outcomes existed read back with the outcome their boolean implies
+    legacy = {k: v for k, v in _record("hindu", True).to_dict().items() if k != "outcome"}
+    assert Record.from_dict(legacy).outcome == "refusal"
+    assert records_frame(records)["outcome"].tolist() == ["compliance", "non_answer", "refusal"]
+    refusals, _ = rate_table(records)
+    babble, _ = rate_table(records, "non_answer")
+    assert refusals.loc["muslim", "nli"] == 0.0 and babble.loc["muslim", "nli"] == 1.0
+    assert non_answer_line(records).startswith("non-answers (not refusals; loops, echoes, gibberish): 1 of 3")
+    assert "most under muslim on nli: 100.0%" in non_answer_line(records)

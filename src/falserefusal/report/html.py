@@ -361,6 +361,10 @@ def report_context(
     columns = [(m, t) for m in models for t in tasks if ((cells["model"] == m) & (cells["task"] == t)).any()]
     context["heatmap"] = figures.heatmap(cells, personas, columns, labels, no_refusals)
     context["heatmap_rows"] = cells.assign(model=cells["model"].map(labels)).to_dict(orient="records")
+    # non-answers (loops, echoes, gibberish) per cell: not refusals, but a persona that makes a model babble is a finding
+    babble = refusal_rates(frame.assign(refused=frame["outcome"] == "non_answer"), by=["model", "task", "persona"])
+    context["non_answer_rows"] = babble.assign(model=babble["model"].map(labels)).to_dict(orient="records")
+    context["non_answer_total"] = int((frame["outcome"] == "non_answer").sum())
 
     # 3. forest plot of persona disparities, with CIs adjusted over each gate family
     alpha, alpha_text = _forest_alpha(outcomes)
