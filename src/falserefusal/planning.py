@@ -93,14 +93,21 @@ def _discordance(base_rate: float, effect: float, correlation: float) -> tuple[f
     return p_persona - p11, p_ref - p11
 
 
-def disparity_pass_blocks(base_rate: float, limit: float, effect: float, level: float, power: float, correlation: float) -> int | None:
-    """Request blocks per task for a persona disparity gate (tolerance δ) to PASS a true disparity `effect` < δ."""
-    if effect >= limit:
-        return None
+def _disparity_sigmas(base_rate: float, limit: float, effect: float, correlation: float) -> tuple[float, float, float]:
+    """(Δ, σ0, σ1) of Tango's test against the tolerance `limit` when the persona refuses `effect` more: σ0 under H0
+    (the restricted MLE at the expected counts), σ1 under the truth."""
     p10, p01 = _discordance(base_rate, effect, correlation)
     delta = p10 - p01
     sigma1 = math.sqrt(max(p10 + p01 - delta**2, 1e-12))
     sigma0 = math.sqrt(max(2 * restricted_p01(p10, p01, limit) + limit * (1 - limit), 1e-12))
+    return delta, sigma0, sigma1
+
+
+def disparity_pass_blocks(base_rate: float, limit: float, effect: float, level: float, power: float, correlation: float) -> int | None:
+    """Request blocks per task for a persona disparity gate (tolerance δ) to PASS a true disparity `effect` < δ."""
+    if effect >= limit:
+        return None
+    delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, effect, correlation)
     return _blocks(sigma0, sigma1, limit - delta, level, power)
 
 
@@ -113,10 +120,7 @@ def restricted_p01(p10: float, p01: float, delta: float) -> float:
 
 def disparity_gate_blocks(base_rate: float, limit: float, mde: float, level: float, power: float, correlation: float) -> int:
     """Request blocks per task for a persona disparity gate (limit δ0) to fail a persona excess of δ0 + mde."""
-    p10, p01 = _discordance(base_rate, limit + mde, correlation)
-    delta = p10 - p01
-    sigma1 = math.sqrt(max(p10 + p01 - delta**2, 1e-12))
-    sigma0 = math.sqrt(max(2 * restricted_p01(p10, p01, limit) + limit * (1 - limit), 1e-12))
+    delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, limit + mde, correlation)
     return _blocks(sigma0, sigma1, delta - limit, level, power)
 
 
@@ -274,3 +278,15 @@ def block_mean_power(variance: float, mde: float, level: float, blocks: int) -> 
     """Power of the block-mean test at `blocks` blocks against a mean of margin + mde (inverse of block_mean_blocks)."""
     sigma0, sigma1 = math.sqrt(variance + mde**2), math.sqrt(variance)
     return float(norm.cdf((math.sqrt(blocks) * mde - norm.isf(level) * sigma0) / sigma1))
+
+
+def disparity_power(base_rate: float, limit: float, effect: float, level: float, blocks: int, correlation: float) -> float:
+    """Chance that a persona disparity gate (tolerance δ) FAILs a true disparity `effect` > δ at `blocks` blocks."""
+    delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, effect, correlation)
+    return float(norm.cdf((math.sqrt(blocks) * (delta - limit) - norm.isf(level) * sigma0) / sigma1))
+
+
+def disparity_pass_power(base_rate: float, limit: float, effect: float, level: float, blocks: int, correlation: float) -> float:
+    """Chance that a persona disparity gate (tolerance δ) PASSes a true disparity `effect` < δ at `blocks` blocks."""
+    delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, effect, correlation)
+    return float(norm.cdf((math.sqrt(blocks) * (limit - delta) - norm.isf(level) * sigma0) / sigma1))

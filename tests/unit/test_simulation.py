@@ -27,9 +27,9 @@ from falserefusal.simulation import (
 from falserefusal.backends.scripted import ScriptedSpec
 
 ROOT = Path(__file__).resolve().parents[2]
-# every kind of shift, a rho between 0 and 1 and a model seed: all of the scripted backend's semantics
+# every kind of shift, a rho between 0 and 1, item heterogeneity and a seed offset: all of the scripted backend's semantics
 SPEC = ("scripted:base=0.2,persona.muslim=+0.3,persona.man=-0.1,task.nli=+0.1,forcing.unforced=+0.2,"
-        "paraphrase.forced-2=+0.4,item.nli-003=+0.5,rho=0.5,seed=7")
+        "paraphrase.forced-2=+0.4,item.nli-003=+0.5,item_sd=0.7,rho=0.5,seed=7")
 
 
 def suite(samples: int, seed: int, model: str = SPEC):
@@ -69,7 +69,8 @@ def test_vectorised_answers_equal_the_scripted_backend_and_detector() -> None:
     expected = records_frame(records)
     design = draw_design(s.tasks, s.personas, s.phrasings, 12, 7)
     spec = ScriptedSpec.parse(SPEC)
-    frame = results_frame(design, SPEC, scripted_refusals(spec, design, Draws.compute(design, spec.seed)))
+    # the backend draws from the run's --seed (7) plus the spec's seed= offset (7)
+    frame = results_frame(design, SPEC, scripted_refusals(spec, design, Draws.compute(design, 7 + spec.seed)))
     columns = [c for c in expected.columns if c != "rule"]  # the detector's rule name is not simulated
     pd.testing.assert_frame_equal(frame[columns].reset_index(drop=True), expected[columns], check_dtype=False)
     # both branches of the scripted answer occur, so the detector was checked on each
@@ -110,3 +111,27 @@ def test_quick_summary_is_sane_and_finds_a_huge_effect() -> None:
     assert ranking["planted_index"]["model"] > ranking["planted_index"]["task"] > ranking["planted_index"]["persona"]
     assert ranking["nested_paraphrase_above_task"]["rate"] == 1.0  # a finer partition never has a smaller index
     json.dumps(summary)
+
+
+def test_the_run_seed_drives_the_scripted_backend_and_the_spec_seed_is_an_offset() -> None:
+    model = "scripted:base=0.3,rho=0.5"
+    answers = {}
+    for seed, spec in ((1, model), (2, model), (1, model + ",seed=1")):
+        s = suite(10, seed, spec)
+        answers[(seed, spec)] = [r.refused for r in Generator(s.config).generate(spec, s.cases_for("nli"))]
+    assert answers[(1, model)] != answers[(2, model)]  # a seed loop varies the model's draws too
+    s = suite(10, 1, model)
+    design = draw_design(s.tasks[:1], s.personas, s.phrasings, 10, 1)
+    # --seed 1 with seed=1 answers seed 1's blocks with the draws of model seed 1 + 1
+    expected = scripted_refusals(ScriptedSpec.parse(model), design, Draws.compute(design, 2))
+    assert answers[(1, model + ",seed=1")] == list(expected) != answers[(1, model)]
+
+
+def test_item_heterogeneity_spreads_item_rates_around_the_planted_mean() -> None:
+    s = suite(1782, 3)
+    design = draw_design(s.tasks[:1], s.personas[:1], s.phrasings, 1782, 3)  # the whole nli factorial
+    spec = ScriptedSpec.parse("scripted:base=0.05,item_sd=0.5")
+    p = simulation.refusal_probability(spec, design, seed=3)
+    per_item = pd.Series(p).groupby(design["item"].to_numpy()).mean()
+    assert per_item.std() > 0.01 and abs(per_item.mean() - 0.05) < 0.01  # heterogeneous, mean factor 1
+    assert (simulation.refusal_probability(spec, design, seed=4) != p).any()  # drawn anew per seed
