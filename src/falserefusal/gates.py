@@ -79,12 +79,24 @@ def _limits(path: Path, name: str, key: str, value: Any) -> dict[str, float]:
     if "default" not in table:
         raise FalseRefusalError(f"{path}: profile '{name}' {key} needs a 'default' entry; fix: add default: <limit>")
     try:
+        if any(isinstance(limit, bool) for limit in table.values()):
+            raise TypeError("a yes/no is not a limit")
         limits = {str(task): float(limit) for task, limit in table.items()}
     except (TypeError, ValueError):
         raise FalseRefusalError(f"{path}: profile '{name}' {key} must be numbers; got {value!r}") from None
     bad = {t: v for t, v in limits.items() if not (-1.0 <= v <= 1.0)}
     if bad:
         raise FalseRefusalError(f"{path}: profile '{name}' {key} {bad} outside [-1, 1]; limits are proportions")
+    return limits
+
+
+def _rates(path: Path, name: str, key: str, limits: Mapping[str, float]) -> Mapping[str, float]:
+    """A refusal-rate limit is a proportion in (0, 1]: at 0 no run can PASS (every upper bound is above 0), and a
+    negative one FAILed nothing at 0 refusals (it was accepted before)."""
+    bad = {t: v for t, v in limits.items() if not 0.0 < v <= 1.0}
+    if bad:
+        raise FalseRefusalError(f"{path}: profile '{name}' {key} {bad} must lie in (0, 1]: a refusal rate is a proportion "
+                                "and at 0 no run can PASS; fix: set e.g. 0.05")
     return limits
 
 
@@ -110,7 +122,7 @@ def load_profile(path: Path, name: str) -> Profile:
     if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 0.5:
         raise FalseRefusalError(f"{path}: profile '{name}' alpha {alpha!r} must be a number in (0, 0.5)")
     samples = entry.get("samples", 40)
-    if not isinstance(samples, int) or samples < 1:
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise FalseRefusalError(f"{path}: profile '{name}' samples {samples!r} must be a positive integer")
     noninferiority = entry.get("noninferiority") or {}
     if noninferiority:
@@ -125,7 +137,7 @@ def load_profile(path: Path, name: str) -> Profile:
         name=name,
         alpha=float(alpha),
         samples=samples,
-        max_refusal_rate=_limits(path, name, "max_refusal_rate", entry["max_refusal_rate"]),
+        max_refusal_rate=_rates(path, name, "max_refusal_rate", _limits(path, name, "max_refusal_rate", entry["max_refusal_rate"])),
         max_persona_disparity=_tolerances(path, name, "max_persona_disparity",
                                           _limits(path, name, "max_persona_disparity", entry["max_persona_disparity"])),
         description=str(entry.get("description", "")),

@@ -24,6 +24,19 @@ class TaskSpec:
     paraphrases: tuple[Paraphrase, ...]
     items: tuple[Item, ...]
     source: str  # where the items came from (file path or dataset id), for the run metadata
+    dropped: tuple[int, int] = (0, 0)  # dataset rows left out for a label outside the task's labels, of rows read
+
+
+#: a dataset may lose at most this share of its rows to labels outside the task's: SNLI's unlabelled "-1" rows are
+#: 1.6% of its validation split (0.1% of train); losing more than a tenth points to a wrong label_map or label
+#: column, and the items kept would be the ones whose labels happen to match, not the dataset
+MAX_DROPPED_SHARE = 0.10
+
+
+def dataset_notes(tasks: Sequence[TaskSpec]) -> tuple[str, ...]:
+    """One line per task whose dataset lost rows to labels outside the task's (the run prints and records it)."""
+    return tuple(f"task {spec.task.id}: {spec.dropped[0]} of {spec.dropped[1]} rows of {spec.source} have a label outside "
+                 f"{format_labels(spec.task.labels)} and are left out" for spec in tasks if spec.dropped[0])
 
 
 def format_labels(labels: Sequence[str]) -> str:
@@ -61,11 +74,11 @@ def load_task_file(path: Path) -> TaskSpec:
         source = str(spec["source"])
         if not _looks_like_hub_id(source):
             source = str((path.parent / source).resolve()) if not Path(source).is_absolute() else source
-        items = load_dataset_items(task, source, spec.get("columns"), spec.get("label_map"), spec.get("split", "validation"), spec.get("limit"), spec.get("config"))
+        items, dropped = load_dataset_items(task, source, spec.get("columns"), spec.get("label_map"), spec.get("split", "validation"), spec.get("limit"), spec.get("config"))
     else:
-        source = str(path)
+        source, dropped = str(path), (0, 0)
         items = tuple(_item_from_entry(path, task, index, entry) for index, entry in enumerate(data.get("items") or []))
-    spec = TaskSpec(task, tuple(paraphrases), items, source)
+    spec = TaskSpec(task, tuple(paraphrases), items, source, dropped)
     validate_task(spec, str(path))
     return spec
 
@@ -108,11 +121,13 @@ def load_dataset_items(
     split: str = "validation",
     limit: int | None = None,
     config: str | None = None,
-) -> tuple[Item, ...]:
-    """Items from a local .csv/.jsonl file or a Hugging Face `datasets` id, renaming columns to the task's fields.
+) -> tuple[tuple[Item, ...], tuple[int, int]]:
+    """Items from a local .csv/.jsonl file or a Hugging Face `datasets` id, renaming columns to the task's fields,
+    with (rows left out for their label, rows read).
 
     `columns` maps task field (and "label", optionally "id") to the source column; `label_map` maps raw label
-    values (e.g. SNLI's 0/1/2) to the task's labels. Rows whose label is unmapped (SNLI's -1) are skipped.
+    values (e.g. SNLI's 0/1/2) to the task's labels. Rows whose label is unmapped (SNLI's -1) are left out and
+    counted; more than MAX_DROPPED_SHARE of them is an error.
     """
     columns = dict(columns or {})
     rows: list[Mapping[str, Any]]
@@ -126,7 +141,10 @@ def load_dataset_items(
     mapping = {field: columns.get(field, field) for field in (*task.fields, "label")}
     labels = {str(k): str(v) for k, v in (label_map or {}).items()}
     items: list[Item] = []
+    outside: list[str] = []  # labels of the rows left out
+    read = 0
     for row_number, row in enumerate(rows):
+        read += 1
         missing = [col for col in mapping.values() if col not in row]
         if missing:
             raise FalseRefusalError(
@@ -136,7 +154,8 @@ def load_dataset_items(
         raw_label = str(row[mapping["label"]])
         label = labels.get(raw_label, raw_label)
         if label not in task.labels:
-            continue  # unlabelled or out-of-scheme rows (e.g. SNLI's -1) are not usable items
+            outside.append(raw_label)  # unlabelled or out-of-scheme rows (e.g. SNLI's -1) are not usable items
+            continue
         item_id = str(row[columns["id"]]) if "id" in columns else f"{task.id}-{row_number + 1:05d}"
         items.append(Item(task=task.id, id=item_id, fields={f: str(row[mapping[f]]) for f in task.fields}, label=label))
         if limit is not None and len(items) >= int(limit):
@@ -145,7 +164,13 @@ def load_dataset_items(
         raise FalseRefusalError(
             f"{source}: no row has a label in {format_labels(task.labels)}; fix: set dataset.label_map"
         )
-    return tuple(items)
+    if len(outside) > MAX_DROPPED_SHARE * read:
+        raise FalseRefusalError(
+            f"{source}: {len(outside)} of {read} rows have a label outside {format_labels(task.labels)} (e.g. "
+            f"{outside[0]!r}), more than {MAX_DROPPED_SHARE:.0%}: a wrong label_map or label column?; fix: map the labels "
+            "with dataset.label_map (or the column with dataset.columns), or remove those rows"
+        )
+    return tuple(items), (len(outside), read)
 
 
 def _read_local(source: str, parse: Any) -> list[Mapping[str, Any]]:
@@ -185,8 +210,8 @@ def load_tasks(fixtures_dir: Path, wanted: Sequence[str] | None = None, override
         if task_id not in specs:
             raise FalseRefusalError(f"--dataset {task_id}=...: unknown task; known: {', '.join(sorted(specs))}")
         old = specs[task_id]
-        items = load_dataset_items(old.task, source)
-        specs[task_id] = TaskSpec(old.task, old.paraphrases, items, source)
+        items, dropped = load_dataset_items(old.task, source)
+        specs[task_id] = TaskSpec(old.task, old.paraphrases, items, source, dropped)
         validate_task(specs[task_id], source)
     if wanted:
         unknown = [t for t in wanted if t not in specs]

@@ -134,3 +134,40 @@ def test_a_tampered_cache_row_stops_the_run_before_generation(workdir: Path, cap
     line = usage_error(args, capsys)
     assert "fails its checksum" in line and "fix: delete the file" in line and "generation stopped" not in line
     assert (workdir / "out" / "results.jsonl").read_text() == results  # nothing lost
+
+
+def nli_rows(path: Path, labels: list[str]) -> Path:
+    path.write_text("\n".join(json.dumps({"premise": f"P{i}.", "hypothesis": "H.", "label": label}) for i, label in enumerate(labels)))
+    return path
+
+
+def test_dataset_rows_outside_the_labels_are_counted_and_too_many_refused(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = nli_rows(workdir / "half.jsonl", ["entailment", "maybe", "neutral", "unsure"])  # the sweep's 2 of 4
+    line = usage_error([*RUN, "--model", "scripted:base=0", "--dataset", f"nli={bad}"], capsys)
+    assert "half.jsonl: 2 of 4 rows have a label outside entailment, neutral, contradiction (e.g. 'maybe')" in line
+    few = nli_rows(workdir / "few.jsonl", ["entailment", "neutral", "contradiction"] * 4 + ["-1"])  # 1 of 13: kept
+    assert main([*RUN, "--model", "scripted:base=0", "--dataset", f"nli={few}"]) == 0
+    note = f"task nli: 1 of 13 rows of {few} have a label outside entailment, neutral, contradiction and are left out"
+    assert note in capsys.readouterr().out
+    assert note in json.loads((workdir / "report" / "results.jsonl").read_text().splitlines()[0])["sampling"]["notes"]
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("max_refusal_rate: -0.1", "max_refusal_rate {'default': -0.1} must lie in (0, 1]"),
+        ("max_refusal_rate: 0", "max_refusal_rate {'default': 0.0} must lie in (0, 1]"),
+        ("max_refusal_rate: {default: 0.05, nli: 1.5}", "outside [-1, 1]"),
+        ("max_refusal_rate: true", "must be numbers"),
+        ("max_persona_disparity: -0.05", "max_persona_disparity {'default': -0.05} must be > 0"),
+        ("noninferiority: {margin: -0.01, persona_margin: 0.01}", "noninferiority.margin {'default': -0.01} must be > 0"),
+        ("noninferiority: {margin: 0.01, persona_margin: -0.2}", "noninferiority.persona_margin {'default': -0.2} must be > 0"),
+        ("samples: true", "samples True must be a positive integer"),
+    ],
+)
+def test_every_limit_in_thresholds_is_range_checked(workdir: Path, capsys: pytest.CaptureFixture[str], line: str, expected: str) -> None:
+    profile = {"alpha": "alpha: 0.05", "max_refusal_rate": "max_refusal_rate: 0.05",
+               "max_persona_disparity": "max_persona_disparity: 0.02", line.split(":")[0]: line}
+    (workdir / "mine.yaml").write_text("profiles:\n  p:\n" + "".join(f"    {entry}\n" for entry in profile.values()))
+    error = usage_error([*RUN, "--model", "scripted:base=0", "--thresholds", "mine.yaml", "--profile", "p"], capsys)
+    assert "mine.yaml: profile 'p' " in error and expected in error

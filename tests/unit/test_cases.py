@@ -138,13 +138,13 @@ def test_dataset_loader_maps_columns_and_labels(tmp_path: Path, suite_parts) -> 
     ]
     path = tmp_path / "snli.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
-    items = load_dataset_items(nli, str(path), {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold"},
-                               {0: "entailment", 1: "neutral", 2: "contradiction"})
+    items, dropped = load_dataset_items(nli, str(path), {"premise": "sentence1", "hypothesis": "sentence2", "label": "gold"},
+                                        {0: "entailment", 1: "neutral", 2: "contradiction"})
     assert [(i.fields["premise"], i.label) for i in items][:2] == [("A man plays.", "entailment"), ("A dog runs.", "contradiction")]
-    assert len(items) == 10
+    assert len(items) == 10 and dropped == (1, 11)
     csv_path = tmp_path / "items.csv"
     csv_path.write_text("premise,hypothesis,label\nA,B,neutral\n")
-    assert load_dataset_items(nli, str(csv_path))[0].label == "neutral"
+    assert load_dataset_items(nli, str(csv_path))[0][0].label == "neutral"
     with pytest.raises(FalseRefusalError, match="no column"):
         load_dataset_items(nli, str(path))
 
