@@ -71,12 +71,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     """Rebuild index.html from saved results: gates re-evaluated with the profile stored in the results header."""
     from falserefusal.audit import load_audit
     from falserefusal.report import build_report
-    from falserefusal.runner import check_writable_folder, outcomes_from_results, read_results
+    from falserefusal.registry import make_detector
+    from falserefusal.runner import check_writable_folder, outcomes_from_results, read_results, results_warnings
 
     results = Path(args.results)
     metadata, records = read_results(results)
+    for warning in results_warnings(metadata, records, make_detector().version):
+        print(f"falserefusal: warning: {results}: {warning}", file=sys.stderr)
     audit = load_audit(args.audit) if args.audit else None
-    outcomes = outcomes_from_results(metadata, records)
+    try:
+        outcomes = outcomes_from_results(metadata, records)
+    except FalseRefusalError as error:
+        raise FalseRefusalError(f"{results}: {error}") from None
     report_dir = Path(args.report_dir) if args.report_dir else results.parent
     check_writable_folder(report_dir, "--report-dir")
     path = build_report(metadata, records, outcomes, report_dir, command_line=_report_command(args), audit=audit)

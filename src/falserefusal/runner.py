@@ -33,6 +33,8 @@ from falserefusal.scheduling import length_order, run_batches
 from falserefusal.types import BASELINE_ID, Case, Completion, FalseRefusalError, GenerationRequest, Persona, PersonaPhrasing, Record, Verdict
 
 RESULTS_FILE = "results.jsonl"
+#: version of the results.jsonl layout, in its header; a file without one was written before this was recorded
+RESULTS_SCHEMA = 1
 #: the generation cache's folder when neither --cache-dir nor pytest's cache dir gives one (the CLI)
 DEFAULT_CACHE_DIR = ".falserefusal-cache"
 
@@ -572,6 +574,7 @@ def run_metadata(
     return {
         "cache": dict(cache or {}),  # hits and generated cases of this run: volatile, in run.json only
         "kind": "run",
+        "schema": RESULTS_SCHEMA,
         "seed": config.seed,
         "samples": suite.samples,
         "sampling": {
@@ -647,27 +650,77 @@ def read_results(path: Path) -> tuple[dict[str, Any], list[Record]]:
         raise FalseRefusalError(f"{path}: results file not found; fix: run the suite first, or check the path")
     metadata: dict[str, Any] = {}
     records: list[Record] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-                if data.get("kind") == "run":
-                    metadata = data
-                else:
-                    records.append(Record.from_dict(data))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
-                raise FalseRefusalError(f"{path}:{number}: not a falserefusal results line ({error}); fix: pass a results.jsonl written by falserefusal") from None
+    fix = "fix: pass a results.jsonl written by falserefusal run or pytest"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                    if data.get("kind") == "run":
+                        metadata = data
+                    else:
+                        _check_field_types(data)
+                        records.append(Record.from_dict(data))
+                except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as error:
+                    raise FalseRefusalError(f"{path}:{number}: not a falserefusal results line ({error}); {fix}") from None
+    except UnicodeDecodeError as error:
+        raise FalseRefusalError(f"{path}: not UTF-8 text (byte {error.start}), so not a results file; {fix}") from None
+    if not metadata and not records:
+        raise FalseRefusalError(f"{path}: empty; {fix}")
+    if not metadata:
+        raise FalseRefusalError(f"{path}: no header line (the first line, with \"kind\": \"run\"); {fix}")
+    schema = metadata.get("schema")
+    if schema is not None and (not isinstance(schema, int) or schema > RESULTS_SCHEMA):
+        raise FalseRefusalError(f"{path}: results schema {schema!r}, newer than this falserefusal reads ({RESULTS_SCHEMA}); "
+                                "fix: upgrade falserefusal")
     run_file = path.with_name(RUN_FILE)
     if run_file.is_file():
         try:
             extra = json.loads(run_file.read_text(encoding="utf-8"))
             if extra.get("seed") == metadata.get("seed"):  # only the run.json of this same run
-                metadata = {**extra, **metadata}
+                metadata = {**extra, **metadata, "schema": schema}  # the schema is the header's
         except json.JSONDecodeError:
             pass  # run.json is informational; a broken one loses timings only
     return metadata, records
+
+
+#: the type of every results-line field the gates and the report read: a string "false" for `refused` would count
+#: as a refusal, so types are checked, not coerced (n_tokens: int, not bool)
+_FIELD_TYPES = {"model": str, "backend": str, "response": str, "n_tokens": int, "finish_reason": str, "refused": bool,
+                "rule": str, "detector_version": str, "outcome": str}
+_CASE_FIELD_TYPES = {"case_id": str, "block_id": str, "seed": int, "task": str, "item_id": str, "paraphrase_id": str,
+                     "forcing_level": str, "persona": str, "persona_dimension": str, "phrasing_id": str, "gold_label": str}
+
+
+def _check_field_types(data: Mapping[str, Any]) -> None:
+    from falserefusal.types import OUTCOMES
+
+    for fields_, where in ((_FIELD_TYPES, data), (_CASE_FIELD_TYPES, data.get("case"))):
+        if not isinstance(where, Mapping):
+            raise ValueError("case is not an object")
+        for name, kind in fields_.items():
+            if name in where and type(where[name]) is not kind:
+                raise ValueError(f"{name} is {json.dumps(where[name])}, not a JSON {_JSON_NAMES[kind]}")
+    if data.get("outcome") not in (None, "", *OUTCOMES):
+        raise ValueError(f"outcome {json.dumps(data.get('outcome'))} is not one of {', '.join(OUTCOMES)}")
+
+
+_JSON_NAMES = {str: "string", int: "integer", bool: "true/false"}
+
+
+def results_warnings(metadata: Mapping[str, Any], records: Sequence[Record], current_detector: str) -> list[str]:
+    """What a reader of a saved results file should know: it predates the schema, or another detector labelled it."""
+    notes = []
+    if metadata.get("schema") is None:
+        notes.append("no results schema in its header (written by an earlier falserefusal); read as schema "
+                     f"{RESULTS_SCHEMA}, which may miss fields it lacks")
+    versions = sorted({r.detector_version for r in records})
+    if versions and versions != [current_detector]:
+        notes.append(f"labelled by detector {', '.join(versions)}, not this falserefusal's {current_detector}: the gates "
+                     "use the saved labels; fix: rerun with --rescore to label the cached answers with this detector")
+    return notes
 
 
 @dataclass

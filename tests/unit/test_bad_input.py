@@ -171,3 +171,42 @@ def test_every_limit_in_thresholds_is_range_checked(workdir: Path, capsys: pytes
     (workdir / "mine.yaml").write_text("profiles:\n  p:\n" + "".join(f"    {entry}\n" for entry in profile.values()))
     error = usage_error([*RUN, "--model", "scripted:base=0", "--thresholds", "mine.yaml", "--profile", "p"], capsys)
     assert "mine.yaml: profile 'p' " in error and expected in error
+
+
+@pytest.fixture
+def saved(workdir: Path) -> Path:
+    """A results.jsonl of a small scripted run, in out/."""
+    assert main([*RUN, "--model", "scripted:base=0.2", "--report-dir", "out"]) in (0, 1)
+    return workdir / "out" / "results.jsonl"
+
+
+def test_report_refuses_unreadable_results_naming_the_file(saved: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    lines = saved.read_text(encoding="utf-8").splitlines()
+    cases = {
+        "latin1.jsonl": ("\n".join(lines[:2]) + "\n").encode("utf-8") + "caf\xe9\n".encode("latin-1"),
+        "empty.jsonl": b"",
+        "headless.jsonl": ("\n".join(lines[1:]) + "\n").encode("utf-8"),
+        "string-bool.jsonl": "\n".join([lines[0], json.dumps({**json.loads(lines[1]), "refused": "false"})]).encode("utf-8"),
+        "newer.jsonl": "\n".join([json.dumps({**json.loads(lines[0]), "schema": 99}), lines[1]]).encode("utf-8"),
+    }
+    expected = {"latin1.jsonl": "not UTF-8 text", "empty.jsonl": "empty; fix:", "headless.jsonl": "no header line",
+                "string-bool.jsonl": ':2: not a falserefusal results line (refused is "false", not a JSON true/false)',
+                "newer.jsonl": "results schema 99, newer than this falserefusal reads"}
+    for name, data in cases.items():
+        path = saved.parent / name
+        path.write_bytes(data)
+        line = usage_error(["report", str(path)], capsys)
+        assert f"falserefusal: error: {path}" in line and expected[name] in line and "fix:" in line
+
+
+def test_report_warns_about_another_detector_or_a_missing_schema(saved: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lines = saved.read_text(encoding="utf-8").splitlines()
+    header = {k: v for k, v in json.loads(lines[0]).items() if k != "schema"}
+    old = [json.dumps(header)] + [json.dumps({**json.loads(line), "detector_version": "rules-0"}) for line in lines[1:]]
+    saved.write_text("\n".join(old) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert main(["report", str(saved)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith(f"falserefusal: warning: {saved}: ") for line in err)
+    assert "no results schema" in err[0] and "labelled by detector rules-0, not this falserefusal's" in err[1]
