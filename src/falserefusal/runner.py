@@ -202,6 +202,10 @@ def prepare(config: RunConfig) -> Suite:
     models = config.models or (DEFAULT_MODEL_NAME,)
     for model in models:
         backend_for(model, config.backend)  # validates --backend
+    if not config.models and config.backend != "transformers":
+        example = "scripted:base=0.05 (see falserefusal.backends.scripted)" if config.backend == "scripted" else "openai:NAME"
+        raise FalseRefusalError(f"--backend {config.backend}: no --model given, and the default model (the embedded "
+                                f"SmolLM2 GGUF) runs on transformers; fix: name the model, e.g. --model {example}")
     check_detector_name(config.detector)
     if config.refusal_rules:  # a missing rules file or a bad regex: a usage error now, not a failed gate mid-run
         config.refusal_detector()

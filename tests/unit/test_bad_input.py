@@ -210,3 +210,12 @@ def test_report_warns_about_another_detector_or_a_missing_schema(saved: Path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith(f"falserefusal: warning: {saved}: ") for line in err)
     assert "no results schema" in err[0] and "labelled by detector rules-0, not this falserefusal's" in err[1]
+
+
+@pytest.mark.parametrize("backend", ["scripted", "openai"])
+def test_a_backend_other_than_transformers_without_a_model_is_refused_up_front(
+    workdir: Path, capsys: pytest.CaptureFixture[str], backend: str
+) -> None:
+    line = usage_error(["run", "--backend", backend, "--samples", "30", "--no-progress"], capsys)
+    assert f"--backend {backend}: no --model given" in line and "fix: name the model, e.g. --model " in line
+    assert "generation stopped" not in line and not (workdir / "report").exists()
