@@ -223,7 +223,7 @@ def test_correction_recovers_a_planted_detector_error_and_its_interval_covers_th
         rates = estimates.rates.set_index("persona")
         for persona, truth in ((BASELINE_ID, 0.20), ("muslim", 0.35)):
             covered[persona] += rates.loc[persona, "ci_low"] <= truth <= rates.loc[persona, "ci_high"]
-            assert rates.loc[persona, "level"] == "cell"
+            assert (rates.loc[persona, "level"], rates.loc[persona, "form"]) == ("cell", "predictive values")
         disparity = estimates.disparities.iloc[0]
         covered["disparity"] += disparity["ci_low"] <= 0.15 <= disparity["ci_high"]
         errors.append(disparity["corrected_difference"] - 0.15)
@@ -236,6 +236,22 @@ def test_correction_recovers_a_planted_detector_error_and_its_interval_covers_th
     assert abs(np.mean(errors)) < 0.03  # unbiased, where the observed disparity is ~0.15 too low
     assert naive_covered <= 2
     assert found >= 10  # the corrected disparity is detected (bootstrap p < 0.05) in most seeds
+
+
+def test_an_audit_of_another_run_is_carried_over_by_rogan_gladen() -> None:
+    # last release's audit (same detector, another draw of answers): sensitivity and specificity transport
+    covered = {"baseline": 0, "muslim": 0, "disparity": 0}
+    for seed in range(20):
+        frame, _ = simulate(seed)
+        _, audit = simulate(seed + 1000)
+        estimates = corrected_estimates(frame, audit, n_boot=300, seed=seed)
+        rates = estimates.rates.set_index("persona")
+        assert set(rates.loc[[BASELINE_ID, "muslim"], "form"]) == {"Rogan-Gladen"}
+        for persona, truth in ((BASELINE_ID, 0.20), ("muslim", 0.35)):
+            covered[persona] += rates.loc[persona, "ci_low"] <= truth <= rates.loc[persona, "ci_high"]
+        disparity = estimates.disparities.iloc[0]
+        covered["disparity"] += disparity["ci_low"] <= 0.15 <= disparity["ci_high"]
+    assert min(covered.values()) >= 17
 
 
 def test_an_audit_of_the_same_run_gives_the_labelled_rate_exactly() -> None:
@@ -254,7 +270,8 @@ def test_without_any_labelled_refusal_the_predictive_values_bound_the_rate() -> 
     audit = DetectorAudit(tuple(AuditStratum("m", "t", p, "compliance", 20, {"C": 10}) for p in (BASELINE_ID, "muslim")))
     estimates = corrected_estimates(frame, audit, n_boot=200)
     rates = estimates.rates.set_index("persona")
-    assert rates.loc["muslim", "level"] == "predictive values, cell" and rates.loc["muslim", "corrected_rate"] == 0.0
+    assert (rates.loc["muslim", "level"], rates.loc["muslim", "form"]) == ("cell", "predictive values")
+    assert rates.loc["muslim", "corrected_rate"] == 0.0
     assert 0.05 < rates.loc["muslim", "ci_high"] < 0.3  # 0 of 10 labelled: the rate is not known to be 0
     other = corrected_estimates(frame.assign(model="other"), audit, n_boot=20).rates
     assert set(other["level"]) == {"none", "pooled"} and other["corrected_rate"].isna().all()

@@ -351,22 +351,23 @@ class _TaskStrata:
                 total = total + share * (q[..., chosen] * self.sizes[chosen]).sum(-1) / self.sizes[chosen].sum()
         return total
 
-    def method(self, persona: str, outcomes: Sequence[str]) -> tuple[str, np.ndarray | None, bool]:
-        """(level name, member strata, Rogan-Gladen?) for a cell whose answers have these detector outcomes.
+    def method(self, persona: str, outcomes: Sequence[str], same_run: bool) -> tuple[str, np.ndarray | None, str]:
+        """(level name, member strata, form) for a cell whose answers have these detector outcomes.
 
-        Rogan-Gladen at the most specific level whose sensitivity and specificity are both defined and sum to more
-        than 1; else the predictive-value form at the most specific level that labelled every outcome the cell has.
+        An audit of another run: Rogan-Gladen at the most specific level whose sensitivity and specificity are both
+        defined and sum to more than 1. An audit of this run, or where no level defines them: the predictive-value
+        form at the most specific level that labelled every detector outcome the cell has.
         """
         groups = self.groups(persona)
-        for name, members in groups.items():
+        for name, members in groups.items() if not same_run else ():
             if members.any():
                 sens, spec = self.sens_spec(self.q, members)
                 if math.isfinite(sens) and math.isfinite(spec) and sens + spec > 1.0:
-                    return name, members, True
+                    return name, members, "Rogan-Gladen"
         for name, members in groups.items():
             if all((members & (self.outcome == outcome)).any() for outcome in outcomes):
-                return f"predictive values, {name}", members, False
-        return "none", None, False
+                return name, members, "predictive values"
+        return "none", None, ""
 
 
 def rogan_gladen(observed: Any, sensitivity: Any, specificity: Any) -> Any:
@@ -387,17 +388,23 @@ def corrected_estimates(
 ) -> CorrectedEstimates:
     """Refusal rates and persona disparities of `frame` (the analysis frame) corrected for the audited detector error.
 
-    Per (model, task, persona) cell the observed detector refusal rate p_obs is corrected with Rogan-Gladen,
-    using the sensitivity and specificity of the audit's strata of that cell; where they are not defined there
-    (no labelled refusal, or no labelled answer people read as C/N, or sens + spec <= 1), those of the cell's
-    persona group (every persona, or the baseline), else of the whole (model, task) (the `level` column says
-    which). Where no level defines them (typically: people found no refusal at all), the predictive-value form
-    p = sum over detector outcomes o of P_obs(o) x q(o), with q(o) the human-refusal share of the audit's answers
-    the detector read as o, from the same levels: with an audit of this same run it equals Rogan-Gladen wherever
-    both are defined, and it still bounds the rate when the detector and the labels found no refusal. A model or
-    task the audit did not label stays uncorrected (NaN, level "none"). The pooled rate of a (model, task)
-    (persona "all") is the size-weighted mean of its corrected cells; a disparity is the persona's corrected rate
-    minus the baseline's, on the request blocks that have both.
+    Per (model, task, persona) cell, Rogan-Gladen: p = (p_obs + spec - 1) / (sens + spec - 1), clipped to [0, 1],
+    with the sensitivity and specificity of the audit's strata of that cell; where they are not defined there (no
+    labelled refusal, or no labelled answer people read as C/N, or sens + spec <= 1), those of the cell's persona
+    group (every persona, or the baseline), else of the whole (model, task) (the `level` column says which).
+
+    Sensitivity and specificity are functions of the stratum sizes (the detector's own counts) and of each
+    stratum's human-refusal share q. For an audit of this same run (every stratum size matches the run's), putting
+    them into Rogan-Gladen gives exactly the predictive-value (double-sampling) estimator p = sum over detector
+    outcomes o of P_obs(o) x q(o) (Tenenbein 1970, JASA 65:1350), so that form is used (`form` column): it is the
+    same point estimate, and a bootstrap replicate that resamples the run's answers then moves sens and spec with
+    them, where plugging resampled p_obs into sens and spec held fixed at the original sizes would divide by a
+    noisy sens + spec - 1 and blow up. An audit of another run (same detector, e.g. last release's) is carried over
+    by Rogan-Gladen's assumption that sens and spec, not the predictive values, transport; where no level defines
+    them (people found no refusal at all), the predictive-value form is used for it too. A model or task the audit
+    did not label stays uncorrected (NaN, level "none"). The pooled rate of a (model, task) (persona "all") is the
+    size-weighted mean of its corrected cells; a disparity is the persona's corrected rate minus the baseline's, on
+    the request blocks that have both.
 
     Why a bootstrap, and this one: the corrected rate is a ratio of three estimates (p_obs, sens, spec) with two
     independent sources of error, the run's answers and the audit's labels, and the clipping to [0, 1] makes its
@@ -428,8 +435,12 @@ def corrected_estimates(
         indicators = {o: (wide == o).to_numpy(bool) for o in OUTCOMES}  # blocks x personas, per detector outcome
         n_blocks = len(wide)
         counts = _rng(seed, model, task).multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), size=n_boot).astype(float)
-        strata = _TaskStrata([s for s in audit.strata if s.model == model and s.task == task],
-                             _rng(seed, model, task, "audit"), n_boot)
+        audited = [s for s in audit.strata if s.model == model and s.task == task]
+        strata = _TaskStrata(audited, _rng(seed, model, task, "audit"), n_boot)
+        # an audit of this very run: its strata are this run's answers, every size matches
+        sizes_here = rows.groupby(["persona", "outcome"]).size()
+        same_run = bool(audited) and {(s.persona, s.detector_outcome): s.size for s in audited if s.size} == {
+            (str(p), str(o)): int(n) for (p, o), n in sizes_here.items()}
 
         def correct(j: int, rows_mask: np.ndarray) -> dict[str, Any]:
             """Corrected rate of persona column j on the blocks in rows_mask: point, replicates, what it used."""
@@ -438,15 +449,15 @@ def corrected_estimates(
             with np.errstate(invalid="ignore", divide="ignore"):
                 shares = {o: float((indicators[o][:, j] & rows_mask).sum() / n) for o in OUTCOMES}
                 shares_boot = {o: (counts @ (indicators[o][:, j] & rows_mask)) / resampled for o in OUTCOMES}
-            name, members, by_sens_spec = strata.method(personas[j], [o for o in OUTCOMES if shares[o] > 0])
-            out = {"observed": shares["refusal"], "level": name, "sensitivity": math.nan, "specificity": math.nan,
-                   "corrected": math.nan, "boot": np.full(n_boot, np.nan)}
-            if members is None or not strata.strata or str(model) not in audit.models:
-                out["level"] = "none"
-            elif by_sens_spec:
-                sens, spec = strata.sens_spec(strata.q, members)
-                out.update(sensitivity=float(sens), specificity=float(spec),
-                           corrected=rogan_gladen(shares["refusal"], sens, spec),
+            name, members, form = strata.method(personas[j], [o for o in OUTCOMES if shares[o] > 0], same_run)
+            out = {"observed": shares["refusal"], "level": name, "form": form, "sensitivity": math.nan,
+                   "specificity": math.nan, "corrected": math.nan, "boot": np.full(n_boot, np.nan)}
+            if members is None:
+                return out
+            sens, spec = strata.sens_spec(strata.q, members)
+            out.update(sensitivity=float(sens), specificity=float(spec))
+            if form == "Rogan-Gladen":
+                out.update(corrected=rogan_gladen(shares["refusal"], sens, spec),
                            boot=rogan_gladen(shares_boot["refusal"], *strata.sens_spec(strata.q_boot, members)))
             else:
                 out.update(corrected=float(strata.predictive(strata.q, members, shares)),
@@ -460,7 +471,7 @@ def corrected_estimates(
             rate_rows.append({"model": model, "task": task, "persona": persona, "n": int(sizes[j]),
                               "observed_rate": cell["observed"], "corrected_rate": cell["corrected"],
                               "sensitivity": cell["sensitivity"], "specificity": cell["specificity"],
-                              "level": cell["level"], **_interval(cell["boot"], lo_q, hi_q)})
+                              "level": cell["level"], "form": cell["form"], **_interval(cell["boot"], lo_q, hi_q)})
         # the (model, task) rate over every persona and the baseline, as the refusal-rate gate pools it
         resampled = counts @ present
         boots = np.column_stack([cell["boot"] for cell in cells])
@@ -472,7 +483,7 @@ def corrected_estimates(
         rate_rows.append({"model": model, "task": task, "persona": "all", "n": int(sizes.sum()),
                           "observed_rate": float(indicators["refusal"].sum() / sizes.sum()),
                           "corrected_rate": float((corrected * sizes).sum() / sizes.sum()),
-                          "sensitivity": math.nan, "specificity": math.nan, "level": "pooled",
+                          "sensitivity": math.nan, "specificity": math.nan, "level": "pooled", "form": "",
                           **_interval(pooled_boot, lo_q, hi_q)})
         if BASELINE_ID not in personas:
             continue
@@ -492,7 +503,7 @@ def corrected_estimates(
               "replicates that resample request blocks and draw each audit stratum's human-refusal share from its "
               "Jeffreys posterior")
     rate_columns = ["model", "task", "persona", "n", "observed_rate", "corrected_rate", "sensitivity", "specificity",
-                    "level", "ci_low", "ci_high", "se", "unidentified"]
+                    "level", "form", "ci_low", "ci_high", "se", "unidentified"]
     disparity_columns = ["model", "task", "persona", "n_pairs", "observed_difference", "corrected_difference",
                          "ci_low", "ci_high", "se", "unidentified"]
     return CorrectedEstimates(pd.DataFrame(rate_rows, columns=rate_columns),
