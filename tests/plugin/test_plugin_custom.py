@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +55,33 @@ def test_the_fixture_without_the_marker_is_a_collection_error(project: pytest.Py
     result = project.runpytest("--model", "scripted:base=0", "--samples", "2", "--tasks", "nli", "--no-progress")
     result.stdout.fnmatch_lines(["*asks for the falserefusal_custom_gate fixture without @pytest.mark.falserefusal_custom_gate*"])
     assert result.ret == pytest.ExitCode.INTERRUPTED
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_gates"
+#: one run gates two models: the first refuses offensiveness under the Muslim persona, and NLI without a persona, far
+#: beyond the example's limits; the second has no effect
+PLANTED = "scripted:name=planted,base=0.02,persona.muslim=0.5,persona.baseline=0.3,rho=0.8"
+NULL = "scripted:name=null,base=0.01,rho=0.8"
+EXAMPLE_GATES = ("test_added_gate[religion-vs-gender-{}-offensiveness]", "test_baseline_refuses_nli_rarely[{}-nli]")
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_the_example_custom_gates_fail_on_a_planted_effect_only(pytester: pytest.Pytester, workers: str) -> None:
+    """examples/custom_gates in a fresh project that only installs falserefusal, run as its README says."""
+    for name in ("conftest.py", "test_custom_gates.py"):
+        shutil.copy(EXAMPLE / name, pytester.path / name)
+    result = pytester.runpytest_subprocess(
+        "--pyargs", "falserefusal", "test_custom_gates.py", "-n", workers, "--model", PLANTED, "--model", NULL,
+        "--samples", "30", "--tasks", "nli,offensiveness", "--personas", "religion,woman", "--profile", "release",
+        "--no-progress", "--junitxml=junit.xml")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    cases = {case.get("name"): case for case in ET.parse(pytester.path / "junit.xml").iter("testcase")}
+    for label, planted in (("planted", True), ("null", False)):
+        for name in (gate.format(label) for gate in EXAMPLE_GATES):
+            verdict = {p.get("name"): p.get("value") for p in cases[name].iter("property")}["falserefusal_verdict"]
+            assert (cases[name].find("failure") is not None) == planted == (verdict == "FAIL"), name
+    outcomes = read_results(pytester.path / "report" / "results.jsonl")[0]["custom_gates"]["outcomes"]
+    # each model's NLI gate, the null model's 5 religion checks, the planted one's until its first FAIL (muslim, 2nd)
+    assert len(outcomes) == 2 + 5 + 2
+    assert all(o["alpha_family"] == pytest.approx(0.05 / 6) for o in outcomes)  # 2 x 2 built-in families + 2 custom ones
+    assert "custom: test_baseline_refuses_nli_rarely[planted-nli]" in (pytester.path / "report" / "index.html").read_text()
