@@ -587,19 +587,20 @@ def run_metadata(
             "blocks": {task: min(suite.samples, size) for task, size in suite.factorial.items()},
             "notes": list(suite.notes),
         },
-        "profile": suite.profile.to_dict(),
+        "profile": {**suite.profile.to_dict(), "source": project_path(suite.profile.source, config.root)},
         "models": list(suite.models),
-        "model_identities": dict(identities),
+        "model_identities": {model: {k: project_path(v, config.root) if k == "folder" else v for k, v in dict(identity).items()}
+                             for model, identity in identities.items()},
         "backend": config.backend,
         "backend_options": asdict(config.backend_options),
         "tasks": list(suite.task_ids),
-        "task_sources": {spec.task.id: spec.source for spec in suite.tasks},
+        "task_sources": {spec.task.id: project_path(spec.source, config.root) for spec in suite.tasks},
         "personas": [p.id for p in suite.personas],
         "persona_placement": config.persona_placement,
         "baseline": "no persona turn: the model's own default chat (a template may add its default system prompt)",
         "n_cases": len(suite.cases) * len(suite.models),
         "baseline_model": suite.baseline,
-        "baseline_results": config.baseline_results,
+        "baseline_results": config.baseline_results and project_path(str(config.path(config.baseline_results)), config.root),
         "detector_version": detector_version,
         "decision_window": decision_window_of(detector_version),
         "versions": package_versions(),
@@ -608,6 +609,23 @@ def run_metadata(
         "command": " ".join(sys.argv),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def project_path(value: str, root: str) -> str:
+    """A path as the results header stores it: relative to the project's folder (its config file's, for pytest and
+    `falserefusal run` alike) when inside it, package-relative for the packaged defaults, else as given; so the same
+    run from two checkouts writes the same bytes. Hub ids and other non-paths pass through unchanged."""
+    path = Path(value)
+    if not path.is_absolute():
+        return value
+    import falserefusal
+
+    for base, prefix in ((Path(root).resolve(), ""), (Path(falserefusal.__file__).resolve().parent, "falserefusal/")):
+        try:
+            return prefix + path.resolve().relative_to(base).as_posix()
+        except ValueError:
+            continue
+    return value
 
 
 def package_versions() -> dict[str, str]:

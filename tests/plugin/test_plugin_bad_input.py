@@ -79,3 +79,24 @@ def test_a_cache_row_failing_its_checksum_is_a_usage_error_before_generation(pro
         db.execute("UPDATE generations SET text = 'tampered' WHERE rowid = 1")
     line = usage_error(project.runpytest(*args))
     assert "generations.sqlite: not a usable falserefusal generation cache" in line and "fails its checksum" in line
+
+
+def test_pytest_and_the_command_line_write_the_same_results_from_two_checkouts(
+    project: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The header held absolute paths (thresholds, task files), so the same run from another folder differed."""
+    import shutil
+
+    from falserefusal.cli import main
+
+    (project.path / "pyproject.toml").write_text('[tool.pytest.ini_options]\ntestpaths = ["tests/refusal"]\n')
+    assert main(["init", str(project.path)]) == 0  # the project's own thresholds.yaml and fixtures/
+    other = tmp_path / "second-checkout"
+    shutil.copytree(project.path, other)
+    args = ("--model", "scripted:base=0.1", "--samples", "2", "--tasks", "nli", "--no-cache", "--no-progress")
+    assert project.runpytest(*args, "--report-dir=out").ret in (0, 1)  # the verdict is not the point here
+    monkeypatch.chdir(other)
+    assert main(["run", *args, "--report-dir", "out"]) in (0, 1)
+    first, second = (project.path / "out" / "results.jsonl").read_bytes(), (other / "out" / "results.jsonl").read_bytes()
+    assert b'"source": "thresholds.yaml"' in first and b'"nli": "fixtures/tasks/nli.yaml"' in first
+    assert first == second

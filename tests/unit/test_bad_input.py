@@ -219,3 +219,13 @@ def test_a_backend_other_than_transformers_without_a_model_is_refused_up_front(
     line = usage_error(["run", "--backend", backend, "--samples", "30", "--no-progress"], capsys)
     assert f"--backend {backend}: no --model given" in line and "fix: name the model, e.g. --model " in line
     assert "generation stopped" not in line and not (workdir / "report").exists()
+
+
+def test_header_paths_are_project_relative_or_package_relative(tmp_path: Path) -> None:
+    from falserefusal.project import DEFAULT_THRESHOLDS
+    from falserefusal.runner import project_path
+
+    assert project_path(str(tmp_path / "fixtures" / "tasks" / "nli.yaml"), str(tmp_path)) == "fixtures/tasks/nli.yaml"
+    assert project_path(str(DEFAULT_THRESHOLDS), str(tmp_path)) == "falserefusal/defaults/thresholds.yaml"
+    assert project_path("/elsewhere/data.jsonl", str(tmp_path)) == "/elsewhere/data.jsonl"
+    assert project_path("stanfordnlp/snli", str(tmp_path)) == "stanfordnlp/snli"  # a hub id is not a path
