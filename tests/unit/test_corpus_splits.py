@@ -1,0 +1,40 @@
+"""The labelled domain corpus (data/corpus/answers.jsonl) is split by item and template: nothing crosses splits."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+from falserefusal.types import FORCING_LEVELS
+
+ANSWERS = Path(__file__).resolve().parents[2] / "data" / "corpus" / "answers.jsonl"
+SPLITS = {"train", "dev", "test"}
+
+
+def _rows() -> list[dict]:
+    return [json.loads(line) for line in ANSWERS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_no_item_paraphrase_or_phrasing_is_in_two_splits() -> None:
+    seen: dict[tuple[str, ...], set[str]] = defaultdict(set)
+    for row in _rows():
+        seen[("item", row["task"], row["item_id"])].add(row["split"])
+        seen[("paraphrase", row["task"], row["paraphrase_id"])].add(row["split"])
+        if row["phrasing_id"] != "none":  # the baseline has no persona phrasing
+            seen[("phrasing", row["phrasing_id"])].add(row["split"])
+    crossing = {key: sorted(splits) for key, splits in seen.items() if len(splits) > 1}
+    assert not crossing
+
+
+def test_every_split_has_every_task_and_forcing_level() -> None:
+    rows = _rows()
+    tasks = {row["task"] for row in rows}
+    assert len(tasks) == 3
+    present = {(row["split"], row["task"], row["forcing_level"]) for row in rows}
+    assert present == {(s, t, f) for s in SPLITS for t in tasks for f in FORCING_LEVELS}
+
+
+def test_no_chat_repeats_within_a_source() -> None:
+    keys = [(row["source"], json.dumps(row["messages"])) for row in _rows()]
+    assert len(keys) == len(set(keys))
