@@ -80,7 +80,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"falserefusal: warning: {results}: {warning}", file=sys.stderr)
     audit = load_audit(args.audit) if args.audit else None
     try:
-        outcomes = outcomes_from_results(metadata, records)
+        outcomes = outcomes_from_results(metadata, records, audit)
     except FalseRefusalError as error:
         raise FalseRefusalError(f"{results}: {error}") from None
     report_dir = Path(args.report_dir) if args.report_dir else results.parent

@@ -27,6 +27,7 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
 
 from falserefusal.analysis.block_mean import BlockMean
+from falserefusal.analysis.detector_audit import GATE_BOOTSTRAP, CorrectedEstimates, DetectorAudit, corrected_estimates
 from falserefusal.analysis.paired import paired_difference_ci, paired_difference_pvalue
 from falserefusal.personas import check_keys, read_yaml
 from falserefusal.planning import restricted_p01
@@ -34,7 +35,7 @@ from falserefusal.types import BASELINE_ID, FalseRefusalError
 
 _PROFILE_KEYS = {
     "description", "alpha", "samples", "max_refusal_rate", "max_persona_disparity",
-    "noninferiority", "sequential", "inconclusive",
+    "noninferiority", "sequential", "inconclusive", "detector_correction",
 }
 GATE_KINDS = ("refusal_rate", "persona_disparity", "noninferiority", "noninferiority_persona")
 #: candidate-versus-baseline gate kinds -> their margin key under a profile's `noninferiority`
@@ -62,6 +63,7 @@ class Profile:
     sequential: Mapping[str, Any] = field(default_factory=dict)
     source: str = ""
     inconclusive: str = "warn"  # fail | warn | pass: what an INCONCLUSIVE gate does in CI
+    detector_correction: str = "none"  # none | audit: with --audit, rate and disparity gates decide on corrected rates
 
     def limit(self, kind: str, task: str) -> float:
         if kind in NONINFERIORITY_MARGINS:
@@ -133,6 +135,10 @@ def load_profile(path: Path, name: str) -> Profile:
     inconclusive = entry.get("inconclusive", "warn")
     if inconclusive not in INCONCLUSIVE_POLICIES:
         raise FalseRefusalError(f"{path}: profile '{name}' inconclusive {inconclusive!r}: use one of {', '.join(INCONCLUSIVE_POLICIES)}")
+    correction = entry.get("detector_correction", "none")
+    if correction not in ("none", "audit") or (correction == "audit" and entry.get("sequential")):
+        raise FalseRefusalError(f"{path}: profile '{name}' detector_correction {correction!r}: use none or audit (audit: not with "
+                                "sequential, whose looks decide on the detector's own readings)")
     return Profile(
         name=name,
         alpha=float(alpha),
@@ -145,6 +151,7 @@ def load_profile(path: Path, name: str) -> Profile:
         sequential=_sequential(path, name, entry.get("sequential") or {}),
         source=str(path),
         inconclusive=str(inconclusive),
+        detector_correction=str(correction),
     )
 
 
@@ -521,6 +528,9 @@ def confidence_bound(kind: str, estimate: float, n: int, detail: Mapping[str, An
     """A gate's one-sided (1 - level) bound on its estimate (new items: at the design effect in `detail`):
     "lower" decides a FAIL, "upper" a PASS."""
     lower = side == "lower"
+    corrected = detail.get("detector_correction")
+    if corrected:  # corrected for detector error: the quantiles of its bootstrap (analysis.detector_audit)
+        return float(np.interp(level if lower else 1 - level, corrected["probabilities"], corrected["quantiles"]))
     deff = float(detail.get("design_effect", 1.0))
     if kind == "refusal_rate":
         n_eff = n / deff
@@ -559,6 +569,8 @@ def minimum_detectable_effect(kind: str, limit: float, n: int, detail: Mapping[s
     """
     if not n:
         return math.inf
+    if detail.get("detector_correction"):
+        return math.nan  # the planner's formula knows nothing of the audit's uncertainty
     z_a, z_b = float(norm.isf(level)), float(norm.isf(1 - power))
     deff = float(detail.get("design_effect", 1.0))
     n_eff = n / deff
@@ -636,9 +648,19 @@ def format_verdict_counts(outcomes: Sequence[GateOutcome], policy: str) -> str:
             f"(inconclusive: {policy}); {sum(ci_failed(o, policy) for o in outcomes)} of {len(outcomes)} fail CI")
 
 
-def evaluate_family(frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family: float) -> list[GateOutcome]:
+def _with_correction(tested: _Tested, spec: GateSpec, correction: CorrectedEstimates | None) -> _Tested:
+    """The gate's test on the rates corrected for detector error (profile detector_correction: audit), where it has them."""
+    corrected = correction.gate_test(spec.kind, spec.model, spec.task, spec.persona, spec.limit) if correction else None
+    if corrected is None:
+        return tested
+    return replace(tested, estimate=corrected["estimate"], p_fail=corrected["p_fail"], p_pass=corrected["p_pass"],
+                   ci=corrected["ci"], detail={**tested.detail, "these_items_ci": None, "detector_correction": corrected["detail"]})
+
+
+def evaluate_family(frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family: float,
+                    correction: CorrectedEstimates | None = None) -> list[GateOutcome]:
     """Test every gate of one (model, task) family on its records, then Holm-correct within the family, once for
-    the FAIL tests and once for the PASS tests."""
+    the FAIL tests and once for the PASS tests; with `correction`, rate and disparity gates test corrected rates."""
     raw: list[tuple[GateSpec, _Tested]] = []
     tables: dict[tuple[str, str, str], ModelPairs] = {}
     pivots: dict[tuple[str, str], tuple[pd.DataFrame, pd.Series, int | None]] = {}
@@ -648,7 +670,7 @@ def evaluate_family(frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family
             continue
         rows = frame[(frame["model"] == spec.model) & (frame["task"] == spec.task)]
         if spec.kind == "refusal_rate":
-            tested = _rate_test(rows, spec.limit)
+            tested = _with_correction(_rate_test(rows, spec.limit), spec, correction)
             evidence = tuple(rows.loc[rows["refused"], "case_id"].head(EVIDENCE_LIMIT))
             raw.append((spec, replace(tested, evidence=evidence)))
         elif spec.kind == "persona_disparity":
@@ -656,6 +678,7 @@ def evaluate_family(frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family
                 pivots[spec.family] = (persona_pivot(rows), _block_items(rows), _population(rows))
             wide, items, population = pivots[spec.family]
             tested = _disparity_test(paired_frame(rows, spec.persona or "", wide=wide), items, spec.limit, population)
+            tested = _with_correction(tested, spec, correction)
             evidence = tuple(f"{block}-{spec.persona}" for block in tested.detail["flipped_blocks"])
             raw.append((spec, replace(tested, evidence=evidence)))
         else:
@@ -694,15 +717,20 @@ def evaluate_family(frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family
     return outcomes
 
 
-def evaluate_gates(frame: pd.DataFrame, specs: Sequence[GateSpec], profile: Profile, n_families: int | None = None) -> list[GateOutcome]:
-    """Every family of gates; `n_families` is fixed from the run's configuration so workers agree."""
+def evaluate_gates(frame: pd.DataFrame, specs: Sequence[GateSpec], profile: Profile, n_families: int | None = None,
+                   audit: DetectorAudit | None = None) -> list[GateOutcome]:
+    """Every family of gates; `n_families` is fixed from the run's configuration so workers agree. With an `audit` and
+    a profile of `detector_correction: audit`, rate and disparity gates decide on the corrected rates."""
+    correction = None
+    if audit is not None and profile.detector_correction == "audit" and len(frame):
+        correction = corrected_estimates(frame, audit, n_boot=GATE_BOOTSTRAP, seed=int(frame["seed"].iloc[0]))
     families: dict[tuple[str, str], list[GateSpec]] = {}
     for spec in specs:
         families.setdefault(spec.family, []).append(spec)
     alpha = family_alpha(profile, n_families or len(families))
     outcomes: list[GateOutcome] = []
     for family_specs in families.values():
-        outcomes.extend(evaluate_family(frame, family_specs, alpha))
+        outcomes.extend(evaluate_family(frame, family_specs, alpha, correction))
     return outcomes
 
 
@@ -786,6 +814,11 @@ def describe(outcome: GateOutcome) -> str:
     if outcome.evidence and verdict == "FAIL":
         label = "Flipped (refused by the candidate only)" if spec.kind in NONINFERIORITY_MARGINS else "Cases"
         text += f" {label}: " + ", ".join(outcome.evidence) + "."
+    corrected = d.get("detector_correction")
+    if corrected:
+        observed = _pct(corrected["observed"]) if spec.kind == "refusal_rate" else _pp(corrected["observed"])
+        text += (f" Corrected for detector error by the audit (the detector's own reading: {observed}); bounds and "
+                 f"p-values from {corrected['replicates']} bootstrap replicates.")
     look = d.get("sequential")
     if look:
         text += f" Sequential look {look['look']}/{look['looks']} at {look['blocks']} blocks ({look['settled']})."

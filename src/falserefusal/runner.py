@@ -244,6 +244,8 @@ def prepare(config: RunConfig) -> Suite:
     baseline, saved = _prepare_baseline(config, models, [t.task.id for t in tasks], cases)
     gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas], baseline)
     audit = load_audit(config.path(config.audit)) if config.audit else None
+    if audit is not None and profile.detector_correction == "audit":
+        check_audit_covers(audit, models, [t.task.id for t in tasks], config.audit)
     return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates),
                  baseline, saved, audit, factorial={t.task.id: factorial_size(t, phrasings) for t in tasks}, notes=notes)
 
@@ -258,6 +260,16 @@ def check_writable_folder(folder: Path, option: str) -> None:
     except OSError as error:
         raise FalseRefusalError(f"{option} {folder}: cannot write there ({error.strerror or type(error).__name__}); "
                                 f"fix: pass a folder you can write to as {option}") from None
+
+
+def check_audit_covers(audit: DetectorAudit, models: Sequence[str], tasks: Sequence[str], where: str) -> None:
+    """Gates on corrected rates need an audit of every gated model and task: say which it lacks."""
+    labelled = {(s.model, s.task) for s in audit.strata if s.n}
+    missing = [f"{model} / {task}" for model in models for task in tasks if (model, task) not in labelled]
+    if missing:
+        raise FalseRefusalError(f"--audit {where}: labels no answer of {', '.join(missing)}, and the profile gates on rates "
+                                "corrected by the audit (detector_correction: audit); fix: export and label that run, or "
+                                "use a profile without detector_correction")
 
 
 def _prepare_baseline(
@@ -760,7 +772,7 @@ class RunResult:
 
 def evaluate(suite: Suite, records: Sequence[Record]) -> list[GateOutcome]:
     """The gate outcomes of finished records."""
-    return decide_gates(suite.gates, records, suite.profile, suite.n_families, suite.samples, suite.factorial)
+    return decide_gates(suite.gates, records, suite.profile, suite.n_families, suite.samples, suite.factorial, suite.audit)
 
 
 def with_population(frame: pd.DataFrame, factorial: Mapping[str, int] | None) -> pd.DataFrame:
@@ -773,9 +785,10 @@ def with_population(frame: pd.DataFrame, factorial: Mapping[str, int] | None) ->
 
 def decide_gates(
     gates: Sequence[GateSpec], records: Sequence[Record], profile: Profile, n_families: int, samples: int,
-    factorial: Mapping[str, int] | None = None,
+    factorial: Mapping[str, int] | None = None, audit: DetectorAudit | None = None,
 ) -> list[GateOutcome]:
-    """Gates of the families present in `records`; a sequential profile replays its looks on the saved prefixes."""
+    """Gates of the families present in `records`; a sequential profile replays its looks on the saved prefixes.
+    With an `audit`, a profile of `detector_correction: audit` gates on rates corrected for detector error."""
     from falserefusal.sequential import SequentialDesign, run_sequential
 
     frame = with_population(records_frame(records), factorial)
@@ -783,7 +796,7 @@ def decide_gates(
     specs = [spec for spec in gates if spec.family in present]
     design = SequentialDesign.from_profile(profile.sequential)
     if design is None:
-        return evaluate_gates(frame, specs, profile, n_families)
+        return evaluate_gates(frame, specs, profile, n_families, audit)
     frame["block_index"] = frame["block"].map(block_index)
     outcomes: list[GateOutcome] = []
     for family in dict.fromkeys(spec.family for spec in specs):
@@ -863,7 +876,7 @@ def run_family(generator: "Generator", suite: Suite, model: str, task: str, base
 
     design = SequentialDesign.from_profile(suite.profile.sequential)
     if design is None:
-        outcomes = evaluate_gates(fetch(suite.samples), specs, suite.profile, suite.n_families)
+        outcomes = evaluate_gates(fetch(suite.samples), specs, suite.profile, suite.n_families, suite.audit)
         return FamilyRun(emitted, outcomes, suite.samples, suite.samples)
     result = run_sequential(fetch, specs, family_alpha(suite.profile, suite.n_families), design, suite.samples)
     return FamilyRun(emitted, result.outcomes, result.blocks_used, suite.samples)
@@ -894,8 +907,10 @@ def format_usage(usage: Mapping[str, Any]) -> str:
             f"({100 * share:.0f}% of the fixed budget; {usage['blocks_used']} of {usage['blocks_budget']} request blocks)")
 
 
-def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record]) -> list[GateOutcome]:
-    """Gate outcomes recomputed from a saved results file: its header's profile, models, tasks and personas."""
+def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record],
+                          audit: DetectorAudit | None = None) -> list[GateOutcome]:
+    """Gate outcomes recomputed from a saved results file: its header's profile, models, tasks and personas (and,
+    with `audit`, a profile of `detector_correction: audit` decides on the corrected rates)."""
     try:
         known = {f.name for f in fields(Profile)}
         profile = Profile(**{k: v for k, v in metadata["profile"].items() if k in known})
@@ -911,7 +926,7 @@ def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record]
     custom = metadata.get("custom_gates") or {}  # custom gates (pytest markers) keep their alpha and outcomes
     n_families = len(models) * len(tasks) + CustomAccounting.from_dict(custom.get("accounting")).weight
     outcomes = decide_gates(specs, records, profile, n_families, int(metadata.get("samples") or profile.samples),
-                            (metadata.get("sampling") or {}).get("factorial"))
+                            (metadata.get("sampling") or {}).get("factorial"), audit)
     return outcomes + [outcome_from_dict(o) for o in custom.get("outcomes", [])]
 
 
