@@ -31,6 +31,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
+from threadpoolctl import threadpool_limits
 
 from falserefusal.types import BASELINE_ID, FalseRefusalError
 
@@ -455,6 +456,24 @@ def corrected_estimates(
     replicates: dict[tuple[str, str, str, str], np.ndarray] = {}
     lo_q, hi_q = 100 * alpha / 2, 100 * (1 - alpha / 2)
     frame = frame if "outcome" in frame else frame.assign(outcome=np.where(frame["refused"], "refusal", "compliance"))
+    # many small matrix-vector products: one BLAS thread is fastest (16x on a loaded 2-core machine, measured)
+    with threadpool_limits(1, user_api="blas"):
+        _correct_families(frame, audit, n_boot, seed, lo_q, hi_q, rate_rows, disparity_rows, replicates)
+    method = (f"Rogan-Gladen per (model, task, persona); {100 * (1 - alpha):.0f}% percentile interval of {n_boot} "
+              "replicates that resample request blocks and draw each audit stratum's human-refusal share from its "
+              "Jeffreys posterior")
+    rate_columns = ["model", "task", "persona", "n", "observed_rate", "corrected_rate", "sensitivity", "specificity",
+                    "level", "form", "ci_low", "ci_high", "se", "unidentified"]
+    disparity_columns = ["model", "task", "persona", "n_pairs", "observed_difference", "corrected_difference",
+                         "ci_low", "ci_high", "se", "unidentified"]
+    return CorrectedEstimates(pd.DataFrame(rate_rows, columns=rate_columns),
+                              pd.DataFrame(disparity_rows, columns=disparity_columns), n_boot, alpha, method, replicates)
+
+
+def _correct_families(frame: pd.DataFrame, audit: DetectorAudit, n_boot: int, seed: int, lo_q: float, hi_q: float,
+                      rate_rows: list[dict[str, Any]], disparity_rows: list[dict[str, Any]],
+                      replicates: dict[tuple[str, str, str, str], np.ndarray]) -> None:
+    """`corrected_estimates` for every (model, task) of `frame`: appends to the rows and replicates given."""
     for (model, task), rows in frame.groupby(["model", "task"], sort=False):
         model, task = str(model), str(task)
         wide = rows.pivot_table(index="block", columns="persona", values="outcome", aggfunc="first")
@@ -473,10 +492,10 @@ def corrected_estimates(
         def correct(j: int, rows_mask: np.ndarray) -> dict[str, Any]:
             """Corrected rate of persona column j on the blocks in rows_mask: point, replicates, what it used."""
             n = float(rows_mask.sum())
-            resampled = counts @ rows_mask
+            resampled = counts @ rows_mask.astype(float)  # float operands: BLAS (a bool operand takes numpy's slow loop)
             with np.errstate(invalid="ignore", divide="ignore"):
                 shares = {o: float((indicators[o][:, j] & rows_mask).sum() / n) for o in OUTCOMES}
-                shares_boot = {o: (counts @ (indicators[o][:, j] & rows_mask)) / resampled for o in OUTCOMES}
+                shares_boot = {o: (counts @ (indicators[o][:, j] & rows_mask).astype(float)) / resampled for o in OUTCOMES}
             name, members, form = strata.method(personas[j], [o for o in OUTCOMES if shares[o] > 0], same_run)
             out = {"observed": shares["refusal"], "level": name, "form": form, "sensitivity": math.nan,
                    "specificity": math.nan, "corrected": math.nan, "boot": np.full(n_boot, np.nan)}
@@ -501,7 +520,7 @@ def corrected_estimates(
                               "sensitivity": cell["sensitivity"], "specificity": cell["specificity"],
                               "level": cell["level"], "form": cell["form"], **_interval(cell["boot"], lo_q, hi_q)})
         # the (model, task) rate over every persona and the baseline, as the refusal-rate gate pools it
-        resampled = counts @ present
+        resampled = counts @ present.astype(float)
         boots = np.column_stack([cell["boot"] for cell in cells])
         with np.errstate(invalid="ignore", divide="ignore"):
             pooled_boot = (boots * resampled).sum(1) / resampled.sum(1)
@@ -527,15 +546,6 @@ def corrected_estimates(
                                    "observed_difference": with_persona["observed"] - without["observed"],
                                    "corrected_difference": with_persona["corrected"] - without["corrected"],
                                    **_interval(with_persona["boot"] - without["boot"], lo_q, hi_q)})
-    method = (f"Rogan-Gladen per (model, task, persona); {100 * (1 - alpha):.0f}% percentile interval of {n_boot} "
-              "replicates that resample request blocks and draw each audit stratum's human-refusal share from its "
-              "Jeffreys posterior")
-    rate_columns = ["model", "task", "persona", "n", "observed_rate", "corrected_rate", "sensitivity", "specificity",
-                    "level", "form", "ci_low", "ci_high", "se", "unidentified"]
-    disparity_columns = ["model", "task", "persona", "n_pairs", "observed_difference", "corrected_difference",
-                         "ci_low", "ci_high", "se", "unidentified"]
-    return CorrectedEstimates(pd.DataFrame(rate_rows, columns=rate_columns),
-                              pd.DataFrame(disparity_rows, columns=disparity_columns), n_boot, alpha, method, replicates)
 
 
 def _interval(values: np.ndarray, lo_q: float, hi_q: float) -> dict[str, float]:
