@@ -245,7 +245,7 @@ def prepare(config: RunConfig) -> Suite:
     gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas], baseline)
     audit = load_audit(config.path(config.audit)) if config.audit else None
     if audit is not None and profile.detector_correction == "audit":
-        check_audit_covers(audit, models, [t.task.id for t in tasks], config.audit)
+        check_audit_covers(audit, models, [t.task.id for t in tasks], config.audit, config.refusal_detector().version)
     return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates),
                  baseline, saved, audit, factorial={t.task.id: factorial_size(t, phrasings) for t in tasks}, notes=notes)
 
@@ -262,8 +262,14 @@ def check_writable_folder(folder: Path, option: str) -> None:
                                 f"fix: pass a folder you can write to as {option}") from None
 
 
-def check_audit_covers(audit: DetectorAudit, models: Sequence[str], tasks: Sequence[str], where: str) -> None:
-    """Gates on corrected rates need an audit of every gated model and task: say which it lacks."""
+def check_audit_covers(audit: DetectorAudit, models: Sequence[str], tasks: Sequence[str], where: str,
+                       detector_version: str) -> None:
+    """Gates on corrected rates need an audit of this detector, of every gated model and task: say what differs."""
+    audited = audit.source.get("detector_version")
+    if audited and audited != detector_version:
+        raise FalseRefusalError(f"--audit {where}: audits detector {audited}, this run reads answers with {detector_version}, "
+                                "and the profile gates on rates corrected by the audit; fix: export and label a run of this "
+                                "detector (or --rescore the audited run and audit that)")
     labelled = {(s.model, s.task) for s in audit.strata if s.n}
     missing = [f"{model} / {task}" for model in models for task in tasks if (model, task) not in labelled]
     if missing:

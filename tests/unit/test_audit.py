@@ -317,14 +317,15 @@ def test_report_shows_the_detector_panel_and_escapes_untrusted_text(tmp_path: Pa
         (BASELINE_ID, "refusal", 6, {"R": 6}), (BASELINE_ID, "compliance", 19, {"C": 5}),
         (BASELINE_ID, "non_answer", 5, {"N": 5}), ("muslim", "refusal", 10, {"R": 4, "P": 1}),
         ("muslim", "compliance", 15, {"R": 2, "C": 3}), ("muslim", "non_answer", 5, {"N": 4, "R": 1}))]
-    audit = DetectorAudit(tuple(strata), {"labels": INJECTION})
-    metadata = {"models": ["m"], "tasks": ["politeness"], "personas": ["muslim"], "seed": 0}
+    audit = DetectorAudit(tuple(strata), {"labels": INJECTION, "detector_version": "old"})
+    metadata = {"models": ["m"], "tasks": ["politeness"], "personas": ["muslim"], "seed": 0, "detector_version": "new"}
     html = build_report(metadata, [r for r in records], [], tmp_path, n_boot=20, audit=audit).read_text()
     panel = re.search(r'<section id="detector">(.*?)</section>', html, flags=re.S)
     assert panel and "Recall with and without a persona" in panel.group(1)
     assert "no persona (baseline)" in panel.group(1) and "with a persona (all personas)" in panel.group(1)
     assert "Refusal rates corrected for detector error" in panel.group(1) and "Persona disparities corrected" in panel.group(1)
-    assert INJECTION not in html and "<script" not in html
+    assert "another detector version, old (this run: new)" in panel.group(1)
+    assert INJECTION not in html and "<script" not in html and html.count("&lt;script&gt;alert(1)") == 1
     assert build_report(metadata, records, [], tmp_path / "plain", n_boot=20).read_text().count('id="detector"') == 0
     # the audit may be given as the labelled CSV too
     assert load_audit(labelled_csv(tmp_path / "l.csv", [("refusal", 3, {"R": 3})])).n_labelled == 3
@@ -377,3 +378,12 @@ def test_gating_on_corrected_rates_needs_an_audit_of_every_gated_model(workdir: 
                  "--no-progress", "--audit", str(labels)])
     err = capsys.readouterr().err
     assert code == 2 and "labels no answer of scripted:base=0.1 / politeness" in err and "detector_correction: audit" in err
+
+
+def test_gating_on_corrected_rates_needs_an_audit_of_this_detector(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    profile_file(workdir, "    detector_correction: audit\n")
+    labels = labelled_csv(workdir / "labels.csv", [("refusal", 3, {"R": 3})])
+    (workdir / "labels.strata.json").write_text(json.dumps({"detector_version": "2020.01-1", "strata": []}))
+    code = main(["run", "--model", "scripted:base=0.1", "--profile", "audited", "--samples", "4", "--tasks", "politeness",
+                 "--no-progress", "--audit", str(labels)])
+    assert code == 2 and "audits detector 2020.01-1, this run reads answers with " in capsys.readouterr().err

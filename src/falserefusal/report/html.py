@@ -301,7 +301,8 @@ def _records_of_frame(frame: pd.DataFrame, by: Sequence[str]) -> list[dict[str, 
     return refusal_rates(frame, by=by).to_dict(orient="records")
 
 
-def _audit_section(audit: DetectorAudit, frame: pd.DataFrame, labels: Mapping[str, str], seed: int) -> dict[str, Any]:
+def _audit_section(audit: DetectorAudit, frame: pd.DataFrame, labels: Mapping[str, str], seed: int,
+                   metadata: Mapping[str, Any]) -> dict[str, Any]:
     """The detector panel: how far the detector is off on the audit's labels, and rates corrected for it."""
     summary = audit_summary(audit)
     corrected = corrected_estimates(frame, audit, seed=seed)
@@ -311,6 +312,7 @@ def _audit_section(audit: DetectorAudit, frame: pd.DataFrame, labels: Mapping[st
 
     rates = corrected.rates
     unaudited = sorted(set(frame["model"]) - set(audit.models))
+    audited, reading = audit.source.get("detector_version"), metadata.get("detector_version")
     return {
         "summary": summary,
         "overall": summary["overall"],
@@ -323,6 +325,7 @@ def _audit_section(audit: DetectorAudit, frame: pd.DataFrame, labels: Mapping[st
         "disparities": show(corrected.disparities.to_dict(orient="records")),
         "method": corrected.method,
         "unaudited": [labels.get(m, m) for m in unaudited],
+        "other_detector": f"{audited} (this run: {reading})" if audited and reading and audited != reading else "",
     }
 
 
@@ -412,7 +415,7 @@ def report_context(
 
     # 6b. detector audit
     if audit is not None:
-        context["audit"] = _audit_section(audit, frame, labels, int(seed) if _finite(seed) else 0)
+        context["audit"] = _audit_section(audit, frame, labels, int(seed) if _finite(seed) else 0, metadata)
 
     # 7. evidence, 8. metadata
     context["evidence"] = _evidence(outcomes, records, labels)
