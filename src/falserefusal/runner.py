@@ -200,8 +200,9 @@ def _parse_datasets(entries: Sequence[str]) -> dict[str, str]:
 def prepare(config: RunConfig) -> Suite:
     """Read fixtures and thresholds, validate every option and draw the cases. Loads no model."""
     models = config.models or (DEFAULT_MODEL_NAME,)
+    backend_for("", config.backend)  # validates --backend, even when every model's prefix picks its own
     for model in models:
-        backend_for(model, config.backend)  # validates --backend
+        backend_for(model, config.backend)
     if not config.models and config.backend != "transformers":
         example = "scripted:base=0.05 (see falserefusal.backends.scripted)" if config.backend == "scripted" else "openai:NAME"
         raise FalseRefusalError(f"--backend {config.backend}: no --model given, and the default model (the embedded "
@@ -210,7 +211,7 @@ def prepare(config: RunConfig) -> Suite:
     if config.refusal_rules:  # a missing rules file or a bad regex: a usage error now, not a failed gate mid-run
         config.refusal_detector()
     if len(set(models)) != len(models):
-        raise FalseRefusalError(f"--model: the same model is given twice ({', '.join(models)}); give each once")
+        raise FalseRefusalError(f"--model: the same model is given twice ({', '.join(models)}); fix: give each once")
     profile_name = config.profile or ("smoke" if models == (DEFAULT_MODEL_NAME,) else "release")
     profile = load_profile(thresholds_path(config.thresholds, config.root), profile_name)
     samples = config.samples if config.samples is not None else profile.samples

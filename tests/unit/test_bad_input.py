@@ -229,3 +229,8 @@ def test_header_paths_are_project_relative_or_package_relative(tmp_path: Path) -
     assert project_path(str(DEFAULT_THRESHOLDS), str(tmp_path)) == "falserefusal/defaults/thresholds.yaml"
     assert project_path("/elsewhere/data.jsonl", str(tmp_path)) == "/elsewhere/data.jsonl"
     assert project_path("stanfordnlp/snli", str(tmp_path)) == "stanfordnlp/snli"  # a hub id is not a path
+
+
+def test_an_unknown_backend_is_refused_even_when_every_model_has_a_prefix(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    line = usage_error([*RUN, "--model", "scripted:base=0", "--backend", "tensorflow"], capsys)
+    assert "--backend tensorflow: unknown backend; use one of transformers" in line

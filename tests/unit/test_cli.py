@@ -74,7 +74,7 @@ def test_the_rate_table_names_several_models_by_their_labels(workdir: Path, caps
 def test_run_exits_2_with_one_line_on_bad_input(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--samples", "0", "--model", "scripted:base=0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["falserefusal: error: --samples 0: must be at least 1 request block per task"]
+    assert err == ["falserefusal: error: --samples 0: must be at least 1 request block per task; fix: e.g. --samples 40"]
 
 
 def test_python_dash_m_is_the_same_command(workdir: Path) -> None:
