@@ -439,8 +439,10 @@ def corrected_estimates(
     independent sources of error, the run's answers and the audit's labels, and the clipping to [0, 1] makes its
     distribution lopsided near 0, where refusal rates live, so a delta-method normal interval would be
     symmetric where the estimator is not. Each replicate redraws both sources together:
-    - the run: request blocks resampled with replacement within the (model, task), so the answers of one block
-      (correlated, and paired across personas) stay together, as in the gates;
+    - the run: dataset items resampled with replacement within the (model, task), each with all its request
+      blocks, so the answers of one block (paired across personas) and the blocks of one item (correlated: the
+      gates' design effect) stay together: the gates' unit of inference, "new items of this kind" (request blocks
+      when the frame has no `item` column);
     - the audit: each stratum's share q of human refusals drawn from its Jeffreys posterior Beta(r + 1/2,
       n - r + 1/2), not resampled: a plain bootstrap of labelled rows has no variance in a stratum whose labels
       all agree (q = 0 or 1, the common case with a good detector and few labels) and would call the detector
@@ -460,8 +462,8 @@ def corrected_estimates(
     with threadpool_limits(1, user_api="blas"):
         _correct_families(frame, audit, n_boot, seed, lo_q, hi_q, rate_rows, disparity_rows, replicates)
     method = (f"Rogan-Gladen per (model, task, persona); {100 * (1 - alpha):.0f}% percentile interval of {n_boot} "
-              "replicates that resample request blocks and draw each audit stratum's human-refusal share from its "
-              "Jeffreys posterior")
+              "replicates that resample dataset items (with their request blocks) and draw each audit stratum's "
+              "human-refusal share from its Jeffreys posterior")
     rate_columns = ["model", "task", "persona", "n", "observed_rate", "corrected_rate", "sensitivity", "specificity",
                     "level", "form", "ci_low", "ci_high", "se", "unidentified"]
     disparity_columns = ["model", "task", "persona", "n_pairs", "observed_difference", "corrected_difference",
@@ -480,8 +482,12 @@ def _correct_families(frame: pd.DataFrame, audit: DetectorAudit, n_boot: int, se
         personas = [str(p) for p in wide.columns]
         present = wide.notna().to_numpy()
         indicators = {o: (wide == o).to_numpy(bool) for o in OUTCOMES}  # blocks x personas, per detector outcome
-        n_blocks = len(wide)
-        counts = _rng(seed, model, task).multinomial(n_blocks, np.full(n_blocks, 1.0 / n_blocks), size=n_boot).astype(float)
+        # the unit resampled: the dataset item (all its request blocks together), else the request block
+        units = rows.groupby("block")["item"].first().reindex(wide.index) if "item" in rows else pd.Series(wide.index)
+        codes, _ = pd.factorize(units.to_numpy())
+        n_units = int(codes.max()) + 1
+        draws = _rng(seed, model, task).multinomial(n_units, np.full(n_units, 1.0 / n_units), size=n_boot)
+        counts = draws[:, codes].astype(float)  # n_boot x blocks: how often each block is in the replicate
         audited = [s for s in audit.strata if s.model == model and s.task == task]
         strata = _TaskStrata(audited, _rng(seed, model, task, "audit"), n_boot)
         # an audit of this very run: its strata are this run's answers, every size matches
