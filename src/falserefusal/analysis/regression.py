@@ -1,9 +1,26 @@
-"""Logistic regression of refusal on the design factors, with cluster-robust SEs and a separation fallback.
+"""Logistic regression of refusal on the design factors, with small-sample cluster-robust SEs and a separation fallback.
 
     refused ~ C(model) + C(task) + C(persona, Treatment("baseline")) + C(forcing_level) + C(task:paraphrase)
 
-fitted as a statsmodels Binomial GLM with standard errors clustered on the request block (rows of a block
-share the request, so they are not independent). What the model cannot identify is handled and said:
+fitted as a statsmodels Binomial GLM. Rows of one dataset item share the item (and rows of one request block the
+request), so they are not independent: standard errors are clustered on the item (task:item; it nests the request
+blocks, so this is also the two-way item x block clustering; the block where a frame has no item column).
+
+Few clusters. The usual cluster-robust (sandwich) variance is biased downwards and its Wald tests over-reject
+when clusters are few or unbalanced (Cameron & Miller 2015, J Human Resources 50:317-372, section VI; a `make run`
+of 12 blocks per task has 36 clusters). The variance is therefore CR2, the bias-reduced linearisation of Bell &
+McCaffrey (2002, Survey Methodology 28:169-181): each cluster's residuals are scaled by (I - H_gg)^(-1/2), H_gg its
+block of the hat matrix, computed on the whitened IRLS problem at convergence (X̃ = W^½ X, ẽ = W^½ (z - η)) as for
+a weighted least-squares fit; and each coefficient's t reference has the Satterthwaite degrees of freedom of
+Bell & McCaffrey under working independence, (Σλ)² / Σλ², λ the eigenvalues of G'G (Imbens & Kolesár 2016,
+REStat 98:701-712; Pustejovsky & Tipton 2018, JBES 36:672-683, who find this combination close to nominal size
+with as few as 15-20 clusters, and anti-conservative tests when its df fall below about 4, as does Tipton 2015,
+Psych Methods 20:375-393). We chose CR2 over a wild cluster bootstrap: it is deterministic, needs one fit
+instead of hundreds, and gives every coefficient its own df, which shows where few clusters inform a term. Below
+`FEW_CLUSTERS` (42, the rule of thumb of Angrist & Pischke 2009, Mostly Harmless Econometrics, ch. 8, that
+Cameron & Miller discuss) the result carries a warning, and terms with df < `MIN_DF` are marked.
+
+What the model cannot identify is handled and said:
 
 - a factor with one level is dropped;
 - paraphrase ids repeat across tasks ("forced-1" in every task), so the term is task:paraphrase; each
@@ -31,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import statsmodels.api as sm
-from scipy.stats import norm
+from scipy.stats import t as student_t
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationError, PerfectSeparationWarning
 
 from falserefusal.analysis.rates import require_columns
@@ -44,10 +61,17 @@ FORMULA_TERMS = {
     "forcing_level": "C(forcing_level)",
     "paraphrase": "C(task:paraphrase, Sum within task x forcing_level)",
 }
-TABLE_COLUMNS = ("term", "odds_ratio", "ci_low", "ci_high", "p_value", "factor", "level")
-METHOD_MLE = "mle, cluster-robust SE by block"
-METHOD_MLE_MODEL_SE = "mle, model-based SE (too few blocks to cluster)"
-METHOD_PENALIZED = "penalized (log-F(1,1) prior by data augmentation) fallback, cluster-robust SE by block"
+TABLE_COLUMNS = ("term", "odds_ratio", "ci_low", "ci_high", "p_value", "df", "factor", "level")
+CLUSTERED_SE = "CR2 cluster-robust SE by item, Satterthwaite df"
+METHOD_MLE = f"mle, {CLUSTERED_SE}"
+METHOD_MLE_MODEL_SE = "mle, model-based SE (too few clusters to cluster)"
+METHOD_PENALIZED = f"penalized (log-F(1,1) prior by data augmentation) fallback, {CLUSTERED_SE}"
+#: below this many clusters the result carries a warning (see the module docstring)
+FEW_CLUSTERS = 42
+#: a term whose Satterthwaite df fall below this is marked: its test is not trustworthy even with CR2
+MIN_DF = 4.0
+#: no "strongest effect" headline for a term whose CI spans more than this ratio (two orders of magnitude)
+MAX_CI_RATIO = 100.0
 # |log-odds| or SE beyond these means the MLE ran off to infinity (an OR of e^10 = 22 000 is not an estimate)
 _HUGE_COEF = 10.0
 _HUGE_SE = 10.0
@@ -57,11 +81,13 @@ _HUGE_SE = 10.0
 class RegressionResult:
     """Odds ratios of the design factors, how they were obtained, and what was dropped or penalised."""
 
-    table: pd.DataFrame  # term, odds_ratio, ci_low, ci_high, p_value, factor, level
+    table: pd.DataFrame  # term, odds_ratio, ci_low, ci_high, p_value, df, factor, level
     method: str
     notes: tuple[str, ...]
     n: int
     formula: str
+    clusters: int = 0
+    warning: str = ""  # shown above the table: few clusters, or terms with few df
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN becomes None."""
@@ -69,7 +95,8 @@ class RegressionResult:
             {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
             for row in self.table.to_dict(orient="records")
         ]
-        return {"table": rows, "method": self.method, "notes": list(self.notes), "n": self.n, "formula": self.formula}
+        return {"table": rows, "method": self.method, "notes": list(self.notes), "n": self.n, "formula": self.formula,
+                "clusters": self.clusters, "warning": self.warning}
 
 
 @dataclass(frozen=True)
@@ -159,19 +186,13 @@ def _separated_levels(df: pd.DataFrame, y: np.ndarray, factors: list[str]) -> li
     return found
 
 
-def _fit(
-    y: np.ndarray, x: np.ndarray, groups: np.ndarray | None
-) -> tuple[Any | None, list[str]]:
-    """One GLM fit; returns the result (None if it failed) and the warnings that signal trouble."""
+def _fit(y: np.ndarray, x: np.ndarray) -> tuple[Any | None, list[str]]:
+    """One GLM fit (model-based covariance; `cr2` replaces it); the result (None if it failed) and trouble signs."""
     trouble: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            model = sm.GLM(y, x, family=sm.families.Binomial())
-            if groups is None:
-                result = model.fit()
-            else:
-                result = model.fit(cov_type="cluster", cov_kwds={"groups": groups})
+            result = sm.GLM(y, x, family=sm.families.Binomial()).fit()
         except (PerfectSeparationError, np.linalg.LinAlgError, ValueError) as error:
             return None, [f"fit failed: {type(error).__name__}: {error}"]
     for warning in caught:
@@ -184,23 +205,90 @@ def _fit(
     return result, sorted(set(trouble))
 
 
-def _diverged_terms(result: Any, columns: list[_Column]) -> list[str]:
-    params, bse = np.asarray(result.params), np.asarray(result.bse)
-    sane = np.isfinite(params) & np.isfinite(bse) & (np.abs(params) <= _HUGE_COEF) & (bse <= _HUGE_SE)
+def cr2(x: np.ndarray, residuals: np.ndarray, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """CR2 cluster-robust covariance of a (weighted) least-squares fit and each coefficient's Satterthwaite df.
+
+    `x` and `residuals` are the whitened design and residuals (for OLS the plain ones). Bell & McCaffrey's
+    adjustment A_g = (I - H_gg)^(-1/2) is applied through the thin QR of each cluster's rows (H_gg has rank <= p,
+    so only p directions change; a leverage of 1 gets the Moore-Penrose 0). The df of coefficient j are
+    (Σλ)² / Σλ² for the eigenvalues λ of G'G, G_g = (I - H)_{·g} A_g X_g M e_j (Imbens & Kolesár 2016, eq. 9),
+    computed without the n x G matrix: (G'G)_gh = δ_gh u_g'u_g - v_g' M v_h with u_g = A_g X_g M e_j, v_g = X_g'u_g.
+    """
+    x, residuals = np.asarray(x, dtype=float), np.asarray(residuals, dtype=float)
+    codes = pd.factorize(np.asarray(clusters))[0]
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.diff(codes[order], prepend=-1))
+    groups = np.split(order, starts[1:])
+    bread = np.linalg.pinv(x.T @ x)
+    k = x.shape[1]
+    scores, norms, v = np.zeros((len(groups), k)), np.zeros((len(groups), k)), np.zeros((len(groups), k, k))
+    for g, rows in enumerate(groups):
+        xg, eg = x[rows], residuals[rows]
+        q, r = np.linalg.qr(xg)
+        leverage, vectors = np.linalg.eigh(r @ bread @ r.T)
+        w = q @ vectors
+        room = 1.0 - leverage
+        scale = np.where(room > 1e-10, 1.0 / np.sqrt(np.clip(room, 1e-300, None)), 0.0) - 1.0
+
+        def adjust(values: np.ndarray) -> np.ndarray:  # A_g @ values
+            return values + w @ (scale[:, None] * (w.T @ values))
+
+        scores[g] = xg.T @ adjust(eg[:, None])[:, 0]
+        u = adjust(xg) @ bread  # column j: u_g for coefficient j
+        norms[g] = (u * u).sum(axis=0)
+        v[g] = xg.T @ u
+    cov = bread @ (scores.T @ scores) @ bread
+    vmv = np.einsum("gaj,ab,gbj->gj", v, bread, v)
+    df = np.empty(k)
+    for j in range(k):
+        cross = bread @ (v[:, :, j].T @ v[:, :, j])
+        square = float((norms[:, j] ** 2).sum() - 2 * (norms[:, j] * vmv[:, j]).sum() + (cross * cross.T).sum())
+        trace = float(norms[:, j].sum() - vmv[:, j].sum())
+        df[j] = trace**2 / square if square > 0 else np.nan
+    return cov, df
+
+
+def glm_cr2(result: Any, clusters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`cr2` of a fitted statsmodels GLM: the whitened IRLS problem at convergence (X̃ = W^½ X, ẽ = W^½ (z - η))."""
+    root_w = np.sqrt(np.asarray(result.model.family.weights(result.mu), dtype=float))
+    x = np.asarray(result.model.exog, dtype=float) * root_w[:, None]
+    return cr2(x, root_w * np.asarray(result.resid_working, dtype=float), clusters)
+
+
+@dataclass(frozen=True)
+class _Inference:
+    params: np.ndarray
+    se: np.ndarray
+    df: np.ndarray  # inf: normal reference (model-based SEs)
+
+
+def _inference(result: Any, clusters: np.ndarray | None) -> _Inference:
+    params = np.asarray(result.params, dtype=float)
+    if clusters is None:
+        return _Inference(params, np.asarray(result.bse, dtype=float), np.full(len(params), np.inf))
+    cov, df = glm_cr2(result, clusters)
+    with np.errstate(invalid="ignore"):
+        return _Inference(params, np.sqrt(np.diag(cov)), df)
+
+
+def _diverged_terms(inference: _Inference, columns: list[_Column]) -> list[str]:
+    params, se = inference.params, inference.se
+    sane = np.isfinite(params) & np.isfinite(se) & (np.abs(params) <= _HUGE_COEF) & (se <= _HUGE_SE)
     return [column.term for column, ok in zip(columns, sane) if column.term != "Intercept" and not ok]
 
 
-def _table(result: Any, columns: list[_Column], alpha: float) -> pd.DataFrame:
-    params, bse = np.asarray(result.params, float), np.asarray(result.bse, float)
-    z = norm.isf(alpha / 2)
-    with np.errstate(over="ignore", invalid="ignore"):
+def _table(inference: _Inference, columns: list[_Column], alpha: float) -> pd.DataFrame:
+    params, se, df = inference.params, inference.se, inference.df
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        q = student_t.isf(alpha / 2, df)
         table = pd.DataFrame(
             {
                 "term": [c.term for c in columns],
                 "odds_ratio": np.exp(params),
-                "ci_low": np.exp(params - z * bse),
-                "ci_high": np.exp(params + z * bse),
-                "p_value": 2 * norm.sf(np.abs(params / bse)),
+                "ci_low": np.exp(params - q * se),
+                "ci_high": np.exp(params + q * se),
+                "p_value": 2 * student_t.sf(np.abs(params / se), df),
+                "df": df,
                 "factor": [c.factor for c in columns],
                 "level": [c.level for c in columns],
             }
@@ -210,12 +298,46 @@ def _table(result: Any, columns: list[_Column], alpha: float) -> pd.DataFrame:
     return table
 
 
+def _warning(clusters: int, table: pd.DataFrame) -> str:
+    """Few clusters, or terms whose Satterthwaite df are too few for their test to hold (see the module docstring)."""
+    parts = []
+    if clusters and clusters < FEW_CLUSTERS:
+        parts.append(
+            f"only {clusters} clusters (dataset items): below {FEW_CLUSTERS}, cluster-robust tests are unreliable even "
+            "with the CR2 correction and Satterthwaite df (Cameron & Miller 2015); read the p-values and intervals "
+            "as rough, and judge persona effects by the paired gates"
+        )
+    terms = table[(table["term"] != "Intercept") & (table["df"] < MIN_DF)] if len(table) else table
+    if len(terms):
+        parts.append(f"{len(terms)} of {int((table['term'] != 'Intercept').sum())} terms have fewer than {MIN_DF:g} "
+                     "Satterthwaite df (few clusters inform them): their tests are not trustworthy")
+    return "; ".join(parts)
+
+
+def headline_terms(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Terms a reading may headline: significant, finite, at least MIN_DF df, and a CI within MAX_CI_RATIO."""
+    if table.empty:
+        return table
+    terms = table[table["term"] != "Intercept"]
+    ratio = terms["ci_high"].astype(float) / terms["ci_low"].astype(float)
+    keep = (terms["p_value"] < alpha) & np.isfinite(ratio) & (ratio <= MAX_CI_RATIO) & (terms["df"].astype(float) >= MIN_DF)
+    return terms[keep]
+
+
 def _empty(n: int, note: str) -> RegressionResult:
     return RegressionResult(pd.DataFrame(columns=list(TABLE_COLUMNS)), "none", (note,), n, "")
 
 
+def _clusters(df: pd.DataFrame) -> np.ndarray:
+    """The cluster of each row: its dataset item within its task (items nest request blocks), else its block."""
+    if "item" in df.columns:
+        return pd.factorize(df["task"].astype(str) + ":" + df["item"].astype(str))[0]
+    return pd.factorize(df["block"])[0]
+
+
 def fit_logistic(df: pd.DataFrame, alpha: float = 0.05) -> RegressionResult:
-    """Odds ratios (1 - alpha Wald intervals, cluster-robust by block) of every factor level against its reference."""
+    """Odds ratios (1 - alpha intervals, CR2 cluster-robust by item with Satterthwaite t) of every factor level
+    against its reference."""
     require_columns(df, ["model", "task", "persona", "forcing_level", "paraphrase", "block", "refused"], "fit_logistic")
     n = len(df)
     if n == 0:
@@ -234,19 +356,28 @@ def fit_logistic(df: pd.DataFrame, alpha: float = 0.05) -> RegressionResult:
         x, columns = x[:, kept], [columns[j] for j in kept]
     formula = "refused ~ " + " + ".join(FORMULA_TERMS[f] for f in used) if used else "refused ~ 1"
 
-    groups = pd.factorize(df["block"])[0]
-    if groups.max() + 1 <= x.shape[1]:
+    groups: np.ndarray | None = _clusters(df)
+    n_clusters = int(groups.max()) + 1
+    if n_clusters <= x.shape[1]:
         # a cluster-robust covariance needs more clusters than parameters, or it is singular
-        notes.append(f"only {groups.max() + 1} blocks for {x.shape[1]} parameters: model-based SEs, not clustered")
+        notes.append(f"only {n_clusters} clusters for {x.shape[1]} parameters: model-based SEs, not clustered")
         groups, method = None, METHOD_MLE_MODEL_SE
     else:
         method = METHOD_MLE
 
+    def finish(table: pd.DataFrame, method: str) -> RegressionResult:
+        warning = _warning(n_clusters, table)
+        if groups is None:
+            warning = "; ".join(filter(None, [f"only {n_clusters} clusters for {x.shape[1]} parameters: model-based "
+                                              "SEs, which ignore the correlation within items (too optimistic)", warning]))
+        return RegressionResult(table, method, tuple(notes), n, formula, n_clusters, warning)
+
     separated = _separated_levels(df, y, used)
-    result, trouble = _fit(y, x, groups)
-    diverged = _diverged_terms(result, columns) if result is not None else []
-    if not (separated or trouble or diverged or result is None):
-        return RegressionResult(_table(result, columns, alpha), method, tuple(notes), n, formula)
+    result, trouble = _fit(y, x)
+    inference = _inference(result, groups) if result is not None else None
+    diverged = _diverged_terms(inference, columns) if inference is not None else []
+    if inference is not None and not (separated or trouble or diverged):
+        return finish(_table(inference, columns, alpha), method)
 
     # separation: refit with a log-F(1,1) prior on every coefficient but the intercept (data augmentation)
     k = x.shape[1]
@@ -254,22 +385,22 @@ def fit_logistic(df: pd.DataFrame, alpha: float = 0.05) -> RegressionResult:
     x_aug = np.vstack([x, pseudo])
     y_aug = np.concatenate([y, np.full(k - 1, 0.5)])
     groups_aug = None if groups is None else np.concatenate([groups, groups.max() + 1 + np.arange(k - 1)])
-    penalized, trouble_pen = _fit(y_aug, x_aug, groups_aug)
+    penalized, trouble_pen = _fit(y_aug, x_aug)
     named = {reason.split(" ")[0] for reason in separated}
     reasons = [*separated, *trouble, *(f"{t} diverged" for t in diverged if t not in named)]
     notes.append(f"separation ({'; '.join(reasons)}): refitted with a log-F(1,1) penalty on every coefficient")
     method = METHOD_PENALIZED
     if groups is None:
-        method = METHOD_PENALIZED.replace("cluster-robust SE by block", "model-based SE")
+        method = METHOD_PENALIZED.replace(CLUSTERED_SE, "model-based SE")
     if penalized is None:
         notes.append(f"the penalised fit failed too ({'; '.join(trouble_pen)}): no estimates")
         table = pd.DataFrame({"term": [c.term for c in columns], "factor": [c.factor for c in columns],
                               "level": [c.level for c in columns]})
-        for column in ("odds_ratio", "ci_low", "ci_high", "p_value"):
+        for column in ("odds_ratio", "ci_low", "ci_high", "p_value", "df"):
             table[column] = np.nan
-        return RegressionResult(table[list(TABLE_COLUMNS)], method, tuple(notes), n, formula)
-    table = _table(penalized, columns, alpha)
+        return finish(table[list(TABLE_COLUMNS)], method)
+    table = _table(_inference(penalized, groups_aug), columns, alpha)
     missing = table.loc[table[["odds_ratio", "ci_low", "ci_high", "p_value"]].isna().any(axis=1), "term"]
     if len(missing):
         notes.append(f"not estimable even penalised (NaN): {', '.join(missing)}")
-    return RegressionResult(table, method, tuple(notes), n, formula)
+    return finish(table, method)
