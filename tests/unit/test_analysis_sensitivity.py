@@ -1,4 +1,5 @@
-"""Wasserstein sensitivity index: its identities and bounds, and the table's noise floor."""
+"""Wasserstein sensitivity index: its identities and bounds, the table's paired noise floor, its bias correction and
+its interval for the population index."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from falserefusal.analysis import binary_closed_form, sensitivity_table, simulate_frame, wasserstein_index
-from falserefusal.analysis.sensitivity import SENSITIVITY_COLUMNS, wasserstein_squared
+from falserefusal.analysis.sensitivity import SENSITIVITY_COLUMNS, corrected_index, factor_levels, wasserstein_squared
 
 SETTINGS = settings(max_examples=80, deadline=None)
 
@@ -136,3 +137,53 @@ def test_pooled_rate_of_zero_gives_nan_without_crashing(frame: pd.DataFrame) -> 
     table = sensitivity_table(frame.assign(refused=False), n_boot=5)
     assert table["index"].isna().all() and not table["distinguishable"].any()
     assert table["note"].str.contains("pooled refusal rate is 0").all()
+
+
+def test_the_noise_floor_keeps_the_pairing_of_a_persona_with_its_request() -> None:
+    # strong request-block effects and a modest persona effect: permuting persona labels across blocks put the
+    # blocks' variance into the floor (floor 0.10 against an index of 0.06 before); within blocks it does not
+    frame = simulate_frame(personas=("baseline", "p1", "p2", "p3"), items_per_task=40, effects={("persona", "p1"): 0.8},
+                           block_sd=2.0, intercept=-1.5, seed=4)
+    row = sensitivity_table(frame, factors=("persona",), n_boot=100, seed=1).iloc[0]
+    assert row["distinguishable"] and row["p_value"] < 0.05 and row["noise_floor"] < row["index"]
+
+
+def test_a_nested_factor_is_permuted_within_its_parent_and_does_not_borrow_its_effect() -> None:
+    # a task effect and no item or paraphrase effect: items and wordings are permuted within their task (and
+    # forcing level), so the task's effect, which their finer partition also carries, is not called theirs
+    frame = simulate_frame(tasks=("a", "b", "c"), items_per_task=30, effects={("task", "a"): 1.5}, block_sd=0.5, seed=5)
+    rows = sensitivity_table(frame, factors=("item", "paraphrase", "task"), n_boot=100, seed=1).set_index("factor")
+    assert rows.loc["task", "distinguishable"] and not rows.loc[["item", "paraphrase"], "distinguishable"].any()
+    assert rows.loc["item", "ci_low"] == 0.0 and rows.loc["item", "index_corrected"] < rows.loc["item", "index"]
+
+
+def _population_index(frame: pd.DataFrame, probability: np.ndarray, factor: str) -> float:
+    p = probability.mean()
+    grouped = pd.Series(probability).groupby(factor_levels(frame, factor).to_numpy())
+    return float((grouped.size() / len(frame) * (grouped.mean() - p).abs()).sum() / (2 * p * (1 - p)))
+
+
+def test_the_interval_covers_the_population_index_with_and_without_an_effect() -> None:
+    from scipy.special import expit
+
+    effects = {("persona", "persona-1"): 1.0, ("forcing_level", "forced"): 0.6}
+    # one frame checks the interval's ends and the clipping; its coverage (93-97% over 30 seeds of this frame, and
+    # per factor in README) is measured by `falserefusal simulate --sensitivity` (seed 12 is one of the misses)
+    frame = simulate_frame(models=("a", "b"), items_per_task=30, effects=effects, seed=0)
+    log_odds = -2.0 + sum(v * (frame[c] == level).to_numpy() for (c, level), v in effects.items())
+    factors = ("persona", "forcing_level", "model", "item")
+    table = sensitivity_table(frame, factors=factors, n_boot=100, seed=2).set_index("factor")
+    for factor in factors:
+        truth = _population_index(frame, expit(log_odds), factor)  # 0 for model and (up to rounding) item
+        assert table.loc[factor, "ci_low"] <= truth + 1e-9 <= table.loc[factor, "ci_high"] + 1e-9, factor
+    assert table.loc["item", "ci_low"] == 0.0 and table.loc["model", "ci_low"] == 0.0
+    # the correction pulls the plug-in toward the truth where noise dominates, and barely moves a clear effect
+    assert table.loc["persona", "index_corrected"] == pytest.approx(table.loc["persona", "index"], rel=0.1)
+    assert table.loc["item", "index_corrected"] < 0.6 * table.loc["item", "index"]
+
+
+def test_corrected_index_removes_noise_and_keeps_clear_deviations() -> None:
+    shares = np.full(4, 0.25)
+    clear = np.array([0.2, -0.2, 0.1, -0.1])
+    assert corrected_index(clear, np.zeros(4), shares, 0.3) == pytest.approx(np.sum(shares * np.abs(clear)) / 0.42)
+    assert corrected_index(np.array([0.01, -0.01, 0.02, -0.02]), np.full(4, 0.03), shares, 0.3) == 0.0

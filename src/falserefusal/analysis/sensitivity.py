@@ -25,22 +25,38 @@ normalisation is the paper's; nothing needed adjusting. Since Σ_k w_k p_k = p a
 p_k, the sum is largest when every p_k is 0 or 1, where it equals p(1-p) + (1-p)p: ι = 1 exactly for any
 number of levels when each level always or never refuses.
 
-The plug-in estimate is biased upwards (a factor with many small levels shows sampling noise as
-dependence), so `sensitivity_table` reports a noise floor: the 1 - alpha quantile of the index of a random
-dummy factor with the same number of levels and the same level shares (the factor's labels permuted), scored
-on the same bootstrap resamples as the factor, and calls a factor distinguishable only when the lower end of
-its cluster-bootstrap interval clears that floor. (Resampling duplicates blocks, which inflates the index of a
-many-level factor such as item; the percentile interval can then sit above the plug-in index, and the floor,
-inflated alike, keeps the comparison fair.)
+The plug-in estimate ι̂ is biased upwards, and the more so the more levels and the fewer rows per level a factor
+has: |p̂_k - p̂| >= |p_k - p| on average (Jensen), so sampling noise shows as dependence. `sensitivity_table`
+therefore reports, beside ι̂:
+
+- a noise floor from a permutation null that keeps the paired design: a factor that varies within request blocks
+  (persona, model) has its labels permuted among the rows of each block (and of each level of the other
+  within-block factors), so the 16 answers to one request stay together as they do in the data; a factor fixed
+  within blocks (task, forcing level, paraphrase, item) has its labels permuted between blocks, within the levels
+  of the factors it is nested in (an item within its task, a paraphrase within its task x forcing level). The
+  floor is the 1 - alpha quantile of ι̂ of the permuted labels, and the factor is distinguishable from noise when
+  its ι̂ lies above it (a permutation test of "refusal does not depend on the factor" at level alpha; p_value is
+  its p-value);
+- the bias-corrected index ι̂ - E_0[ι̂], E_0 the mean of the permutation null (the expected index of a factor
+  with these levels and no effect; clipped at 0), as chance-corrected indices such as the adjusted Rand index are;
+- a 1 - alpha interval for the population index ι (the closed form on the true refusal probabilities):
+  [ι̂ - E_0[ι̂] - z s, ι̂ + z s], s the standard deviation of ι̂ over request-block bootstrap resamples, clipped to
+  [0, 1]. Why it covers: E[ι̂] >= ι (above), so the upper end covers; and the bias E[ι̂] - ι is at most the bias
+  when the factor has no effect at all (per level, E|N(d, s²)| - |d| is largest at d = 0), which E_0[ι̂]
+  estimates from the permutations, so the lower end covers. It is wide for many-level factors with few rows per
+  level (item), as it should be: those data cannot size a small item effect. Coverage per factor, and the
+  agreement with the persona gates, are measured by `falserefusal simulate --sensitivity` (README).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
+from scipy.stats import norm
 
 from falserefusal.analysis.rates import require_columns
 from falserefusal.types import FalseRefusalError
@@ -48,7 +64,12 @@ from falserefusal.types import FalseRefusalError
 DEFAULT_FACTORS: tuple[str, ...] = ("model", "task", "persona", "forcing_level", "paraphrase", "item")
 #: factors whose ids repeat across tasks ("forced-1" in every task): their levels are task:id
 NESTED_IN_TASK: tuple[str, ...] = ("paraphrase", "item")
-SENSITIVITY_COLUMNS = ("factor", "n_levels", "index", "ci_low", "ci_high", "noise_floor", "distinguishable", "note")
+#: factors that can be fixed within request blocks and nest one another (the strata of a between-block permutation)
+BLOCK_FACTORS: tuple[str, ...] = ("task", "forcing_level", "paraphrase", "item")
+SENSITIVITY_COLUMNS = (
+    "factor", "n_levels", "index", "index_corrected", "ci_low", "ci_high", "noise_floor", "null_mean", "p_value",
+    "distinguishable", "note",
+)
 
 
 ArrayLike = Sequence[float] | np.ndarray | pd.Series
@@ -118,17 +139,52 @@ def factor_levels(df: pd.DataFrame, factor: str) -> pd.Series:
     return df[factor].astype(str)
 
 
-def _null_labels(codes: np.ndarray, block_codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A dummy factor with the factor's levels and shares and no link to y: the labels permuted.
+def _combined(codes: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """One code per distinct combination of the given code arrays (all zero when there are none)."""
+    if not codes:
+        return np.zeros(n, dtype=np.int64)
+    return np.unique(np.column_stack(codes), axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
-    A factor fixed within each request block is permuted across blocks, so the dummy keeps the block
-    structure (rows of a block are correlated; permuting rows would understate the noise).
-    """
-    first_row = np.unique(block_codes, return_index=True)[1]
-    per_block = codes[first_row]
-    if np.array_equal(per_block[block_codes], codes):
-        return rng.permutation(per_block)[block_codes]
-    return rng.permutation(codes)
+
+def _nested_in(inner: np.ndarray, outer: np.ndarray) -> bool:
+    """Each level of `inner` sits in exactly one level of `outer`, which has fewer levels (inner is nested in it)."""
+    pairs = np.unique(np.column_stack([inner, outer]), axis=0)
+    return len(pairs) == len(np.unique(inner)) and len(np.unique(outer)) < len(np.unique(inner))
+
+
+@dataclass(frozen=True)
+class _Permutation:
+    """How the null permutes one factor's labels: rows within strata, or blocks within strata."""
+
+    per_block: bool
+    strata: np.ndarray  # per row (within-block factor) or per block (block-level factor)
+    order: np.ndarray  # positions grouped by stratum, each stratum in its original order
+
+    @classmethod
+    def of(cls, codes: np.ndarray, block_codes: np.ndarray, others: Mapping[str, np.ndarray], design: bool) -> "_Permutation":
+        """`others`: the codes of the other factors; `design`: the factor is one of DEFAULT_FACTORS (a column
+        outside the design is permuted within blocks only)."""
+        first_row = np.unique(block_codes, return_index=True)[1]
+        per_block = bool(np.array_equal(codes[first_row][block_codes], codes))
+        if per_block:
+            # between blocks, within the levels of every block-level factor the factor is nested in
+            block_level = {f: c[first_row] for f, c in others.items() if np.array_equal(c[first_row][block_codes], c)}
+            inner = codes[first_row]
+            strata = _combined([c for c in block_level.values() if _nested_in(inner, c)], len(first_row))
+        else:
+            # within blocks, and within the levels of the other design factors that vary within blocks (a persona
+            # is permuted among the rows of one block and one model)
+            varying = [c for f, c in others.items()
+                       if design and f in DEFAULT_FACTORS and not np.array_equal(c[first_row][block_codes], c)]
+            strata = _combined([block_codes, *varying], len(codes))
+        return cls(per_block, strata, np.argsort(strata, kind="stable"))
+
+    def labels(self, codes: np.ndarray, block_codes: np.ndarray, first_row: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        source = codes[first_row] if self.per_block else codes
+        shuffled = np.empty_like(source)
+        # strata + a uniform in [0, 1): sorting it shuffles within each stratum and keeps the strata in order
+        shuffled[self.order] = source[np.argsort(self.strata + rng.random(len(source)), kind="stable")]
+        return shuffled[block_codes] if self.per_block else shuffled
 
 
 def sensitivity_table(
@@ -137,16 +193,19 @@ def sensitivity_table(
     n_boot: int = 200,
     alpha: float = 0.05,
     seed: int = 0,
+    n_perm: int | None = None,
 ) -> pd.DataFrame:
-    """One row per factor: ι for refusal, a block-bootstrap 1 - alpha interval, and the noise floor.
+    """One row per factor: ι̂, the bias-corrected ι̂, a 1 - alpha interval for the population ι, and the noise floor.
 
-    The bootstrap resamples request blocks (all rows of a block, every model and persona, together); the
-    noise floor is the 1 - alpha quantile of ι of the factor's labels permuted, one permutation per resample.
-    Factors with fewer than two levels, and data whose pooled refusal rate is 0 or 1, get NaN and a note.
+    The bootstrap (`n_boot` resamples) resamples request blocks (all rows of a block, every model and persona,
+    together) and gives the interval its spread; the noise floor and the bias correction come from `n_perm`
+    (default: n_boot) permutations that keep the paired design (see the module docstring). Factors with fewer
+    than two levels, and data whose pooled refusal rate is 0 or 1, get NaN and a note.
     """
     require_columns(df, [*factors, "block", "refused"], "sensitivity_table")
-    if n_boot < 1:
-        raise FalseRefusalError(f"sensitivity_table: n_boot must be >= 1, got {n_boot}")
+    n_perm = n_boot if n_perm is None else n_perm
+    if n_boot < 2 or n_perm < 1:
+        raise FalseRefusalError(f"sensitivity_table: n_boot must be >= 2 and n_perm >= 1, got {n_boot} and {n_perm}")
     y = df["refused"].astype(bool).to_numpy(float)
     block_codes, block_ids = pd.factorize(df["block"])
     n_blocks = len(block_ids)
@@ -157,21 +216,63 @@ def sensitivity_table(
     if n_blocks:
         draws = np.random.default_rng(boot_seed).integers(0, n_blocks, size=(n_boot, n_blocks))
         boot_counts = np.stack([np.bincount(row, minlength=n_blocks) for row in draws])
+    # every design factor present shapes the permutation strata, not only the ones tabulated
+    candidates = list(dict.fromkeys([*factors, *(f for f in DEFAULT_FACTORS if f in df.columns)]))
+    all_codes = {f: pd.factorize(factor_levels(df, f), sort=True)[0] for f in candidates}
     rows = []
     for factor, perm_seed in zip(factors, perm_seeds):
-        codes, uniques = pd.factorize(factor_levels(df, factor), sort=True)
-        k = len(uniques)
-        row = {"factor": factor, "n_levels": k, "index": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-               "noise_floor": np.nan, "distinguishable": False, "note": ""}
+        codes = all_codes[factor]
+        k = int(codes.max()) + 1 if len(codes) else 0
+        row: dict[str, object] = {column: np.nan for column in SENSITIVITY_COLUMNS}
+        row.update(factor=factor, n_levels=k, distinguishable=False, note="")
         if k < 2:
             row["note"] = "fewer than two levels: nothing to compare"
         elif not 0.0 < pooled < 1.0:
             row["note"] = f"pooled refusal rate is {pooled:g}: the index is undefined"
         else:
-            rng = np.random.default_rng(perm_seed)
-            row.update(_factor_row(y, codes, k, block_codes, n_blocks, boot_counts, alpha, rng))
+            others = {f: c for f, c in all_codes.items() if f != factor}
+            permutation = _Permutation.of(codes, block_codes, others, factor in DEFAULT_FACTORS)
+            null, noise_sd = _null_indices(y, codes, k, block_codes, permutation, n_perm, np.random.default_rng(perm_seed))
+            row.update(_factor_row(y, codes, k, block_codes, n_blocks, boot_counts, null, alpha))
+            rows_per_level = np.bincount(codes, minlength=k)
+            d_hat = np.bincount(codes, weights=y, minlength=k) / np.maximum(rows_per_level, 1) - pooled
+            row["index_corrected"] = corrected_index(d_hat, noise_sd, rows_per_level / len(y), pooled)
+            if permutation.per_block and len(np.unique(permutation.strata)) == n_blocks:
+                row["note"] = "every block is its own stratum: no permutation null"
         rows.append(row)
     return pd.DataFrame(rows, columns=list(SENSITIVITY_COLUMNS))
+
+
+def corrected_index(d_hat: np.ndarray, noise_sd: np.ndarray, shares: np.ndarray, p: float) -> float:
+    """ι̂ with each level's |d̂_k| replaced by √max(d̂_k² - s_k², 0), the moment estimate of |d_k| (E d̂² = d² + s²).
+
+    d̂_k = p̂_k - p̂ is d_k plus noise of sd s_k (here: its sd over the paired-design permutations, which pools the
+    noise of every block of the level's stratum and keeps the pairing). For normal noise the plug-in |d̂_k| is
+    biased by +0.80 s at d = 0 and +0.17 s at d = s; this estimate by +0.34 s at d = 0, -0.06 s at d = s/2,
+    -0.27 s at d = s and -0.2 s at d = 3 s: within a third of the noise sd whatever the effect, level by level, so
+    no assumption about how the effect spreads over the levels (one persona or every item) is needed.
+    """
+    magnitude = np.sqrt(np.maximum(d_hat**2 - noise_sd**2, 0.0))
+    return float(np.clip(np.sum(shares * magnitude) / (2 * p * (1 - p)), 0.0, 1.0))
+
+
+def _null_indices(
+    y: np.ndarray, codes: np.ndarray, k: int, block_codes: np.ndarray, permutation: _Permutation, n_perm: int,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ι̂ of the factor's labels permuted `n_perm` times under the paired-design null, and the sd of each level's
+    deviation p̂_k - p̂ over those permutations (its noise when the factor has no effect)."""
+    first_row = np.unique(block_codes, return_index=True)[1]
+    null = np.empty(n_perm)
+    deviations = np.empty((n_perm, k))
+    p = float(y.mean())
+    for b in range(n_perm):
+        labels = permutation.labels(codes, block_codes, first_row, rng)
+        refusals, rows = np.bincount(labels, weights=y, minlength=k), np.bincount(labels, minlength=k)
+        null[b] = _binary_index(refusals, rows)
+        deviations[b] = refusals / np.maximum(rows, 1) - p
+    noise_sd = deviations.std(axis=0, ddof=1) if n_perm > 1 else np.zeros(k)
+    return null[np.isfinite(null)], noise_sd
 
 
 def _factor_row(
@@ -181,29 +282,25 @@ def _factor_row(
     block_codes: np.ndarray,
     n_blocks: int,
     boot_counts: np.ndarray,
+    null: np.ndarray,
     alpha: float,
-    rng: np.random.Generator,
 ) -> dict[str, object]:
     index = float(_binary_index(np.bincount(codes, weights=y, minlength=k), np.bincount(codes, minlength=k)))
     # per block x level sums; a bootstrap replicate weights each block by how often it was drawn
     cells = sparse.csr_matrix((np.ones_like(y), (block_codes, codes)), shape=(n_blocks, k))
     cell_refusals = sparse.csr_matrix((y, (block_codes, codes)), shape=(n_blocks, k))
     boot = _binary_index(np.asarray(cell_refusals.T @ boot_counts.T).T, np.asarray(cells.T @ boot_counts.T).T)
-    # the dummy is scored on the same resamples: duplicated blocks inflate ι of many-level factors, and the
-    # floor must carry that inflation too, or a null factor's interval would clear it
-    null = np.empty(len(boot_counts))
-    for b, counts in enumerate(boot_counts):
-        labels, weights = _null_labels(codes, block_codes, rng), counts[block_codes]
-        refusals = np.bincount(labels, weights=weights * y, minlength=k)
-        null[b] = _binary_index(refusals, np.bincount(labels, weights=weights, minlength=k))
-    null = null[np.isfinite(null)]
-    finite = boot[np.isfinite(boot)]
-    low, high = (np.quantile(finite, [alpha / 2, 1 - alpha / 2]) if len(finite) else (np.nan, np.nan))
+    boot = boot[np.isfinite(boot)]
+    spread = float(np.std(boot, ddof=1)) if len(boot) > 1 else float("nan")
+    null_mean = float(null.mean()) if len(null) else float("nan")
     floor = float(np.quantile(null, 1 - alpha)) if len(null) else float("nan")
+    z = float(norm.isf(alpha / 2))
     return {
         "index": index,
-        "ci_low": float(low),
-        "ci_high": float(high),
+        "ci_low": float(np.clip(index - null_mean - z * spread, 0.0, 1.0)),
+        "ci_high": float(np.clip(index + z * spread, 0.0, 1.0)),
         "noise_floor": floor,
-        "distinguishable": bool(np.isfinite(low) and low > floor),
+        "null_mean": null_mean,
+        "p_value": float((1 + np.sum(null >= index)) / (1 + len(null))) if len(null) else float("nan"),
+        "distinguishable": bool(np.isfinite(floor) and index > floor),
     }

@@ -151,7 +151,8 @@ def forest(
 
 
 def sensitivity_bars(table: pd.DataFrame, no_refusals: bool) -> str:
-    """Wasserstein index per factor with its bootstrap CI (whisker) and its noise floor (black tick)."""
+    """Per factor: plug-in ι (bar) against its paired noise floor (red tick), and the bias-corrected ι (dot) with its
+    interval for the population index (whisker)."""
     shown = table[np.isfinite(table["index"].astype(float))]
     if no_refusals or shown.empty:
         return message_figure(NO_REFUSALS if no_refusals else "no factor with two levels and a defined index")
@@ -160,9 +161,10 @@ def sensitivity_bars(table: pd.DataFrame, no_refusals: bool) -> str:
         axes = figure.add_subplot()
         y = np.arange(len(shown))
         colors = [PASS_COLOR if d else MUTED_COLOR for d in shown["distinguishable"]]
-        axes.barh(y, shown["index"], color=colors, height=0.55)
+        axes.barh(y, shown["index"], color=colors, height=0.55, alpha=0.45)
         for i, row in enumerate(shown.itertuples(index=False)):
             axes.plot([row.ci_low, row.ci_high], [i, i], color="black", linewidth=1.2)
+            axes.plot(row.index_corrected, i, "o", color="black", markersize=4)
             if math.isfinite(row.noise_floor):
                 axes.plot([row.noise_floor, row.noise_floor], [i - 0.38, i + 0.38], color=FAIL_COLOR, linewidth=2)
         axes.set_yticks(y, [f"{f} ({k} levels)" for f, k in zip(shown["factor"], shown["n_levels"])])
@@ -170,8 +172,8 @@ def sensitivity_bars(table: pd.DataFrame, no_refusals: bool) -> str:
         upper = float(np.nanmax(shown[["index", "ci_high", "noise_floor"]].to_numpy(float)))
         axes.set_xlim(0.0, min(1.0, max(0.05, 1.1 * upper)))
         axes.set_xlabel("Wasserstein sensitivity index ι (0: no effect, 1: refusal determined by the factor)")
-        axes.set_title("bar: ι, whisker: 95% block-bootstrap CI, red tick: noise floor; grey: not distinguishable from noise",
-                       fontsize=9)
+        axes.set_title("bar: plug-in ι, red tick: its noise floor (bar past tick: distinguishable, dark);\n"
+                       "dot: bias-corrected ι, whisker: 95% CI for the population ι", fontsize=9)
         axes.grid(axis="x", color="#eeeeee")
         return data_uri(figure)
 
