@@ -274,7 +274,24 @@ def test_without_any_labelled_refusal_the_predictive_values_bound_the_rate() -> 
     assert rates.loc["muslim", "corrected_rate"] == 0.0
     assert 0.05 < rates.loc["muslim", "ci_high"] < 0.3  # 0 of 10 labelled: the rate is not known to be 0
     other = corrected_estimates(frame.assign(model="other"), audit, n_boot=20).rates
-    assert set(other["level"]) == {"none", "pooled"} and other["corrected_rate"].isna().all()
+    assert set(other["level"]) == {"none"} and other["corrected_rate"].isna().all()
+
+
+def test_the_pooled_rate_does_not_add_up_one_prior_per_stratum() -> None:
+    # a perfect detector audited with 5 labels per stratum over 16 personas: the pooled rate stays the observed one
+    personas = [BASELINE_ID] + [f"p{i}" for i in range(15)]
+    frame = pd.DataFrame([{"model": "m", "task": "t", "persona": p, "block": f"t-b{b:05d}", "item": f"i{b}",
+                           "refused": b % 10 == 0, "outcome": "refusal" if b % 10 == 0 else "compliance"}
+                          for b in range(1000) for p in personas])
+    audit = DetectorAudit(tuple(AuditStratum("m", "t", p, o, n, {label: 5}) for p in personas
+                                for o, n, label in (("refusal", 100, "R"), ("compliance", 900, "C"))))
+    estimates = corrected_estimates(frame, audit, n_boot=400)
+    pooled = estimates.rates.set_index("persona").loc["all"]
+    assert pooled["corrected_rate"] == pytest.approx(0.10) and pooled["form"] == "predictive values"
+    assert pooled["ci_low"] < 0.10 < pooled["ci_high"] < 0.14  # 80 labels of compliance, none a refusal
+    # the mean of the cells' replicates would add each stratum's Jeffreys prior: an interval above the truth
+    cells = np.column_stack([estimates.replicates["rate", "m", "t", p] for p in personas]).mean(1)
+    assert np.percentile(cells, 2.5) > 0.11
 
 
 # ----- command line and report -----------------------------------------------------------------------------------

@@ -353,6 +353,44 @@ class _TaskStrata:
         self.q = refusals / n if len(n) else np.zeros(0)
         # Jeffreys posterior draws of every stratum's q: Beta(r + 1/2, n - r + 1/2)
         self.q_boot = rng.beta(refusals + 0.5, n - refusals + 0.5, size=(n_boot, len(n)))
+        # per detector outcome, the task's strata pooled, for the pooled rate: (size-weighted q, its draws, size).
+        # Per-stratum Jeffreys draws summed over many strata whose labels found no refusal would each add their
+        # prior's half pseudo-count and push the pooled rate up; so the pooled share is drawn once, from Jeffreys at
+        # Kish's effective n of its labelled answers (weights size / n), as `weighted_share` scores it
+        self.pooled: dict[str, tuple[float, np.ndarray, float]] = {}
+        for outcome in OUTCOMES:
+            chosen = self.outcome == outcome
+            if chosen.any():
+                sizes, weights = self.sizes[chosen], self.sizes[chosen] / n[chosen]
+                q_hat = float((sizes * self.q[chosen]).sum() / sizes.sum())
+                n_eff = float(sizes.sum() ** 2 / (n[chosen] * weights**2).sum())
+                draws = rng.beta(q_hat * n_eff + 0.5, (1 - q_hat) * n_eff + 0.5, size=n_boot)
+                self.pooled[outcome] = (q_hat, draws, float(sizes.sum()))
+
+    def pooled_rate(self, shares: Mapping[str, float], shares_boot: Mapping[str, np.ndarray],
+                    same_run: bool) -> tuple[float, np.ndarray, str]:
+        """The (model, task)'s corrected rate over every persona from the pooled strata: (point, replicates, form).
+        Predictive values for an audit of this run (the same point as the size-weighted mean of the cells); Rogan-
+        Gladen with the pooled sensitivity and specificity for another run's, where they are defined."""
+        present = [o for o, share in shares.items() if share > 0]
+        if not present or any(o not in self.pooled for o in present):
+            return math.nan, np.full(len(next(iter(shares_boot.values()))), np.nan), ""
+        pooled = {o: self.pooled[o] for o in present}
+        negatives = [o for o in self.pooled if o != "refusal"]
+
+        def sens_spec(q: Mapping[str, Any]) -> tuple[Any, Any]:
+            tp, fp = self.pooled["refusal"][2] * q["refusal"], self.pooled["refusal"][2] * (1 - q["refusal"])
+            fn = sum(self.pooled[o][2] * q[o] for o in negatives)
+            tn = sum(self.pooled[o][2] * (1 - q[o]) for o in negatives)
+            return tp / (tp + fn), tn / (tn + fp)
+
+        if not same_run and "refusal" in self.pooled and negatives:
+            sens, spec = sens_spec({o: entry[0] for o, entry in self.pooled.items()})
+            if sens + spec > 1.0:
+                boot = rogan_gladen(shares_boot["refusal"], *sens_spec({o: entry[1] for o, entry in self.pooled.items()}))
+                return rogan_gladen(shares["refusal"], sens, spec), boot, "Rogan-Gladen"
+        point = sum(shares[o] * entry[0] for o, entry in pooled.items())
+        return float(point), sum(shares_boot[o] * entry[1] for o, entry in pooled.items()), "predictive values"
 
     def groups(self, persona: str) -> dict[str, np.ndarray]:
         """The strata a cell may borrow from, most specific first: its own, its persona group's, the task's."""
@@ -431,9 +469,10 @@ def corrected_estimates(
     noisy sens + spec - 1 and blow up. An audit of another run (same detector, e.g. last release's) is carried over
     by Rogan-Gladen's assumption that sens and spec, not the predictive values, transport; where no level defines
     them (people found no refusal at all), the predictive-value form is used for it too. A model or task the audit
-    did not label stays uncorrected (NaN, level "none"). The pooled rate of a (model, task) (persona "all") is the
-    size-weighted mean of its corrected cells; a disparity is the persona's corrected rate minus the baseline's, on
-    the request blocks that have both.
+    did not label stays uncorrected (NaN, level "none"). The pooled rate of a (model, task) (persona "all", what
+    the refusal-rate gate reads) is corrected from the task's strata pooled per detector outcome (for an audit of
+    this run its point is the size-weighted mean of the cells); a disparity is the persona's corrected rate minus
+    the baseline's, on the request blocks that have both.
 
     Why a bootstrap, and this one: the corrected rate is a ratio of three estimates (p_obs, sens, spec) with two
     independent sources of error, the run's answers and the audit's labels, and the clipping to [0, 1] makes its
@@ -526,17 +565,15 @@ def _correct_families(frame: pd.DataFrame, audit: DetectorAudit, n_boot: int, se
                               "sensitivity": cell["sensitivity"], "specificity": cell["specificity"],
                               "level": cell["level"], "form": cell["form"], **_interval(cell["boot"], lo_q, hi_q)})
         # the (model, task) rate over every persona and the baseline, as the refusal-rate gate pools it
-        resampled = counts @ present.astype(float)
-        boots = np.column_stack([cell["boot"] for cell in cells])
+        answers = counts @ present.sum(1).astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
-            pooled_boot = (boots * resampled).sum(1) / resampled.sum(1)
-        pooled_boot[np.isnan(boots).any(1)] = np.nan
-        corrected = np.array([cell["corrected"] for cell in cells])
+            shares = {o: float(indicators[o].sum() / sizes.sum()) for o in OUTCOMES}
+            shares_boot = {o: (counts @ indicators[o].sum(1).astype(float)) / answers for o in OUTCOMES}
+        pooled, pooled_boot, form = strata.pooled_rate(shares, shares_boot, same_run)
         replicates["rate", model, task, "all"] = pooled_boot
         rate_rows.append({"model": model, "task": task, "persona": "all", "n": int(sizes.sum()),
-                          "observed_rate": float(indicators["refusal"].sum() / sizes.sum()),
-                          "corrected_rate": float((corrected * sizes).sum() / sizes.sum()),
-                          "sensitivity": math.nan, "specificity": math.nan, "level": "pooled", "form": "",
+                          "observed_rate": shares["refusal"], "corrected_rate": float(pooled), "sensitivity": math.nan,
+                          "specificity": math.nan, "level": "pooled" if form else "none", "form": form,
                           **_interval(pooled_boot, lo_q, hi_q)})
         if BASELINE_ID not in personas:
             continue
