@@ -209,7 +209,7 @@ def cr2(x: np.ndarray, residuals: np.ndarray, clusters: np.ndarray) -> tuple[np.
     """CR2 cluster-robust covariance of a (weighted) least-squares fit and each coefficient's Satterthwaite df.
 
     `x` and `residuals` are the whitened design and residuals (for OLS the plain ones). Bell & McCaffrey's
-    adjustment A_g = (I - H_gg)^(-1/2) is applied through the thin QR of each cluster's rows (H_gg has rank <= p,
+    adjustment A_g = (I - H_gg)^(-1/2) is applied through an orthonormal basis of each cluster's rows (H_gg has rank <= p,
     so only p directions change; a leverage of 1 gets the Moore-Penrose 0). The df of coefficient j are
     (Σλ)² / Σλ² for the eigenvalues λ of G'G, G_g = (I - H)_{·g} A_g X_g M e_j (Imbens & Kolesár 2016, eq. 9),
     computed without the n x G matrix: (G'G)_gh = δ_gh u_g'u_g - v_g' M v_h with u_g = A_g X_g M e_j, v_g = X_g'u_g.
@@ -224,7 +224,12 @@ def cr2(x: np.ndarray, residuals: np.ndarray, clusters: np.ndarray) -> tuple[np.
     scores, norms, v = np.zeros((len(groups), k)), np.zeros((len(groups), k)), np.zeros((len(groups), k, k))
     for g, rows in enumerate(groups):
         xg, eg = x[rows], residuals[rows]
-        q, r = np.linalg.qr(xg)
+        # an orthonormal basis q of the cluster's column space and xg = q r, from the p x p Gram matrix (cheaper
+        # than a QR of the n_g x p rows, and rank-revealing)
+        gram_values, gram_vectors = np.linalg.eigh(xg.T @ xg)
+        keep = gram_values > 1e-12 * max(float(gram_values.max()), 1e-300)
+        q = xg @ (gram_vectors[:, keep] / np.sqrt(gram_values[keep]))
+        r = np.sqrt(gram_values[keep])[:, None] * gram_vectors[:, keep].T
         leverage, vectors = np.linalg.eigh(r @ bread @ r.T)
         w = q @ vectors
         room = 1.0 - leverage
