@@ -211,3 +211,7 @@ def test_no_headline_for_an_interval_spanning_more_than_two_orders_of_magnitude(
     })
     assert headline_terms(table)["term"].tolist() == ["persona[asian]"]
     assert headline_terms(table.assign(df=[30.0, 20.0, 3.0, 30.0])).empty  # too few df for the persona term
+    # the strongest of many terms: p 0.011 is no headline among 31 terms (Benjamini-Hochberg q 0.34)
+    many = pd.concat([table.iloc[[0, 2]].assign(p_value=[0.001, 0.011])] + [table.iloc[[3]].assign(term=f"t{i}")
+                                                                          for i in range(29)], ignore_index=True)
+    assert headline_terms(many).empty and headline_terms(many.iloc[:3])["term"].tolist() == ["persona[asian]"]

@@ -18,7 +18,10 @@ with as few as 15-20 clusters, and anti-conservative tests when its df fall belo
 Psych Methods 20:375-393). We chose CR2 over a wild cluster bootstrap: it is deterministic, needs one fit
 instead of hundreds, and gives every coefficient its own df, which shows where few clusters inform a term. Below
 `FEW_CLUSTERS` (42, the rule of thumb of Angrist & Pischke 2009, Mostly Harmless Econometrics, ch. 8, that
-Cameron & Miller discuss) the result carries a warning, and terms with df < `MIN_DF` are marked.
+Cameron & Miller discuss) the result carries a warning, and terms with df < `MIN_DF` are marked. A one-line
+reading may headline the strongest term only when it is significant after Benjamini-Hochberg over all terms (the
+strongest of ~30 terms is otherwise often a chance one), has at least `MIN_DF` df, and a CI within a factor of
+`MAX_CI_RATIO`.
 
 What the model cannot identify is handled and said:
 
@@ -49,6 +52,7 @@ import numpy as np
 import pandas as pd
 import statsmodels.api as sm
 from scipy.stats import t as student_t
+from statsmodels.stats.multitest import multipletests
 from statsmodels.tools.sm_exceptions import ConvergenceWarning, PerfectSeparationError, PerfectSeparationWarning
 
 from falserefusal.analysis.rates import require_columns
@@ -64,7 +68,7 @@ FORMULA_TERMS = {
 TABLE_COLUMNS = ("term", "odds_ratio", "ci_low", "ci_high", "p_value", "df", "factor", "level")
 CLUSTERED_SE = "CR2 cluster-robust SE by item, Satterthwaite df"
 METHOD_MLE = f"mle, {CLUSTERED_SE}"
-METHOD_MLE_MODEL_SE = "mle, model-based SE (too few clusters to cluster)"
+METHOD_MLE_MODEL_SE = "mle, model-based SE (one cluster: nothing to cluster)"
 METHOD_PENALIZED = f"penalized (log-F(1,1) prior by data augmentation) fallback, {CLUSTERED_SE}"
 #: below this many clusters the result carries a warning (see the module docstring)
 FEW_CLUSTERS = 42
@@ -320,12 +324,16 @@ def _warning(clusters: int, table: pd.DataFrame) -> str:
 
 
 def headline_terms(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Terms a reading may headline: significant, finite, at least MIN_DF df, and a CI within MAX_CI_RATIO."""
+    """Terms a reading may headline: significant after Benjamini-Hochberg over the terms (a headline picks the
+    strongest of many), finite, with at least MIN_DF df and a CI within a factor of MAX_CI_RATIO."""
     if table.empty:
         return table
-    terms = table[table["term"] != "Intercept"]
+    terms = table[(table["term"] != "Intercept") & np.isfinite(table["p_value"].astype(float))]
+    if terms.empty:
+        return terms
+    q = multipletests(terms["p_value"].astype(float).to_numpy(), method="fdr_bh")[1]
     ratio = terms["ci_high"].astype(float) / terms["ci_low"].astype(float)
-    keep = (terms["p_value"] < alpha) & np.isfinite(ratio) & (ratio <= MAX_CI_RATIO) & (terms["df"].astype(float) >= MIN_DF)
+    keep = (q < alpha) & np.isfinite(ratio) & (ratio <= MAX_CI_RATIO) & (terms["df"].astype(float) >= MIN_DF)
     return terms[keep]
 
 
@@ -363,18 +371,22 @@ def fit_logistic(df: pd.DataFrame, alpha: float = 0.05) -> RegressionResult:
 
     groups: np.ndarray | None = _clusters(df)
     n_clusters = int(groups.max()) + 1
-    if n_clusters <= x.shape[1]:
-        # a cluster-robust covariance needs more clusters than parameters, or it is singular
-        notes.append(f"only {n_clusters} clusters for {x.shape[1]} parameters: model-based SEs, not clustered")
+    if n_clusters < 2:
+        notes.append("one cluster: model-based SEs, not clustered")
         groups, method = None, METHOD_MLE_MODEL_SE
     else:
+        # with fewer clusters than parameters the covariance matrix is singular, but each term's CR2 variance and
+        # Satterthwaite df still say how much its few clusters tell (model-based SEs would claim far more)
         method = METHOD_MLE
+        if n_clusters <= x.shape[1]:
+            notes.append(f"{n_clusters} clusters for {x.shape[1]} parameters: the covariance matrix is singular (joint "
+                         "tests impossible); each term keeps its own CR2 SE and df")
 
     def finish(table: pd.DataFrame, method: str) -> RegressionResult:
         warning = _warning(n_clusters, table)
         if groups is None:
-            warning = "; ".join(filter(None, [f"only {n_clusters} clusters for {x.shape[1]} parameters: model-based "
-                                              "SEs, which ignore the correlation within items (too optimistic)", warning]))
+            warning = "; ".join(filter(None, ["one cluster: model-based SEs, which ignore the correlation within it "
+                                              "(too optimistic)", warning]))
         return RegressionResult(table, method, tuple(notes), n, formula, n_clusters, warning)
 
     separated = _separated_levels(df, y, used)

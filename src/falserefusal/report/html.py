@@ -182,8 +182,9 @@ def _regression_reading(table: pd.DataFrame, notes: Sequence[str]) -> str:
     # no headline for a term whose interval spans > MAX_CI_RATIO or whose df are too few to trust its test
     usable = headline_terms(table).copy()
     if usable.empty:
-        return (f"No headline: {len(significant)} of {len(terms)} terms have p < 0.05, but none has an interval within "
-                f"a factor of {MAX_CI_RATIO:g} and at least {MIN_DF:g} df; the data are too few to size any effect.")
+        return (f"No headline: {len(significant)} of {len(terms)} terms have p < 0.05, but none is significant after "
+                f"Benjamini-Hochberg over the {len(terms)} terms with an interval within a factor of {MAX_CI_RATIO:g} and "
+                f"at least {MIN_DF:g} df; these data are too few to single out and size an effect.")
     usable["strength"] = np.abs(np.log(usable["odds_ratio"].astype(float)))
     top = usable.sort_values("strength", ascending=False).iloc[0]
     direction = "raises" if top["odds_ratio"] > 1 else "lowers"
