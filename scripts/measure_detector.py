@@ -147,8 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 s = corpus[label][group]
                 print(f"{group:<38} {label:<14} {s['n']:>5} {s['precision']:>6.3f} {s['recall']:>6.3f} {s['f1']:>6.3f} "
                       f"{s.get('non_answer_read_as_refusal', float('nan')):>6.3f}")
-    print(f"\nspeed on the {len(rows)} XSTest dev rows: {speed['batch']:.0f} answers/s with detect_many, "
-          f"{speed['one_by_one']:.0f} answers/s one by one (one process; load seen: {speed['load']})")
+    print(f"\nspeed on the {len(rows)} XSTest dev rows (median of 3 interleaved rounds, one process, load {speed['load']}): "
+          f"{speed['batch']:.0f} answers/s with detect_many, {speed['one_by_one']:.0f} one by one; the rules alone at "
+          f"window 120: {speed['rules_120']:.0f}/s (detect_many / rules-120 = {speed['batch_vs_rules_120']:.2f})")
     if args.show_errors:
         verdicts = [detector.detect(row.completion) for row in rows]
         print("\nrule (kind): rows it decided, of which the human label agrees")
@@ -180,7 +181,7 @@ def score_corpus(folder: Path, split: str, detectors: dict[str, RefusalDetector]
     answers = [a for a in answers if a["split"] == split and a["id"] in labels]
     groups: dict[str, list[int]] = {"all": list(range(len(answers)))}
     for i, a in enumerate(answers):
-        groups.setdefault(f"source:{a['source'].split(':')[0]}", []).append(i)
+        groups.setdefault(f"source:{a['source'].split('/')[0]}", []).append(i)
         groups.setdefault(f"task:{a['task']}", []).append(i)
         groups.setdefault("persona" if a["persona"] != "baseline" else "baseline (no persona)", []).append(i)
     matcher = [("refusal" if xstest_matcher(a["response"]) else "compliance") for a in answers]
@@ -203,16 +204,25 @@ def score_corpus(folder: Path, split: str, detectors: dict[str, RefusalDetector]
     return result
 
 
-def measure_speed(detector: RefusalDetector, texts: Sequence[str]) -> dict[str, Any]:
-    """Answers per second: detect_many over all rows, and detect one row at a time (as the generator calls it)."""
-    started = time.perf_counter()
-    detector.detect_many(texts, [()] * len(texts))
-    batch = len(texts) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    for text in texts:
-        detector.detect(text)
-    one_by_one = len(texts) / (time.perf_counter() - started)
-    return {"batch": batch, "one_by_one": one_by_one, "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+def measure_speed(detector: RefusalDetector, texts: Sequence[str], rounds: int = 3) -> dict[str, Any]:
+    """Answers per second, interleaved with the rules alone at 0.1.0's 120-character window (the speed to keep), in
+    one process, so a loaded machine slows both alike: detect_many over all rows, and detect one row at a time."""
+    rules_120 = RefusalDetector(detector.rules, decision_window=120, model=None)
+
+    def rate(run: Callable[[], Any]) -> float:
+        started = time.perf_counter()
+        run()
+        return len(texts) / (time.perf_counter() - started)
+
+    batch, one_by_one, rules = [], [], []
+    for _ in range(rounds):
+        rules.append(rate(lambda: [rules_120.detect(text) for text in texts]))
+        batch.append(rate(lambda: detector.detect_many(texts, [()] * len(texts))))
+        one_by_one.append(rate(lambda: [detector.detect(text) for text in texts]))
+    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    return {"batch": median(batch), "one_by_one": median(one_by_one), "rules_120": median(rules),
+            "batch_vs_rules_120": median([b / r for b, r in zip(batch, rules)]),
+            "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
 
 
 if __name__ == "__main__":

@@ -229,6 +229,11 @@ class RefusalDetector:
             version += f"+w{decision_window}"  # the window changes verdicts, so it is part of the version
         self.version = version
         self._decided_cache: dict[tuple[str, tuple[str, ...]], bool] = {}
+        # one alternation of every refusal and compliance pattern: a sentence it does not match cannot fire any rule,
+        # so most sentences of an answer skip the per-rule loop (the verdicts are the same, it is only faster)
+        sources = [p.pattern for rule in self.rules.refusals for p in rule.patterns]
+        sources += [p.pattern for _, patterns in self.rules.compliance for p in patterns]
+        self._any_rule = re.compile("|".join(f"(?:{source})" for source in sources), re.IGNORECASE) if sources else None
 
     # -- public API -----------------------------------------------------------------------------
     def detect(self, text: str, labels: Sequence[str] = ()) -> Verdict:
@@ -383,14 +388,15 @@ class RefusalDetector:
         for start, end, final in _sentences(window):
             sentence = self._mask_sympathy(window[start:end])
             strong_here: list[int] = []
-            for rule in self.rules.refusals:
+            any_rule = self._any_rule is not None and self._any_rule.search(sentence) is not None
+            for rule in self.rules.refusals if any_rule else ():
                 found = [m.start() for p in rule.patterns for m in p.finditer(sentence)]
                 if found:
                     target = strong if rule.strength == "strong" else weak
                     target.append(_Hit(start + min(found), rule.name, final))
                     if rule.strength == "strong":
                         strong_here.extend(found)
-            for name, compiled in self.rules.compliance:
+            for name, compiled in self.rules.compliance if any_rule else ():
                 found = [m.start() for p in compiled for m in p.finditer(sentence)]
                 if found:
                     compliance.append(_Hit(start + min(found), name, final))
