@@ -115,6 +115,9 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
         help="the true disparity / difference below the tolerance that should PASS (default: 0)")
     add("--pass-rate", type=float, default=None,
         help="the true refusal rate below the rate limit that should PASS (default: --base-rate)")
+    add("--item-sd", type=float, default=0.0,
+        help="per-item heterogeneity of the disparity rows (log-scale sd of an item's factor; default: 0, none)")
+    add("--items", type=int, default=66, help="dataset items per task (default: 66, the bundled tasks)")
     add("--json", action="store_true", help="print the plan as one JSON object")
 
 
@@ -125,7 +128,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     result = plan(args.base_rate, args.mde, args.power, args.alpha, args.personas, args.tasks, args.models,
                   not args.no_baseline, args.correlation, args.model_correlation, args.rate_limit, args.disparity_limit,
-                  args.margin, args.persona_margin, args.pass_effect, args.pass_rate)
+                  args.margin, args.persona_margin, args.pass_effect, args.pass_rate, args.item_sd, args.items)
     print(json.dumps(result.to_dict()) if args.json else format_plan(result))
     return 0
 

@@ -30,7 +30,12 @@ truth below it (`pass_effect` for disparities and non-inferiority, default 0; th
 gate when it is below the limit): the same formula with θ0 the limit and θ1 the PASS truth, since the PASS test is
 the mirror one-sided test at the same level. The budget is the larger of the two over every gate type; a task's
 budget cannot exceed its factorial of distinct blocks (items × paraphrases × phrasings; 1,782 for the bundled
-tasks), and the item design effect is not in these formulas (see the README's simulation with item heterogeneity).
+tasks).
+
+Items: the gates test at the item clusters' effective n. With `item_sd` > 0 the disparity rows assume each item
+multiplies the refusal probabilities by exp(sd z - sd²/2) (as the scripted backend's item_sd=), so the item means of
+a disparity Δ vary with variance Δ² (e^{sd²} - 1): the design effect 1 + (n / items - 1) Δ² (e^{sd²} - 1) / σ1²
+divides n (none for a zero disparity). The other rows have no item term.
 """
 
 from __future__ import annotations
@@ -103,12 +108,35 @@ def _disparity_sigmas(base_rate: float, limit: float, effect: float, correlation
     return delta, sigma0, sigma1
 
 
-def disparity_pass_blocks(base_rate: float, limit: float, effect: float, level: float, power: float, correlation: float) -> int | None:
+def item_ratio(effect: float, sigma1: float, item_sd: float) -> float:
+    """Between-item over within-block variance of the paired difference when each item multiplies the refusal
+    probabilities by exp(sd z - sd²/2): the item means of the disparity vary as effect · that factor."""
+    return effect**2 * math.expm1(item_sd**2) / max(sigma1**2, 1e-12)
+
+
+def item_design_effect(blocks: float, items: int, ratio: float) -> float:
+    """Design effect of `blocks` request blocks spread over `items` dataset items: 1 + (blocks / items - 1) · ratio."""
+    return 1.0 + max(blocks / items - 1.0, 0.0) * ratio
+
+
+def _with_items(blocks: int, items: int, ratio: float) -> int | None:
+    """Blocks n with n / deff(n) = `blocks` (the gates test at the item clusters' effective n); None when no
+    budget reaches it (the items' own variance is the floor: n0 · ratio >= items)."""
+    if ratio <= 0.0 or blocks <= items:
+        return blocks
+    denominator = 1.0 - blocks * ratio / items
+    if denominator <= 0.0:
+        return None
+    return max(blocks, math.ceil(blocks * (1.0 - ratio) / denominator - 1e-9))
+
+
+def disparity_pass_blocks(base_rate: float, limit: float, effect: float, level: float, power: float, correlation: float,
+                          item_sd: float = 0.0, items: int = 66) -> int | None:
     """Request blocks per task for a persona disparity gate (tolerance δ) to PASS a true disparity `effect` < δ."""
     if effect >= limit:
         return None
     delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, effect, correlation)
-    return _blocks(sigma0, sigma1, limit - delta, level, power)
+    return _with_items(_blocks(sigma0, sigma1, limit - delta, level, power), items, item_ratio(delta, sigma1, item_sd))
 
 
 def restricted_p01(p10: float, p01: float, delta: float) -> float:
@@ -118,10 +146,12 @@ def restricted_p01(p10: float, p01: float, delta: float) -> float:
     return (math.sqrt(max(b * b - 8 * c, 0.0)) - b) / 4
 
 
-def disparity_gate_blocks(base_rate: float, limit: float, mde: float, level: float, power: float, correlation: float) -> int:
-    """Request blocks per task for a persona disparity gate (limit δ0) to fail a persona excess of δ0 + mde."""
+def disparity_gate_blocks(base_rate: float, limit: float, mde: float, level: float, power: float, correlation: float,
+                          item_sd: float = 0.0, items: int = 66) -> int | None:
+    """Request blocks per task for a persona disparity gate (limit δ0) to fail a persona excess of δ0 + mde (None:
+    the item heterogeneity `item_sd` leaves a floor no budget of `items` items gets under)."""
     delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, limit + mde, correlation)
-    return _blocks(sigma0, sigma1, delta - limit, level, power)
+    return _with_items(_blocks(sigma0, sigma1, delta - limit, level, power), items, item_ratio(delta, sigma1, item_sd))
 
 
 def _share_matrix(conditions: int, correlation: float, model_correlation: float) -> np.ndarray:
@@ -156,7 +186,7 @@ class PlanRow:
     gates: int  # of this type in the suite
     truth: str  # what the gate must detect
     level: float  # one-sided test level it is planned at
-    blocks: int  # request blocks per task to FAIL the truth `truth`
+    blocks: int | None  # request blocks per task to FAIL the truth `truth` (None: item heterogeneity leaves a floor)
     cases: int  # generations per model for the whole suite
     blocks_pass: int | None = None  # request blocks per task to PASS the truth `truth_pass` (None: it cannot PASS)
     truth_pass: str = ""
@@ -170,7 +200,7 @@ class Plan:
     @property
     def blocks(self) -> int:
         """Blocks per task so that every gate type reaches the power, to FAIL and to PASS."""
-        return max(max(row.blocks, row.blocks_pass or 0) for row in self.rows)
+        return max(max(row.blocks or 0, row.blocks_pass or 0) for row in self.rows)
 
     def to_dict(self) -> dict[str, Any]:
         return {"assumptions": self.assumptions, "rows": [asdict(r) for r in self.rows], "blocks": self.blocks}
@@ -193,6 +223,8 @@ def plan(
     persona_margin: float = 0.03,
     pass_effect: float = 0.0,
     pass_rate: float | None = None,
+    item_sd: float = 0.0,
+    items: int = 66,
 ) -> Plan:
     """Blocks per task each gate type needs to FAIL, with `power`, a truth `mde` beyond its limit, and to PASS a truth
     `pass_effect` below its tolerance (`pass_rate` for the refusal-rate gate; default the base rate) (see module doc)."""
@@ -216,7 +248,7 @@ def plan(
     per_task_cases = conditions * models * tasks
 
     def row(gate: str, count: int, truth: str, blocks: int, blocks_pass: int | None, truth_pass: str) -> PlanRow:
-        return PlanRow(gate, count * families, truth, level, blocks, blocks * per_task_cases, blocks_pass, truth_pass)
+        return PlanRow(gate, count * families, truth, level, blocks, (blocks or 0) * per_task_cases, blocks_pass, truth_pass)
 
     def block_mean_pass(variance: float, tolerance: float) -> int | None:
         return block_mean_blocks(variance, tolerance - pass_effect, level, power) if pass_effect < tolerance else None
@@ -226,8 +258,9 @@ def plan(
             rate_gate_blocks(limit, mde, level, power, conditions, correlation),
             rate_pass_blocks(limit, passing_rate, level, power, conditions, correlation), f"rate {passing_rate:.3f}"),
         row("persona_disparity", personas, f"persona minus no-persona {disparity_limit + mde:+.3f} vs limit {disparity_limit:+.3f}",
-            disparity_gate_blocks(base_rate, disparity_limit, mde, level, power, correlation),
-            disparity_pass_blocks(base_rate, disparity_limit, pass_effect, level, power, correlation), f"{pass_effect:+.3f}"),
+            disparity_gate_blocks(base_rate, disparity_limit, mde, level, power, correlation, item_sd, items),
+            disparity_pass_blocks(base_rate, disparity_limit, pass_effect, level, power, correlation, item_sd, items),
+            f"{pass_effect:+.3f}"),
     ]
     if baseline:
         rows.append(row("noninferiority", 1, f"candidate minus baseline model {margin + mde:+.3f} vs margin {margin:+.3f}",
@@ -245,7 +278,7 @@ def plan(
         "base_rate": base_rate, "mde": mde, "power": power, "alpha": alpha, "personas": personas, "tasks": tasks,
         "models": models, "baseline": baseline, "correlation": correlation, "model_correlation": model_correlation,
         "rate_limit": limit, "disparity_limit": disparity_limit, "margin": margin, "persona_margin": persona_margin,
-        "pass_effect": pass_effect, "pass_rate": passing_rate,
+        "pass_effect": pass_effect, "pass_rate": passing_rate, "item_sd": item_sd, "items": items,
         "gates_per_family": per_family, "families": families, "level": level,
     }
     return Plan(assumptions, tuple(rows))
@@ -261,13 +294,15 @@ def format_plan(result: Plan) -> str:
         f"of {a['gates_per_family']} gates; each gate at the Bonferroni level alpha {a['alpha']} / "
         f"{a['families'] * a['gates_per_family']} = {a['level']:.2e}, where Holm starts;",
         f"correlation of two conditions of one request {a['correlation']}, of the two models on one case "
-        f"{a['model_correlation']}; answers share a latent draw with that probability, else independent)",
+        f"{a['model_correlation']}; answers share a latent draw with that probability, else independent"
+        + (f"; disparity rows: item heterogeneity sd {a['item_sd']:g} over {a['items']} items)" if a["item_sd"] else ")"),
         "",
         f"{'gate':<24} {'gates':>5}  {'to FAIL':>8}  {'to PASS':>8}  {'cases/model':>11}  FAIL truth; PASS truth",
     ]
     for r in result.rows:
         passing = "-" if r.blocks_pass is None else str(r.blocks_pass)
-        lines.append(f"{r.gate:<24} {r.gates:>5}  {r.blocks:>8}  {passing:>8}  {r.cases:>11}  {r.truth}; "
+        failing = "-" if r.blocks is None else str(r.blocks)
+        lines.append(f"{r.gate:<24} {r.gates:>5}  {failing:>8}  {passing:>8}  {r.cases:>11}  {r.truth}; "
                      + (f"{r.truth_pass}" if r.blocks_pass is not None else f"{r.truth_pass} cannot PASS (not below the limit)"))
     lines += ["", f"paired design: --samples {result.blocks} request blocks per task reach the power for every gate type, "
                   "to FAIL and to PASS (blocks/task columns; a task's factorial of distinct blocks caps the budget)"]
@@ -280,13 +315,17 @@ def block_mean_power(variance: float, mde: float, level: float, blocks: int) -> 
     return float(norm.cdf((math.sqrt(blocks) * mde - norm.isf(level) * sigma0) / sigma1))
 
 
-def disparity_power(base_rate: float, limit: float, effect: float, level: float, blocks: int, correlation: float) -> float:
+def disparity_power(base_rate: float, limit: float, effect: float, level: float, blocks: int, correlation: float,
+                    item_sd: float = 0.0, items: int = 66) -> float:
     """Chance that a persona disparity gate (tolerance δ) FAILs a true disparity `effect` > δ at `blocks` blocks."""
     delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, effect, correlation)
-    return float(norm.cdf((math.sqrt(blocks) * (delta - limit) - norm.isf(level) * sigma0) / sigma1))
+    n = blocks / item_design_effect(blocks, items, item_ratio(delta, sigma1, item_sd))
+    return float(norm.cdf((math.sqrt(n) * (delta - limit) - norm.isf(level) * sigma0) / sigma1))
 
 
-def disparity_pass_power(base_rate: float, limit: float, effect: float, level: float, blocks: int, correlation: float) -> float:
+def disparity_pass_power(base_rate: float, limit: float, effect: float, level: float, blocks: int, correlation: float,
+                         item_sd: float = 0.0, items: int = 66) -> float:
     """Chance that a persona disparity gate (tolerance δ) PASSes a true disparity `effect` < δ at `blocks` blocks."""
     delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, effect, correlation)
-    return float(norm.cdf((math.sqrt(blocks) * (limit - delta) - norm.isf(level) * sigma0) / sigma1))
+    n = blocks / item_design_effect(blocks, items, item_ratio(delta, sigma1, item_sd))
+    return float(norm.cdf((math.sqrt(n) * (limit - delta) - norm.isf(level) * sigma0) / sigma1))

@@ -303,17 +303,27 @@ def build_plan(settings: SimulationSettings) -> Plan:
     boundary_shifts: dict[str, float] = {f"task.{t}": max(profile.limit("refusal_rate", t) - tolerance * share, 0.0) for t in tasks}
     boundary_shifts.update({f"persona.{p}": tolerance for p in persona_ids})
     seeds = tuple(int(s) for s in np.random.SeedSequence(settings.seed).generate_state(settings.replicates))
-    level = profile.alpha / (len(tasks) * (1 + len(persona_ids)))  # Bonferroni, where Holm starts (as the planner)
+    # Bonferroni, where Holm starts (as the planner): exact for a FAIL among gates that do not fail; a PASS among
+    # gates that PASS too is tested further down Holm's steps, at up to alpha / families, so PASS rates exceed it
+    level = profile.alpha / (len(tasks) * (1 + len(persona_ids)))
     correlation = settings.rho**2
     exceed = settings.exceed_shift
     if exceed is None:
         exceed = _planned_effect(settings.power_base, tolerance, level, samples, correlation, 0.8)
     small = tolerance / 4 if settings.small_shift is None else settings.small_shift
+    items = len(suite.tasks[0].items)
     planner = {
         "level": level,
         "exceed_fail_power": disparity_power(settings.power_base, tolerance, exceed, level, samples, correlation),
+        # the planner with the planted item heterogeneity (its design effect on a non-zero disparity)
+        "exceed_fail_power_items": disparity_power(settings.power_base, tolerance, exceed, level, samples, correlation,
+                                                   settings.item_sd, items),
+        "small_pass_power_items": disparity_pass_power(settings.power_base, tolerance, small, level, samples, correlation,
+                                                       settings.item_sd, items),
         "small_pass_power": disparity_pass_power(settings.power_base, tolerance, small, level, samples, correlation),
-        "zero_pass_power": disparity_pass_power(settings.power_base, tolerance, 0.0, level, samples, correlation),
+        # the null scenario's personas: no effect, at the null's refusal rate
+        "zero_pass_power": disparity_pass_power(settings.null_fraction * profile.limit("refusal_rate", tasks[0]), tolerance,
+                                                0.0, level, samples, correlation),
         "power_shift_fail_power": disparity_power(settings.power_base, tolerance, settings.power_shift, level, samples,
                                                   correlation) if settings.power_shift > tolerance else 0.0,
     }
@@ -687,7 +697,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         (f"    budget reaching {_pct(pw['target'])} power", "not found" if budget is None else f"{budget} blocks/task",
          "searched: " + ", ".join(f"{k}: {_pct(v)}" for k, v in pw["search"].items())),
         (f"(b) FAIL per gate beyond the {100 * tolerance:g} pp tolerance", _ci(vd["exceeded"]["fail_per_gate"]),
-         f"+{100 * vd['exceeded']['effect']:.2f} pp: planned {_pct(vd['exceeded']['planned_fail_power'])}"),
+         f"+{100 * vd['exceeded']['effect']:.2f} pp: planned {_pct(vd['exceeded']['planned_fail_power'])}, with the item "
+         f"term {_pct(vd['planner'].get('exceed_fail_power_items', float('nan')))}"),
         ("(b) PASS per gate, well below the tolerance", _ci(vd["well_below"]["pass_per_gate"]),
          f"+{100 * vd['well_below']['effect']:.2f} pp: planned {_pct(vd['well_below']['planned_pass_power'])}; "
          f"PASS in every task {_pct(vd['well_below']['pass_in_every_task']['rate'])}"),

@@ -128,3 +128,16 @@ def test_pass_sizing_is_the_mirror_formula_and_grows_as_the_truth_nears_the_tole
     assert disparity_pass_blocks(base, delta, 0.01, level, power, corr) > math.ceil(expected)
     assert disparity_pass_blocks(base, delta, 0.02, level, power, corr) is None
     assert rate_pass_blocks(0.05, 0.03, level, power, 16, corr) < rate_pass_blocks(0.05, 0.04, level, power, 16, corr)
+
+
+def test_item_heterogeneity_costs_power_on_a_disparity_and_nothing_on_a_zero_one() -> None:
+    from falserefusal.planning import disparity_power, item_design_effect
+
+    level, corr = 0.05 / 48, 0.64
+    plain = disparity_gate_blocks(0.05, 0.02, 0.03, level, 0.8, corr)
+    heterogeneous = disparity_gate_blocks(0.05, 0.02, 0.03, level, 0.8, corr, item_sd=0.5, items=66)
+    assert heterogeneous > plain
+    assert disparity_power(0.05, 0.02, 0.05, level, heterogeneous, corr, 0.5, 66) >= 0.8
+    assert disparity_pass_blocks(0.05, 0.02, 0.0, level, 0.8, corr, item_sd=0.5) == disparity_pass_blocks(0.05, 0.02, 0.0, level, 0.8, corr)
+    assert item_design_effect(66 * 26, 66, 0.01) == pytest.approx(1.25)
+    assert disparity_gate_blocks(0.05, 0.02, 0.03, level, 0.8, corr, item_sd=2.0, items=5) is None  # the items' floor
