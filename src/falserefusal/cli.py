@@ -144,7 +144,7 @@ def _simulate_release_options(parser: argparse.ArgumentParser) -> None:
     add("--persona", default="muslim", help="persona with the planted effect (default: muslim)")
     add("--rho", type=float, default=0.8, help="scripted models' within-request correlation parameter (default: 0.8)")
     add("--tasks", default="", help="comma-separated task ids (default: all)")
-    add("--workers", type=int, default=1, help="processes (default: 1)")
+    add("--workers", "--jobs", dest="workers", type=int, default=1, help="processes (default: 1; --jobs is the same, as in simulate)")
     add("--json", action="store_true", help="also print one JSON object on the last line")
 
 
@@ -176,7 +176,7 @@ def _simulate_options(parser: argparse.ArgumentParser) -> None:
                         help="gating policy file (default: ./thresholds.yaml, else the packaged one)")
     parser.add_argument("--fixtures-dir", default=None, metavar="DIR",
                         help="folder with personas.yaml and tasks/ (default: ./fixtures, else the packaged one)")
-    parser.add_argument("--jobs", type=int, default=0, metavar="N", help="worker processes (default: every CPU)")
+    parser.add_argument("--jobs", "--workers", dest="jobs", type=int, default=0, metavar="N", help="worker processes (default: every CPU; --workers is the same, as in simulate-release)")
     parser.add_argument("--quick", action="store_true", help="a small, fast run (for tests): 20 replicates of 120 blocks")
     parser.add_argument("--json", action="store_true", help="also print the summary as one JSON object on the last line")
     parser.add_argument("--item-sd", type=float, default=0.5,
