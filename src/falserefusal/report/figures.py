@@ -118,7 +118,7 @@ def forest(
     n_rows = math.ceil(len(families) / n_cols)
     lookup = {(r.model, r.task, r.persona): r for r in table.itertuples(index=False)}
     with matplotlib.rc_context(_RC):
-        figure = Figure(figsize=(1.8 + 3.0 * n_cols, 0.9 + n_rows * (0.6 + 0.3 * len(personas))))
+        figure = Figure(figsize=(max(6.0, 1.8 + 3.0 * n_cols), 0.9 + n_rows * (0.6 + 0.3 * len(personas))))
         grid = figure.subplots(n_rows, n_cols, squeeze=False, sharey=True)
         y = np.arange(len(personas))
         for index, (model, task) in enumerate(families):
@@ -146,8 +146,7 @@ def forest(
             axes.grid(axis="x", color="#eeeeee")
         for index in range(len(families), n_rows * n_cols):
             grid[index // n_cols][index % n_cols].set_axis_off()
-        return _titled_uri(figure, "persona − baseline on the same requests: • estimate, — adjusted CI, ▷ ◁ gate bounds, "
-                                   "-- tolerance; red FAIL, amber INCONCLUSIVE, dark PASS", no_refusals)
+        return _titled_uri(figure, "persona − baseline: • estimate, — CI, ▷ ◁ gate bounds, -- tolerance", no_refusals)
 
 
 def sensitivity_bars(table: pd.DataFrame, no_refusals: bool) -> str:
