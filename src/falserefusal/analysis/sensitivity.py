@@ -30,10 +30,11 @@ has: |p̂_k - p̂| >= |p_k - p| on average (Jensen), so sampling noise shows as 
 therefore reports, beside ι̂:
 
 - a noise floor from a permutation null that keeps the paired design: a factor that varies within request blocks
-  (persona, model) has its labels permuted among the rows of each block (and of each level of the other
-  within-block factors), so the 16 answers to one request stay together as they do in the data; a factor fixed
-  within blocks (task, forcing level, paraphrase, item) has its labels permuted between blocks, within the levels
-  of the factors it is nested in (an item within its task, a paraphrase within its task x forcing level). The
+  (persona, model) has its levels swapped within each block, a level's rows moving together (a persona's answers
+  from every model; one model's answers to all 16 conditions, which share that model's draw for the request), so
+  the answers to one request stay paired as they are in the data; a factor fixed within blocks (task, forcing
+  level, paraphrase, item) has its labels permuted between blocks, within the levels of the factors it is nested
+  in (an item within its task, a paraphrase within its task x forcing level). The
   floor is the 1 - alpha quantile of ι̂ of the permuted labels, and the factor is distinguishable from noise when
   its ι̂ lies above it (a permutation test of "refusal does not depend on the factor" at level alpha; p_value is
   its p-value);
@@ -154,37 +155,37 @@ def _nested_in(inner: np.ndarray, outer: np.ndarray) -> bool:
 
 @dataclass(frozen=True)
 class _Permutation:
-    """How the null permutes one factor's labels: rows within strata, or blocks within strata."""
+    """How the null permutes one factor's labels: whole units (a request block, or the rows of one level within one
+    block) keep one label, and units swap labels within strata."""
 
-    per_block: bool
-    strata: np.ndarray  # per row (within-block factor) or per block (block-level factor)
-    order: np.ndarray  # positions grouped by stratum, each stratum in its original order
+    units: np.ndarray  # per row: its unit
+    unit_labels: np.ndarray  # the factor's level of each unit
+    strata: np.ndarray  # per unit: the stratum it is permuted within
+    order: np.ndarray  # units grouped by stratum, each stratum in its original order
 
     @classmethod
-    def of(cls, codes: np.ndarray, block_codes: np.ndarray, others: Mapping[str, np.ndarray], design: bool) -> "_Permutation":
-        """`others`: the codes of the other factors; `design`: the factor is one of DEFAULT_FACTORS (a column
-        outside the design is permuted within blocks only)."""
+    def of(cls, codes: np.ndarray, block_codes: np.ndarray, others: Mapping[str, np.ndarray]) -> "_Permutation":
+        """`others`: the codes of the other factors (for the nesting of a block-level factor)."""
         first_row = np.unique(block_codes, return_index=True)[1]
-        per_block = bool(np.array_equal(codes[first_row][block_codes], codes))
-        if per_block:
-            # between blocks, within the levels of every block-level factor the factor is nested in
-            block_level = {f: c[first_row] for f, c in others.items() if np.array_equal(c[first_row][block_codes], c)}
-            inner = codes[first_row]
-            strata = _combined([c for c in block_level.values() if _nested_in(inner, c)], len(first_row))
+        if np.array_equal(codes[first_row][block_codes], codes):
+            # a block-level factor: blocks swap labels within the levels of every block-level factor it is nested in
+            units, unit_labels = block_codes, codes[first_row]
+            block_level = [c[first_row] for c in others.values() if np.array_equal(c[first_row][block_codes], c)]
+            strata = _combined([c for c in block_level if _nested_in(unit_labels, c)], len(first_row))
         else:
-            # within blocks, and within the levels of the other design factors that vary within blocks (a persona
-            # is permuted among the rows of one block and one model)
-            varying = [c for f, c in others.items()
-                       if design and f in DEFAULT_FACTORS and not np.array_equal(c[first_row][block_codes], c)]
-            strata = _combined([block_codes, *varying], len(codes))
-        return cls(per_block, strata, np.argsort(strata, kind="stable"))
+            # a factor that varies within blocks: the rows of one level in one block (a persona's answers from every
+            # model, or one model's answers to every persona) swap labels with the other levels' rows of that block,
+            # so whatever correlates within them (a model's shared draw for the request) stays together
+            units = _combined([block_codes, codes], len(codes))
+            first_unit = np.unique(units, return_index=True)[1]
+            unit_labels, strata = codes[first_unit], block_codes[first_unit]
+        return cls(units, unit_labels, strata, np.argsort(strata, kind="stable"))
 
-    def labels(self, codes: np.ndarray, block_codes: np.ndarray, first_row: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        source = codes[first_row] if self.per_block else codes
-        shuffled = np.empty_like(source)
+    def labels(self, rng: np.random.Generator) -> np.ndarray:
+        shuffled = np.empty_like(self.unit_labels)
         # strata + a uniform in [0, 1): sorting it shuffles within each stratum and keeps the strata in order
-        shuffled[self.order] = source[np.argsort(self.strata + rng.random(len(source)), kind="stable")]
-        return shuffled[block_codes] if self.per_block else shuffled
+        shuffled[self.order] = self.unit_labels[np.argsort(self.strata + rng.random(len(self.strata)), kind="stable")]
+        return shuffled[self.units]
 
 
 def sensitivity_table(
@@ -231,14 +232,14 @@ def sensitivity_table(
             row["note"] = f"pooled refusal rate is {pooled:g}: the index is undefined"
         else:
             others = {f: c for f, c in all_codes.items() if f != factor}
-            permutation = _Permutation.of(codes, block_codes, others, factor in DEFAULT_FACTORS)
+            permutation = _Permutation.of(codes, block_codes, others)
             null, noise_sd = _null_indices(y, codes, k, block_codes, permutation, n_perm, np.random.default_rng(perm_seed))
             row.update(_factor_row(y, codes, k, block_codes, n_blocks, boot_counts, null, alpha))
             rows_per_level = np.bincount(codes, minlength=k)
             d_hat = np.bincount(codes, weights=y, minlength=k) / np.maximum(rows_per_level, 1) - pooled
             row["index_corrected"] = corrected_index(d_hat, noise_sd, rows_per_level / len(y), pooled)
-            if permutation.per_block and len(np.unique(permutation.strata)) == n_blocks:
-                row["note"] = "every block is its own stratum: no permutation null"
+            if len(np.unique(permutation.strata)) == len(permutation.strata):
+                row["note"] = "every unit is its own stratum: no permutation null"
         rows.append(row)
     return pd.DataFrame(rows, columns=list(SENSITIVITY_COLUMNS))
 
@@ -262,12 +263,11 @@ def _null_indices(
 ) -> tuple[np.ndarray, np.ndarray]:
     """ι̂ of the factor's labels permuted `n_perm` times under the paired-design null, and the sd of each level's
     deviation p̂_k - p̂ over those permutations (its noise when the factor has no effect)."""
-    first_row = np.unique(block_codes, return_index=True)[1]
     null = np.empty(n_perm)
     deviations = np.empty((n_perm, k))
     p = float(y.mean())
     for b in range(n_perm):
-        labels = permutation.labels(codes, block_codes, first_row, rng)
+        labels = permutation.labels(rng)
         refusals, rows = np.bincount(labels, weights=y, minlength=k), np.bincount(labels, minlength=k)
         null[b] = _binary_index(refusals, rows)
         deviations[b] = refusals / np.maximum(rows, 1) - p
