@@ -187,3 +187,18 @@ def test_corrected_index_removes_noise_and_keeps_clear_deviations() -> None:
     clear = np.array([0.2, -0.2, 0.1, -0.1])
     assert corrected_index(clear, np.zeros(4), shares, 0.3) == pytest.approx(np.sum(shares * np.abs(clear)) / 0.42)
     assert corrected_index(np.array([0.01, -0.01, 0.02, -0.02]), np.full(4, 0.03), shares, 0.3) == 0.0
+
+
+def test_two_models_alike_are_not_told_apart_when_each_answers_a_request_with_one_draw() -> None:
+    # each model's answers to one request share a draw (a model x request effect), as the scripted backend's do;
+    # swapping the models' labels row by row ignored that and called identical models distinguishable often
+    from scipy.special import expit
+
+    called = 0
+    for seed in range(30):
+        frame = simulate_frame(models=("a", "b"), items_per_task=20, seed=seed)
+        rng = np.random.default_rng(seed)
+        unit = pd.factorize(frame["block"] + "|" + frame["model"])[0]
+        frame["refused"] = rng.random(len(frame)) < expit(-2.0 + 3.0 * rng.normal(size=unit.max() + 1)[unit])
+        called += bool(sensitivity_table(frame, factors=("model",), n_boot=40, seed=seed).iloc[0]["distinguishable"])
+    assert called <= 5  # 1.5 of 30 expected at alpha 0.05 (4 here; 5 of 100 seeds); row-level swaps: 9 of 30

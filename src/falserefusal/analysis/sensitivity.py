@@ -36,8 +36,8 @@ therefore reports, beside ι̂:
   level, paraphrase, item) has its labels permuted between blocks, within the levels of the factors it is nested
   in (an item within its task, a paraphrase within its task x forcing level). The
   floor is the 1 - alpha quantile of ι̂ of the permuted labels, and the factor is distinguishable from noise when
-  its ι̂ lies above it (a permutation test of "refusal does not depend on the factor" at level alpha; p_value is
-  its p-value);
+  the permutation p-value (1 + #{permuted ι̂ >= ι̂}) / (1 + n_perm) is at most alpha (a test of "refusal does not
+  depend on the factor"; ι̂ then lies above the floor);
 - the bias-corrected index ι̂ - E_0[ι̂], E_0 the mean of the permutation null (the expected index of a factor
   with these levels and no effect; clipped at 0), as chance-corrected indices such as the adjusted Rand index are;
 - a 1 - alpha interval for the population index ι (the closed form on the true refusal probabilities):
@@ -295,12 +295,15 @@ def _factor_row(
     null_mean = float(null.mean()) if len(null) else float("nan")
     floor = float(np.quantile(null, 1 - alpha)) if len(null) else float("nan")
     z = float(norm.isf(alpha / 2))
+    p_value = float((1 + np.sum(null >= index)) / (1 + len(null))) if len(null) else float("nan")
     return {
         "index": index,
         "ci_low": float(np.clip(index - null_mean - z * spread, 0.0, 1.0)),
         "ci_high": float(np.clip(index + z * spread, 0.0, 1.0)),
         "noise_floor": floor,
         "null_mean": null_mean,
-        "p_value": float((1 + np.sum(null >= index)) / (1 + len(null))) if len(null) else float("nan"),
-        "distinguishable": bool(np.isfinite(floor) and index > floor),
+        "p_value": p_value,
+        # the permutation p-value (1 + #{null >= ι̂}) / (1 + n) is valid at any number of permutations and with ties,
+        # which "ι̂ above the interpolated floor" is not
+        "distinguishable": bool(p_value <= alpha),
     }
