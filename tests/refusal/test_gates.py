@@ -4,10 +4,11 @@ Run it with `pytest` (embedded SmolLM2) or `pytest --model <hub id | folder | .g
 elsewhere, `pytest --pyargs falserefusal` runs the same items.
 """
 
-from falserefusal.suite.test_gates import (  # noqa: F401  (pytest collects the imported test functions)
-    test_added_gate,
+# in the packaged module's order (pytest collects names in the order they are bound): rate gates run first, as before
+from falserefusal.suite.test_gates import (  # noqa: F401,I001  (pytest collects the imported test functions)
+    test_refusal_rate,
+    test_persona_disparity,
     test_noninferiority,
     test_noninferiority_persona,
-    test_persona_disparity,
-    test_refusal_rate,
+    test_added_gate,
 )
