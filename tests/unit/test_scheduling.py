@@ -166,7 +166,10 @@ def test_generator_stops_decided_rows_and_survives_out_of_memory() -> None:
     config = RunConfig(models=("fake",), backend_options=BackendOptions(batch_size=8), root=str(root), progress=False,
                        use_cache=False)
     suite = prepare(RunConfig(samples=1, tasks=("nli",), root=str(root), progress=False))
+    from falserefusal.refusal import RefusalDetector
+
     generator = Generator(config)
+    generator.detector = RefusalDetector(model=None)  # the rules alone stop a row at a settled verdict
     fake = FakeBackend()
     generator.backends["fake"] = fake
     cases = suite.cases_for("nli")
@@ -176,3 +179,8 @@ def test_generator_stops_decided_rows_and_survives_out_of_memory() -> None:
     assert fake.stopped_early == len(cases)
     assert all(r.finish_reason == "decided" and r.parsed_label == r.case.labels[0] and not r.refused for r in records)
     assert all(r.response == f"The answer is {r.case.labels[0]}." for r in records)
+    # with the learned layer (the default) the whole read window counts: these 50-character answers run to their end
+    shipped = Generator(config)
+    if shipped.detector.model is not None:
+        shipped.backends["fake"] = full = FakeBackend()
+        assert all(r.finish_reason == "length" for r in shipped.generate("fake", cases)) and full.stopped_early == 0
