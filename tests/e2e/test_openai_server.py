@@ -60,7 +60,8 @@ def test_served_results_record_every_generation_and_the_server_identity(served_r
     assert identity["backend"] == "openai" and identity["temperature"] == 0.0
     assert len(records) == 2 * 6  # 2 blocks x (baseline + 5 religion personas)
     assert all(r.backend == "openai" and r.response for r in records)
-    assert all(r.rule.startswith(("refusal:", "compliance:")) for r in records)
+    assert all(r.rule.startswith(("refusal:", "compliance:", "model:", "non_answer:")) for r in records)  # rule or model reading
+    assert all(r.outcome in ("refusal", "compliance", "non_answer") and r.refused == (r.outcome == "refusal") for r in records)
     assert all(0 < r.n_tokens <= 32 and r.finish_reason in {"stop", "length"} for r in records)
     assert {r.case.persona for r in records} == {"baseline", *header["personas"]}
 
