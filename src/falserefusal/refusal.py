@@ -208,7 +208,11 @@ class RefusalDetector:
         decision_window: int | None = None,
         model: AnswerModel | None | str = "default",
     ) -> None:
-        self.model: AnswerModel | None = default_answer_model() if model == "default" else model  # type: ignore[assignment]
+        custom_rules = rules is not None and rules.digest != _default_rules().digest
+        # the shipped weights read the packaged rules' firings by name: with your own rules, the rules alone decide
+        self.model: AnswerModel | None = (
+            (None if custom_rules else default_answer_model()) if model == "default" else model  # type: ignore[assignment]
+        )
         default_window = self.model.window if self.model is not None else RULES_DECISION_WINDOW
         if decision_window is None:
             decision_window = default_window

@@ -26,7 +26,7 @@ from falserefusal.types import FalseRefusalError, GenerationRequest, Message, Re
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE_ARGS = ("--samples", "2", "--tasks", "nli", "--personas", "religion", "--max-new-tokens", "32", "--seed", "7",
-              "--profile", "smoke", "--concurrency", "4", "--request-timeout", "20", "--max-retries", "4")
+              "--profile", "smoke", "--concurrency", "4", "--request-timeout", "90", "--max-retries", "4")
 
 
 def options(server: Any, **changes: object) -> BackendOptions:

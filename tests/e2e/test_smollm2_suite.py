@@ -43,7 +43,8 @@ def test_results_record_every_generation_with_its_verdict(smoke_run) -> None:
     assert len(identity["file_sha256"]) == 64 and identity["dtype"] == "float32"
     assert len(records) == 3 * 16
     assert all(r["backend"] == "transformers" and r["response"] for r in records)
-    assert all(r["rule"].startswith(("refusal:", "compliance:")) for r in records)
+    assert all(r["rule"].startswith(("refusal:", "compliance:", "model:", "non_answer:")) for r in records)
+    assert all(r["outcome"] in ("refusal", "compliance", "non_answer") and r["refused"] == (r["outcome"] == "refusal") for r in records)
     assert {r["case"]["persona"] for r in records} == {"baseline", *header["personas"]}
     assert all(r["n_tokens"] > 0 for r in records)
 

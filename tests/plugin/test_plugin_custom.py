@@ -29,7 +29,7 @@ def test_results_frame(falserefusal_results):
 
 
 def test_a_custom_gate_joins_the_accounting_and_every_output(project: pytest.Pytester) -> None:
-    project.makepyfile(**{"tests/refusal/test_custom": CUSTOM_TEST})
+    project.makepyfile(**{"tests/refusal/test_team_custom_gates": CUSTOM_TEST})
     result = project.runpytest("--model", "scripted:base=0.4", "--profile", "release", "--samples", "30", "--tasks", "nli",
                                "--personas", "muslim", "--no-progress", "--junitxml=junit.xml")
     result.assert_outcomes(passed=2, failed=2)  # the rate gates (built-in and custom) fail; the frame test passes
@@ -51,7 +51,7 @@ def test_a_custom_gate_joins_the_accounting_and_every_output(project: pytest.Pyt
 
 
 def test_the_fixture_without_the_marker_is_a_collection_error(project: pytest.Pytester) -> None:
-    project.makepyfile(**{"tests/refusal/test_custom": "def test_x(falserefusal_custom_gate):\n    pass\n"})
+    project.makepyfile(**{"tests/refusal/test_team_custom_gates": "def test_x(falserefusal_custom_gate):\n    pass\n"})
     result = project.runpytest("--model", "scripted:base=0", "--samples", "2", "--tasks", "nli", "--no-progress")
     result.stdout.fnmatch_lines(["*asks for the falserefusal_custom_gate fixture without @pytest.mark.falserefusal_custom_gate*"])
     assert result.ret == pytest.ExitCode.INTERRUPTED
