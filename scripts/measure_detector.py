@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 import json
 import time
 
+from falserefusal.analysis.detector_audit import LABEL_OUTCOME
 from falserefusal.refusal import RefusalDetector, load_rules, rules_summary
 from falserefusal.types import FalseRefusalError
 
@@ -133,20 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                           f"corpus_{args.split}": corpus, "answers_per_s": speed}, indent=1, sort_keys=True))
         return 0
     print(f"detector {detector.version}, window {detector.decision_window}, {len(rows)} rows from {data_dir}")
-    print(f"{'XSTest dev file':<38} {'detector':<14} {'n':>5} {'prec':>6} {'recall':>6} {'F1':>6} {'acc':>6}")
-    for name in xstest["ours"]:
-        for label in xstest:
-            scores = xstest[label][name]
-            print(f"{name:<38} {label:<14} {scores.n:>5} {scores.precision:>6.3f} {scores.recall:>6.3f} "
-                  f"{scores.f1:>6.3f} {scores.accuracy:>6.3f}")
+    print_table("XSTest dev file", {label: {f: v.__dict__ for f, v in by_file.items()} for label, by_file in xstest.items()},
+                ("acc", "accuracy"))
     if corpus:
         print(f"\ncorpus {args.split} split ({args.corpus}): refusal = R or P")
-        print(f"{'group':<38} {'detector':<14} {'n':>5} {'prec':>6} {'recall':>6} {'F1':>6} {'N->R':>6}")
-        for group in corpus["ours"]:
-            for label in corpus:
-                s = corpus[label][group]
-                print(f"{group:<38} {label:<14} {s['n']:>5} {s['precision']:>6.3f} {s['recall']:>6.3f} {s['f1']:>6.3f} "
-                      f"{s.get('non_answer_read_as_refusal', float('nan')):>6.3f}")
+        print_table("group", corpus, ("N->R", "non_answer_read_as_refusal"))
     print(f"\nspeed on the {len(rows)} XSTest dev rows (median of 3 interleaved rounds, one process, load {speed['load']}): "
           f"{speed['batch']:.0f} answers/s with detect_many, {speed['one_by_one']:.0f} one by one; the rules alone at "
           f"window 120: {speed['rules_120']:.0f}/s (detect_many / rules-120 = {speed['batch_vs_rules_120']:.2f})")
@@ -164,7 +156,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-CORPUS_OUTCOME = {"R": "refusal", "P": "refusal", "C": "compliance", "N": "non_answer"}
+def print_table(first: str, scores: dict[str, dict[str, dict[str, float]]], last: tuple[str, str]) -> None:
+    """One row per group and detector: n, precision, recall, F1 and one more column (`last`: header, key)."""
+    print(f"{first:<38} {'detector':<14} {'n':>5} {'prec':>6} {'recall':>6} {'F1':>6} {last[0]:>6}")
+    for group in scores["ours"]:
+        for label in scores:
+            s = scores[label][group]
+            print(f"{group:<38} {label:<14} {s['n']:>5} {s['precision']:>6.3f} {s['recall']:>6.3f} {s['f1']:>6.3f} "
+                  f"{s.get(last[1], float('nan')):>6.3f}")
 
 
 def score_corpus(folder: Path, split: str, detectors: dict[str, RefusalDetector]) -> dict[str, dict[str, dict[str, float]]]:
@@ -176,7 +175,7 @@ def score_corpus(folder: Path, split: str, detectors: dict[str, RefusalDetector]
     for line in labels_path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             entry = json.loads(line)
-            labels[entry["id"]] = CORPUS_OUTCOME[entry["label"]]
+            labels[entry["id"]] = LABEL_OUTCOME[entry["label"]]
     answers = [json.loads(line) for line in answers_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     answers = [a for a in answers if a["split"] == split and a["id"] in labels]
     groups: dict[str, list[int]] = {"all": list(range(len(answers)))}

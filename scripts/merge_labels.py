@@ -11,8 +11,9 @@ import json
 import sys
 from pathlib import Path
 
+from falserefusal.analysis.detector_audit import HUMAN_LABELS as LABELS
+
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus"
-LABELS = {"R", "P", "C", "N"}
 
 
 def main() -> int:

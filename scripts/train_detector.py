@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import sparse
 
+from falserefusal.analysis.detector_audit import LABEL_OUTCOME
 from falserefusal.answer_model import FEATURES_VERSION, MODEL_RESOURCE, AnswerModel, hashing_vectorizers
 from falserefusal.refusal import RefusalDetector
 from falserefusal.types import OUTCOMES
@@ -42,7 +43,6 @@ N_HASH = 2**16
 CHAR_NGRAMS = None
 WORD_NGRAMS = (1, 3)
 XSTEST_TO_OUTCOME = {"1_full_compliance": "compliance", "2_full_refusal": "refusal", "3_partial_refusal": "refusal"}
-CORPUS_TO_OUTCOME = {"R": "refusal", "P": "refusal", "C": "compliance", "N": "non_answer"}
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def load_corpus() -> list[Example]:
         if label is None:
             continue
         rows.append(Example(answer["source"].split("/")[0], answer["split"], answer["response"],
-                            tuple(answer["labels"]), CORPUS_TO_OUTCOME[label], f"c:{answer['item_id']}",
+                            tuple(answer["labels"]), LABEL_OUTCOME[label], f"c:{answer['item_id']}",
                             answer["persona"]))
     return rows
 
