@@ -123,12 +123,17 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     import json
+    add("--non-answer-limit", type=float, default=None,
+        help="plan a non-answer-rate gate with this limit (a profile's max_non_answer_rate; default: none, off)")
+    add("--non-answer-rate", type=float, default=0.0,
+        help="the true non-answer rate below --non-answer-limit that should PASS (default: 0)")
 
     from falserefusal.planning import format_plan, plan
 
     result = plan(args.base_rate, args.mde, args.power, args.alpha, args.personas, args.tasks, args.models,
                   not args.no_baseline, args.correlation, args.model_correlation, args.rate_limit, args.disparity_limit,
-                  args.margin, args.persona_margin, args.pass_effect, args.pass_rate, args.item_sd, args.items)
+                  args.margin, args.persona_margin, args.pass_effect, args.pass_rate, args.item_sd, args.items,
+                  args.non_answer_limit, args.non_answer_rate)
     print(json.dumps(result.to_dict()) if args.json else format_plan(result))
     return 0
 

@@ -225,9 +225,13 @@ def plan(
     pass_rate: float | None = None,
     item_sd: float = 0.0,
     items: int = 66,
+    non_answer_limit: float | None = None,
+    non_answer_rate: float = 0.0,
 ) -> Plan:
     """Blocks per task each gate type needs to FAIL, with `power`, a truth `mde` beyond its limit, and to PASS a truth
-    `pass_effect` below its tolerance (`pass_rate` for the refusal-rate gate; default the base rate) (see module doc)."""
+    `pass_effect` below its tolerance (`pass_rate` for the refusal-rate gate; default the base rate) (see module doc).
+    With `non_answer_limit` (a profile's max_non_answer_rate) each family has one more gate, the non-answer rate,
+    planned as the refusal-rate gate (PASS truth `non_answer_rate`)."""
     _check("base-rate", base_rate, 0.0, 1.0)
     _check("mde", mde, 0.0, 1.0)
     _check("power", power, 0.0, 1.0)
@@ -241,8 +245,10 @@ def plan(
     passing_rate = base_rate if pass_rate is None else pass_rate
     if not 0.0 <= pass_effect < 1.0:
         raise FalseRefusalError(f"--pass-effect {pass_effect}: must lie in [0, 1)")
+    if non_answer_limit is not None:
+        _check("non-answer-limit", non_answer_limit, 0.0, 1.0)
     conditions = personas + 1
-    per_family = (1 + personas) * (2 if baseline else 1)
+    per_family = (1 + personas) * (2 if baseline else 1) + (non_answer_limit is not None)
     families = tasks * models
     level = alpha / (families * per_family)
     per_task_cases = conditions * models * tasks
@@ -257,6 +263,10 @@ def plan(
         row("refusal_rate", 1, f"task refusal rate {limit + mde:.3f} vs limit {limit:.3f}",
             rate_gate_blocks(limit, mde, level, power, conditions, correlation),
             rate_pass_blocks(limit, passing_rate, level, power, conditions, correlation), f"rate {passing_rate:.3f}"),
+        *([row("non_answer_rate", 1, f"task non-answer rate {non_answer_limit + mde:.3f} vs limit {non_answer_limit:.3f}",
+               rate_gate_blocks(non_answer_limit, mde, level, power, conditions, correlation),
+               rate_pass_blocks(non_answer_limit, non_answer_rate, level, power, conditions, correlation),
+               f"rate {non_answer_rate:.3f}")] if non_answer_limit is not None else []),
         row("persona_disparity", personas, f"persona minus no-persona {disparity_limit + mde:+.3f} vs limit {disparity_limit:+.3f}",
             disparity_gate_blocks(base_rate, disparity_limit, mde, level, power, correlation, item_sd, items),
             disparity_pass_blocks(base_rate, disparity_limit, pass_effect, level, power, correlation, item_sd, items),
@@ -279,6 +289,7 @@ def plan(
         "models": models, "baseline": baseline, "correlation": correlation, "model_correlation": model_correlation,
         "rate_limit": limit, "disparity_limit": disparity_limit, "margin": margin, "persona_margin": persona_margin,
         "pass_effect": pass_effect, "pass_rate": passing_rate, "item_sd": item_sd, "items": items,
+        "non_answer_limit": non_answer_limit, "non_answer_rate": non_answer_rate,
         "gates_per_family": per_family, "families": families, "level": level,
     }
     return Plan(assumptions, tuple(rows))

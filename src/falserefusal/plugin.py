@@ -48,12 +48,15 @@ GATE_FIXTURES = {
     "persona_disparity_gate": "persona_disparity",
     "noninferiority_gate": "noninferiority",
     "noninferiority_persona_gate": "noninferiority_persona",
+    "non_answer_rate_gate": "non_answer_rate",
 }
 #: id of the placeholder parameter of a gate test that has no gates in this run (deselected at collection)
 NO_GATES = "no-gates-in-this-run"
 #: the marker that declares a custom gate test, and the fixture such a test asks for (falserefusal.custom.CustomGate)
 CUSTOM_MARKER = "falserefusal_custom_gate"
 CUSTOM_FIXTURE = "falserefusal_custom_gate"
+#: gate kinds a profile turns on by a key (max_non_answer_rate): when off, their test is dropped, not deselected
+OPTIONAL_GATE_KINDS = {"non_answer_rate": "gate-off-in-this-profile"}
 #: the packaged suite's parameter holding a gate of the pytest_falserefusal_add_gates hook (falserefusal.custom.AddedGate)
 ADDED_FIXTURE = "falserefusal_added_gate"
 NO_ADDED_GATES = "no-added-gates"
@@ -356,8 +359,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             for spec in suite.gates
             if spec.kind == kind
         ]
-        # e.g. non-inferiority gates without a baseline model: one placeholder, deselected in collection
-        metafunc.parametrize(fixture, params or [pytest.param(None, id=NO_GATES)])
+        # e.g. non-inferiority gates without a baseline model: one placeholder, deselected in collection (an optional
+        # kind's placeholder is dropped instead)
+        metafunc.parametrize(fixture, params or [pytest.param(None, id=OPTIONAL_GATE_KINDS.get(kind, NO_GATES))])
     if ADDED_FIXTURE in metafunc.fixturenames:
         _parametrize_added_gates(metafunc)
     elif CUSTOM_FIXTURE in metafunc.fixturenames:
@@ -441,8 +445,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     session = config.stash[STASH]
     if session.error is not None and not hasattr(config, "workerinput"):
         raise pytest.UsageError(str(session.error))
-    # the packaged test of hook-added gates when no conftest adds any: not a gate, so not counted as deselected
-    items[:] = [item for item in items if NO_ADDED_GATES not in getattr(getattr(item, "callspec", None), "id", "")]
+    # the packaged test of hook-added gates when no conftest adds any, and that of a gate kind the profile leaves off:
+    # not a gate, so not counted as deselected
+    dropped = (NO_ADDED_GATES, *OPTIONAL_GATE_KINDS.values())
+    items[:] = [item for item in items if not any(mark in getattr(getattr(item, "callspec", None), "id", "") for mark in dropped)]
     unused = [item for item in items if NO_GATES in getattr(getattr(item, "callspec", None), "id", "")]
     if unused:
         items[:] = [item for item in items if item not in unused]

@@ -7,6 +7,7 @@ elsewhere, `pytest --pyargs falserefusal` runs the same items.
 # in the packaged module's order (pytest collects names in the order they are bound): rate gates run first, as before
 from falserefusal.suite.test_gates import (  # noqa: F401,I001  (pytest collects the imported test functions)
     test_refusal_rate,
+    test_non_answer_rate,
     test_persona_disparity,
     test_noninferiority,
     test_noninferiority_persona,

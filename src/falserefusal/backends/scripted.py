@@ -12,7 +12,9 @@ Spec syntax (the --model string): `scripted:base=0.05,persona.muslim=+0.05,task.
   over `--seed` varies the scripted model too, and two models in one run differ with different offsets;
   `name`: label only, so two scripted models can be told apart;
 - `delay`: seconds each `generate` call (one batch) sleeps, to stand in for a slow model (cache and kill tests);
-- `fail_after`: after this many answers the model fails as a crashed server does (tests of a run that breaks off).
+- `fail_after`: after this many answers the model fails as a crashed server does (tests of a run that breaks off);
+- `non_answer`: share of cases answered with a repetition loop (the detector reads it as a non_answer), drawn
+  independently of the refusal draw and before it, so the refusal rate becomes p (1 - non_answer); default 0.
 A case refuses when its uniform draw u < p(case); draws come from SHA-256 of the effective seed and the request,
 so any process, order or batching gives the same answer.
 """
@@ -46,11 +48,12 @@ class ScriptedSpec:
     item_sd: float = 0.0  # log-scale sd of the per-item multiplicative factor on the refusal probability
     delay: float = 0.0
     fail_after: int | None = None
+    non_answer: float = 0.0  # share of cases answered with a repetition loop (NON_ANSWER)
 
     @classmethod
     def parse(cls, model: str) -> "ScriptedSpec":
         body = model.removeprefix("scripted:")
-        base, rho, seed, delay, fail_after, item_sd = 0.0, 0.8, 0, 0.0, None, 0.0
+        base, rho, seed, delay, fail_after, item_sd, non_answer = 0.0, 0.8, 0, 0.0, None, 0.0, 0.0
         shifts: dict[tuple[str, str], float] = {}
         for part in filter(None, (p.strip() for p in body.split(","))):
             key, sep, value = part.partition("=")
@@ -74,6 +77,8 @@ class ScriptedSpec:
                 delay = max(0.0, number)
             elif key == "fail_after":
                 fail_after = max(0, int(number))
+            elif key == "non_answer":
+                non_answer = number
             elif key == "name":
                 continue
             elif key.partition(".")[0] in _FACTORS and key.partition(".")[2]:
@@ -81,14 +86,15 @@ class ScriptedSpec:
                 shifts[(_FACTORS[factor], level)] = number
             else:
                 raise FalseRefusalError(
-                    f"--model {model}: unknown key '{key}'; use base, rho, seed, item_sd, name, delay, fail_after or persona.ID, task.ID, "
+                    f"--model {model}: unknown key '{key}'; use base, rho, seed, item_sd, name, delay, fail_after, non_answer or persona.ID, task.ID, "
                     "forcing.LEVEL, paraphrase.ID, item.ID"
                 )
-        if not (0.0 <= base <= 1.0 and 0.0 <= rho <= 1.0):
-            raise FalseRefusalError(f"--model {model}: base and rho must lie in [0, 1]")
+        if not (0.0 <= base <= 1.0 and 0.0 <= rho <= 1.0 and 0.0 <= non_answer <= 1.0):
+            raise FalseRefusalError(f"--model {model}: base, rho and non_answer must lie in [0, 1]")
         if not 0.0 <= item_sd <= 3.0:
             raise FalseRefusalError(f"--model {model}: item_sd {item_sd:g} must lie in [0, 3] (log-scale sd of the item factor)")
-        return cls(base=base, shifts=shifts, rho=rho, seed=seed, item_sd=item_sd, delay=delay, fail_after=fail_after)
+        return cls(base=base, shifts=shifts, rho=rho, seed=seed, item_sd=item_sd, delay=delay, fail_after=fail_after,
+                   non_answer=non_answer)
 
     def refusal_probability(self, factors: Mapping[str, str], seed: int | None = None) -> float:
         """p(case): base plus the matching shifts, times the item's factor when item_sd > 0, clipped to [0, 1]."""
@@ -102,6 +108,10 @@ def item_factor(item_sd: float, seed: int, task: str, item: str) -> float:
     """An item's multiplicative factor exp(sd z - sd²/2), z ~ N(0, 1) from the seed, task and item (mean 1)."""
     z = float(norm.ppf(min(max(_uniform(seed, "item", task, item), 1e-12), 1 - 1e-12)))
     return math.exp(item_sd * z - item_sd * item_sd / 2)
+
+
+#: the scripted non-answer: a repetition loop, which the detector (rules and learned layer) reads as non_answer
+NON_ANSWER = " ".join(["The story goes on."] * 6)
 
 
 class ScriptedBackend:
@@ -127,6 +137,8 @@ class ScriptedBackend:
 
     def answer(self, request: GenerationRequest) -> str:
         factors = request.factors
+        if self.spec.non_answer and _uniform(self.seed, "non_answer", request.case_id) < self.spec.non_answer:
+            return NON_ANSWER
         if self.draw(request) < self.spec.refusal_probability(factors, self.seed):
             return "I'm sorry, but I can't help with that. As this persona, I don't feel comfortable making that judgement."
         labels = [label for label in factors.get("labels", "").split("|") if label] or ["yes"]

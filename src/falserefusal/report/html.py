@@ -21,7 +21,7 @@ from falserefusal.analysis.comparison import comparison_table, flipped_examples
 from falserefusal.analysis.regression import MAX_CI_RATIO, MIN_DF, headline_terms
 from falserefusal.analysis.detector_audit import DetectorAudit, audit_summary, corrected_estimates
 from falserefusal.analysis.sensitivity import DEFAULT_FACTORS
-from falserefusal.gates import GateOutcome, ci_failed, confidence_bound, verdict_counts
+from falserefusal.gates import RATE_OUTCOMES, GateOutcome, ci_failed, confidence_bound, verdict_counts
 from falserefusal.report import figures
 from falserefusal.types import BASELINE_ID, Record
 
@@ -84,14 +84,14 @@ def _ordered(preferred: Iterable[str], present: Iterable[str]) -> list[str]:
 # ----- sections ------------------------------------------------------------------------------------------------
 
 
-GATE_KIND_NAMES = {"refusal_rate": "refusal rate", "persona_disparity": "persona disparity",
+GATE_KIND_NAMES = {"refusal_rate": "refusal rate", "non_answer_rate": "non-answer rate", "persona_disparity": "persona disparity",
                    "noninferiority": "non-inferiority", "noninferiority_persona": "non-inferiority of disparity"}
 
 
 def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]:
     spec = outcome.spec
     custom = outcome.detail.get("custom") or {}  # a custom gate (falserefusal.custom): its statistic decides the format
-    is_rate = custom.get("statistic", spec.kind) == "refusal_rate"
+    is_rate = custom.get("statistic", spec.kind) in RATE_OUTCOMES
     fmt = _pct if is_rate else _pp
     these = outcome.detail.get("these_items_ci")
     return {
@@ -269,7 +269,8 @@ def _metadata_rows(metadata: Mapping[str, Any], models: Sequence[str], command_l
         ("profile", f"{profile.get('name', '?')}: alpha {profile.get('alpha')}, max refusal rate "
                     f"{profile.get('max_refusal_rate')}, persona disparity tolerance {profile.get('max_persona_disparity')}, "
                     f"non-inferiority margins {profile.get('noninferiority') or '–'}, inconclusive: "
-                    f"{profile.get('inconclusive', 'warn')}"),
+                    f"{profile.get('inconclusive', 'warn')}"
+                    + (f", max non-answer rate {profile['max_non_answer_rate']}" if profile.get("max_non_answer_rate") else "")),
         ("sampling", "; ".join([(metadata.get("sampling") or {}).get("design", "–"),
                                 *(f"{task}: {n} of {(metadata.get('sampling') or {}).get('factorial', {}).get(task, '?')} blocks"
                                   for task, n in ((metadata.get("sampling") or {}).get("blocks") or {}).items()),

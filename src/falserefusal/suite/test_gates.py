@@ -13,6 +13,12 @@ def test_refusal_rate(refusal_rate_gate: Any, falserefusal_gate: Any) -> None:
     falserefusal_gate(refusal_rate_gate)
 
 
+def test_non_answer_rate(non_answer_rate_gate: Any, falserefusal_gate: Any) -> None:
+    """With max_non_answer_rate in the profile: the task's non-answer rate (loops, echoes, gibberish, empty), over
+    every persona and the baseline, stays under its limit. Without the key there is no such item."""
+    falserefusal_gate(non_answer_rate_gate)
+
+
 def test_persona_disparity(persona_disparity_gate: Any, falserefusal_gate: Any) -> None:
     """Adopting the persona raises the refusal rate by no more than the limit, on the same requests."""
     falserefusal_gate(persona_disparity_gate)
