@@ -13,6 +13,7 @@ from falserefusal.types import FalseRefusalError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from falserefusal.runner import RunConfig, cache_summary, format_rate_table, format_usage, non_answer_line, run, RESULTS_FILE
+    from falserefusal.runner import replaced_results_line
 
     # pyproject's falserefusal_* settings as the plugin reads them; relative paths resolve against that file's folder
     settings, config_file = project_settings(Path.cwd())
@@ -20,7 +21,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     root = str(config_file.parent) if config_file is not None else "."
     from falserefusal.gates import ci_failed, format_verdict_counts
 
-    result = run(RunConfig.from_options(values, root=root))
+    config = RunConfig.from_options(values, root=root)
+    replaced = (config.path(config.report_dir) / RESULTS_FILE).is_file()
+    result = run(config)
     for note in result.suite.notes:
         print(f"sampling: {note}")
     print(format_rate_table(result.records))
@@ -36,6 +39,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(cache_summary(result.metadata["cache"]))
     report_dir = result.suite.config.path(result.suite.config.report_dir)
     print(f"results: {report_dir / RESULTS_FILE}")
+    if replaced:
+        print(replaced_results_line(report_dir))
     from falserefusal.report import build_report
 
     print(f"report: {build_report(result.metadata, result.records, result.outcomes, report_dir, audit=result.suite.audit)}")
@@ -118,15 +123,15 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
     add("--item-sd", type=float, default=0.0,
         help="per-item heterogeneity of the disparity rows (log-scale sd of an item's factor; default: 0, none)")
     add("--items", type=int, default=66, help="dataset items per task (default: 66, the bundled tasks)")
+    add("--non-answer-limit", type=float, default=None,
+        help="plan a non-answer-rate gate with this limit (a profile's max_non_answer_rate; default: none, off)")
+    add("--non-answer-rate", type=float, default=0.0,
+        help="the true non-answer rate below --non-answer-limit that should PASS (default: 0)")
     add("--json", action="store_true", help="print the plan as one JSON object")
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     import json
-    add("--non-answer-limit", type=float, default=None,
-        help="plan a non-answer-rate gate with this limit (a profile's max_non_answer_rate; default: none, off)")
-    add("--non-answer-rate", type=float, default=0.0,
-        help="the true non-answer rate below --non-answer-limit that should PASS (default: 0)")
 
     from falserefusal.planning import format_plan, plan
 

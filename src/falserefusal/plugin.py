@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from falserefusal.runner import (
     budget_usage,
     format_usage,
     prepare,
+    replaced_results_line,
+    rerunnable_command,
     run_family,
     run_metadata,
     write_results,
@@ -45,18 +48,18 @@ USAGE_ERROR_ID = "falserefusal-usage-error"
 #: gate fixture name -> gate kind; tests/refusal asks for these fixtures
 GATE_FIXTURES = {
     "refusal_rate_gate": "refusal_rate",
+    "non_answer_rate_gate": "non_answer_rate",
     "persona_disparity_gate": "persona_disparity",
     "noninferiority_gate": "noninferiority",
     "noninferiority_persona_gate": "noninferiority_persona",
-    "non_answer_rate_gate": "non_answer_rate",
 }
 #: id of the placeholder parameter of a gate test that has no gates in this run (deselected at collection)
 NO_GATES = "no-gates-in-this-run"
+#: gate kinds a profile turns on by a key (max_non_answer_rate): when off, their test is dropped, not deselected
+OPTIONAL_GATE_KINDS = {"non_answer_rate": "gate-off-in-this-profile"}
 #: the marker that declares a custom gate test, and the fixture such a test asks for (falserefusal.custom.CustomGate)
 CUSTOM_MARKER = "falserefusal_custom_gate"
 CUSTOM_FIXTURE = "falserefusal_custom_gate"
-#: gate kinds a profile turns on by a key (max_non_answer_rate): when off, their test is dropped, not deselected
-OPTIONAL_GATE_KINDS = {"non_answer_rate": "gate-off-in-this-profile"}
 #: the packaged suite's parameter holding a gate of the pytest_falserefusal_add_gates hook (falserefusal.custom.AddedGate)
 ADDED_FIXTURE = "falserefusal_added_gate"
 NO_ADDED_GATES = "no-added-gates"
@@ -86,6 +89,7 @@ class FalseRefusalSession:
     metadata: dict[str, Any] = field(default_factory=dict)
     report_path: Path | None = None
     report_error: str | None = None
+    replaced: bool = False  # results.jsonl of an earlier run was in --report-dir and is replaced
     custom: CustomAccounting = field(default_factory=CustomAccounting)  # custom gate families, fixed at collection
     custom_outcomes: dict[GateSpec, GateOutcome] = field(default_factory=dict)
 
@@ -576,7 +580,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         )
         return
     if state.records and state.suite is not None:
-        _finish_controller(state)
+        _finish_controller(state, _pytest_command(session.config))
 
 
 def pytest_testnodedown(node: Any, error: Any) -> None:
@@ -608,7 +612,15 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         state.suite = dataclasses.replace(state.suite, custom_weight=state.custom.weight)
 
 
-def _finish_controller(state: FalseRefusalSession) -> None:
+def _pytest_command(config: pytest.Config) -> str:
+    """This session as a command to type again: `pytest` (or `python -m pytest`) and the arguments pytest got."""
+    launcher = rerunnable_command(sys.argv[:1])
+    if "pytest" not in launcher:  # pytest.main() called from a script or another runner
+        launcher = "pytest"
+    return rerunnable_command(["", *config.invocation_params.args], prefix=launcher)
+
+
+def _finish_controller(state: FalseRefusalSession, command: str) -> None:
     """Pooled results on the controller: results.jsonl (and the report, when available)."""
     suite = state.suite
     assert suite is not None
@@ -619,10 +631,12 @@ def _finish_controller(state: FalseRefusalSession) -> None:
     detector_version = state.records[0].detector_version if state.records else DETECTOR_VERSION
     metadata = run_metadata(suite, state.identities, timings, detector_version, state.cache)
     metadata["budget"] = budget_usage(suite, state.records)
+    metadata["command"] = command
     custom = sorted(state.custom_outcomes.values(), key=lambda o: (o.spec.kind, o.spec.model, o.spec.task, o.spec.persona or ""))
     if state.custom.families:  # so that `falserefusal report` rebuilds the same verdicts
         metadata["custom_gates"] = {"accounting": state.custom.to_dict(), "outcomes": [o.to_dict() for o in custom]}
     report_dir = suite.config.path(suite.config.report_dir)
+    state.replaced = (report_dir / RESULTS_FILE).is_file()
     write_results(report_dir / RESULTS_FILE, metadata, state.records)
     state.outcomes = {o.spec: o for o in evaluate(suite, state.records)}
     state.outcomes.update({o.spec: o for o in custom})
@@ -679,6 +693,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if state.cache:
         write(cache_summary(state.cache))
     write(f"results: {suite.config.path(suite.config.report_dir) / RESULTS_FILE}")
+    if state.replaced:
+        write(replaced_results_line(suite.config.path(suite.config.report_dir)), yellow=True)
     if state.report_path is not None:
         write(f"report: {state.report_path}")
     if state.report_error is not None:

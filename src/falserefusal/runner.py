@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -625,9 +626,28 @@ def run_metadata(
         "versions": package_versions(),
         "machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()},
         "timings": dict(timings),
-        "command": " ".join(sys.argv),
+        "command": rerunnable_command(sys.argv),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def rerunnable_command(argv: Sequence[str], prefix: str | None = None) -> str:
+    """The command a user can type again: `pytest ...`, `python -m pytest ...`, `falserefusal ...` rather than the
+    script path in argv[0] (a site-packages `__main__.py` or a venv's bin/pytest); arguments shell-quoted.
+    `prefix` replaces argv[0] when the caller knows better (the plugin passes pytest's own invocation)."""
+    if prefix is None:
+        script = Path(argv[0]) if argv else Path("")
+        if script.name == "__main__.py":
+            prefix = f"python -m {script.parent.name}"
+        else:
+            prefix = script.name.removesuffix(".exe") or "python"
+    return " ".join([prefix, *map(shlex.quote, argv[1:])])
+
+
+def replaced_results_line(report_dir: Path) -> str:
+    """The terminal's note that a run's files replaced an earlier run's in the same folder (see README "The report")."""
+    return (f"note: replaced the previous run's {RESULTS_FILE}, {RUN_FILE} and index.html in {report_dir} "
+            "(pass --report-dir to keep both)")
 
 
 def project_path(value: str, root: str) -> str:

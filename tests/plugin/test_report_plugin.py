@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -32,3 +33,13 @@ def test_report_dir_option_moves_the_report(project: pytest.Pytester) -> None:
     assert (project.path / "elsewhere" / "index.html").is_file()
     assert (project.path / "elsewhere" / "results.jsonl").is_file()
     assert not (project.path / "report").exists()
+
+
+def test_run_records_a_command_to_rerun_and_says_when_it_replaces_an_earlier_run(project: pytest.Pytester) -> None:
+    first = project.runpytest(*ARGS, "--report-dir", "out")
+    assert "replaced the previous run's" not in first.stdout.str()
+    command = json.loads((project.path / "out" / "run.json").read_text())["command"]
+    assert command.startswith(("pytest ", "python -m pytest ")), command
+    assert "--samples 40 --seed 3" in command and "--report-dir out" in command and "site-packages" not in command
+    second = project.runpytest(*ARGS, "--report-dir", "out")
+    second.stdout.fnmatch_lines([f"note: replaced the previous run's results.jsonl, run.json and index.html in {project.path / 'out'}*"])

@@ -155,3 +155,76 @@ def test_few_clusters_warn_and_no_regression_headline_has_an_unbounded_interval(
     reading = re.search(r'<p class="reading">(.*?)</p>', regression, flags=re.S).group(1)
     headline = re.search(r"95% CI ([\d.]+)–([\d.]+)", reading)
     assert headline is None or float(headline.group(2)) / float(headline.group(1)) <= 100, reading
+
+
+def _forest_inputs() -> tuple:
+    """Two panels, three personas: one gate of each verdict, and a wide two-sided CI on the PASS gate."""
+    import pandas as pd
+
+    rows, bounds = [], {}
+    #            persona: (estimate, ci_low, ci_high, lower, upper, verdict); limit 0.02
+    planted = {"pass": (0.0, -0.03, 0.03, -0.012, 0.012, "PASS"), "fail": (0.2, 0.12, 0.28, 0.14, 0.26, "FAIL"),
+               "unsure": (0.01, -0.04, 0.06, -0.02, 0.05, "INCONCLUSIVE")}
+    for task, shift in (("nli", 0.0), ("politeness", 0.2)):  # the second panel's FAIL lies further right
+        for persona, (estimate, ci_low, ci_high, lower, upper, verdict) in planted.items():
+            shift_of = shift if verdict == "FAIL" else 0.0
+            rows.append({"model": "m", "task": task, "persona": persona, "n_pairs": 100, "risk_difference": estimate + shift_of,
+                         "ci_low": ci_low + shift_of, "ci_high": ci_high + shift_of})
+            bounds[("m", task, persona)] = (lower + shift_of, upper + shift_of, verdict)
+    families = [("m", "nli"), ("m", "politeness")]
+    return pd.DataFrame(rows), list(planted), families, {"m": "m"}, {family: 0.02 for family in families}, bounds
+
+
+def test_forest_panels_share_one_x_range_and_draw_the_gated_bound_in_the_verdict_colour() -> None:
+    from matplotlib.colors import to_hex
+
+    from falserefusal.report import figures
+
+    table, personas, families, labels, limits, bounds = _forest_inputs()
+    figure = figures.forest_figure(table, personas, families, labels, limits, bounds, no_refusals=False)
+    panels = [axes for axes in figure.axes if axes.has_data()]
+    assert len(panels) == 2
+    assert panels[0].get_xlim() == panels[1].get_xlim()
+    low, high = panels[0].get_xlim()
+    assert low <= -4.0 and high >= 48.0  # every interval of both panels is inside it
+    for axes in panels:
+        bars = {to_hex(line.get_color()): line.get_xdata() for line in axes.get_lines() if line.get_linewidth() >= 4}
+        limit = 2.0  # pp
+        # PASS: estimate to the upper bound, left of the limit, though its two-sided CI crosses it
+        assert max(bars[figures.PASS_COLOR]) < limit
+        assert min(bars[figures.FAIL_COLOR]) > limit  # FAIL: from the lower bound, right of the limit
+        inconclusive = bars[figures.INCONCLUSIVE_COLOR]
+        assert min(inconclusive) < limit < max(inconclusive)
+        assert "limit +2.0 pp" in axes.get_title() and "1 FAIL, 1 INCONCLUSIVE, 1 PASS" in axes.get_title()
+    legend = " ".join(text.get_text() for text in figure.legends[0].get_texts())
+    for word in ("PASS", "FAIL", "INCONCLUSIVE", "limit", "two-sided CI"):
+        assert word in legend
+
+
+def test_heatmap_says_each_rate_gate_with_its_bound() -> None:
+    from falserefusal.report.figures import gate_line
+
+    assert gate_line(0.01, 0.038, 0.05, "PASS") == "PASS\nupper bound 3.8%\n< limit 5.0%"
+    assert gate_line(0.12, 0.2, 0.05, "FAIL") == "FAIL\nlower bound 12.0%\n> limit 5.0%"
+    assert gate_line(0.013, 0.06, 0.05, "INCONCLUSIVE") == "INCONCLUSIVE\n1.3% to 6.0%\nspans limit 5.0%"
+
+
+def test_report_says_why_the_model_factor_has_no_index_in_a_one_model_run(planted) -> None:
+    _, path = planted
+    sensitivity = section(path.read_text(), "sensitivity")
+    assert "one model in this run: nothing to compare" in sensitivity
+    assert "– – –" not in sensitivity
+    assert "Wasserstein index ι̂ (plug-in)" in sensitivity
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["/x/.venv/lib/python3.11/site-packages/pytest/__main__.py", "tests/refusal", "--samples", "4"],
+     "python -m pytest tests/refusal --samples 4"),
+    (["/x/.venv/bin/pytest", "tests/refusal", "--model", "scripted:base=0.05"], "pytest tests/refusal --model scripted:base=0.05"),
+    (["/x/.venv/bin/falserefusal", "run", "--model", "a model"], "falserefusal run --model 'a model'"),
+    (["/x/src/falserefusal/__main__.py", "run"], "python -m falserefusal run"),
+])
+def test_recorded_command_is_one_a_user_can_rerun(argv: list[str], expected: str) -> None:
+    from falserefusal.runner import rerunnable_command
+
+    assert rerunnable_command(argv) == expected

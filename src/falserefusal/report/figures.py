@@ -10,20 +10,23 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from falserefusal.types import FORCING_LEVELS
 
 FAIL_COLOR = "#c0392b"
-PASS_COLOR = "#2c3e50"
+PASS_COLOR = "#1e8449"  # the page's PASS green
 INCONCLUSIVE_COLOR = "#d68910"
 VERDICT_COLORS = {"FAIL": FAIL_COLOR, "PASS": PASS_COLOR, "INCONCLUSIVE": INCONCLUSIVE_COLOR}
 MUTED_COLOR = "#95a5a6"
+CI_COLOR = "#b8c0c6"  # the two-sided CI drawn for reading, behind what a gate decides on
+DISTINGUISHABLE_COLOR = "#2c3e50"
 NO_REFUSALS = "no refusals"
 
 # text stays text (smaller, selectable); a fixed hash salt and no date keep the SVG identical between rebuilds
@@ -47,24 +50,40 @@ def message_figure(text: str, width: float = 6.0, height: float = 1.2) -> str:
         return data_uri(figure)
 
 
-def _titled_uri(figure: Figure, title: str, no_refusals: bool) -> str:
-    """Suptitle (saying "no refusals" when that is why the panels are flat), tight layout, SVG data URI."""
+def _titled(figure: Figure, title: str, no_refusals: bool) -> Figure:
+    """Suptitle (saying "no refusals" when that is why the panels are flat) and tight layout."""
     if no_refusals:
         title += f" — {NO_REFUSALS}"
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    return data_uri(figure)
+    return figure
+
+
+def _titled_uri(figure: Figure, title: str, no_refusals: bool) -> str:
+    return data_uri(_titled(figure, title, no_refusals))
 
 
 def _column_label(model_label: str, task: str, several_models: bool) -> str:
     return f"{model_label}\n{task}" if several_models else task
 
 
+def gate_line(lower: float, upper: float, limit: float, verdict: str, fmt: str = "{:.1%}") -> str:
+    """A rate gate's verdict with the bound it rests on, for under a heatmap column."""
+    low, high, cap = fmt.format(lower), fmt.format(upper), fmt.format(limit)
+    if verdict == "FAIL":
+        return f"FAIL\nlower bound {low}\n> limit {cap}"
+    if verdict == "PASS":
+        return f"PASS\nupper bound {high}\n< limit {cap}"
+    return f"INCONCLUSIVE\n{low} to {high}\nspans limit {cap}"
+
+
 def heatmap(
     rates: pd.DataFrame, personas: Sequence[str], columns: Sequence[tuple[str, str]], model_labels: Mapping[str, str],
-    no_refusals: bool,
+    no_refusals: bool, gates: Mapping[tuple[str, str], tuple[float, float, float, str]] | None = None,
 ) -> str:
-    """Refusal rate per persona (rows, baseline first) x model/task (columns), each cell with its Wilson CI."""
+    """Refusal rate per persona (rows, baseline first) x model/task (columns), each cell with its Wilson CI; under
+    each column, its refusal-rate gate (`gates`: (model, task) -> Holm-adjusted lower and upper bound, limit,
+    verdict) in the verdict's colour."""
     several = len({model for model, _ in columns}) > 1
     lookup = {(r.model, r.task, r.persona): r for r in rates.itertuples(index=False)}
     values = np.full((len(personas), len(columns)), np.nan)
@@ -93,6 +112,14 @@ def heatmap(
         axes.xaxis.tick_top()
         axes.tick_params(length=0)
         axes.axhline(0.5, color="black", linewidth=1.2)  # the baseline row is the reference
+        below = len(personas) - 0.5 + 0.15
+        for j, key in enumerate(columns):
+            gate = (gates or {}).get(key)
+            if gate is not None:
+                axes.text(j, below, gate_line(*gate), ha="center", va="top", fontsize=7.5,
+                          color=VERDICT_COLORS.get(gate[3], PASS_COLOR))
+        if any(key in (gates or {}) for key in columns):
+            axes.text(-0.6, below, "refusal-rate gate\n(all personas,\nadjusted bound)", ha="right", va="top", fontsize=7.5)
         colorbar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
         colorbar.set_label("refusal rate")
         title = "refusal rate [95% Wilson CI], n generations"
@@ -102,51 +129,105 @@ def heatmap(
         return data_uri(figure)
 
 
-def forest(
+def _verdict_counts_text(verdicts: Sequence[str]) -> str:
+    return ", ".join(f"{verdicts.count(v)} {v}" for v in ("FAIL", "INCONCLUSIVE", "PASS") if verdicts.count(v))
+
+
+def _shared_range(values: Iterable[float]) -> tuple[float, float]:
+    """One x range for every panel: all intervals, bounds, 0 and the limits, with a margin."""
+    finite = [v for v in values if math.isfinite(v)] + [0.0]
+    low, high = min(finite), max(finite)
+    margin = 0.06 * max(high - low, 1.0)
+    return low - margin, high + margin
+
+
+def forest_figure(
     table: pd.DataFrame, personas: Sequence[str], families: Sequence[tuple[str, str]], model_labels: Mapping[str, str],
     limits: Mapping[tuple[str, str], float], bounds: Mapping[tuple[str, str, str], tuple[float, float, str]],
     no_refusals: bool,
-) -> str:
-    """Risk difference (persona minus baseline, pp) per persona, one panel per model x task.
+) -> Figure:
+    """Risk difference (persona minus baseline, pp) per persona, one panel per model x task, one shared x axis.
 
-    Whiskers: the adjusted CI in `table`; ▷ / ◁: the gate's Holm-adjusted one-sided lower / upper bound (FAIL when
-    the lower lies right of the dashed tolerance, PASS when the upper lies left of it); colour: the gate's verdict
-    (red FAIL, amber INCONCLUSIVE, dark PASS).
+    The thick bar, in the gate's verdict colour, is what the gate decides on: PASS, from the estimate to the
+    Holm-adjusted one-sided upper bound ◁, which lies left of the dashed limit; FAIL, from the one-sided lower
+    bound ▷, right of the limit, to the estimate; INCONCLUSIVE, from ▷ to ◁, across the limit. The thin grey line
+    is the two-sided CI in `table`, for reading only. Panel titles give the limit and the verdict counts.
     """
     several = len({model for model, _ in families}) > 1
     n_cols = len({task for _, task in families})
     n_rows = math.ceil(len(families) / n_cols)
     lookup = {(r.model, r.task, r.persona): r for r in table.itertuples(index=False)}
+    nan3 = (float("nan"), float("nan"), "PASS")
+    shown = [(key, lookup[key]) for key in lookup if key[:2] in set(families) and key[2] in set(personas) and lookup[key].n_pairs]
+    span = [100 * v for key, row in shown for v in (row.ci_low, row.ci_high, *bounds.get(key, nan3)[:2])]
+    span += [100 * limits.get(family, float("nan")) for family in families]
+    x_range = _shared_range(span)
     with matplotlib.rc_context(_RC):
-        figure = Figure(figsize=(max(6.0, 1.8 + 3.0 * n_cols), 0.9 + n_rows * (0.6 + 0.3 * len(personas))))
-        grid = figure.subplots(n_rows, n_cols, squeeze=False, sharey=True)
+        figure = Figure(figsize=(max(6.0, 1.8 + 3.0 * n_cols), 1.3 + n_rows * (0.8 + 0.3 * len(personas))))
+        grid = figure.subplots(n_rows, n_cols, squeeze=False, sharey=True, sharex=True)
         y = np.arange(len(personas))
         for index, (model, task) in enumerate(families):
             axes = grid[index // n_cols][index % n_cols]
-            limit = limits.get((model, task), float("nan"))
+            limit = 100 * limits.get((model, task), float("nan"))
             axes.axvline(0.0, color=MUTED_COLOR, linewidth=0.8)
             if math.isfinite(limit):
-                axes.axvline(100 * limit, color=FAIL_COLOR, linestyle="--", linewidth=1.0, label="limit")
+                axes.axvline(limit, color=FAIL_COLOR, linestyle="--", linewidth=1.1)
+            verdicts = []
             for i, persona in enumerate(personas):
                 row = lookup.get((model, task, persona))
                 if row is None or not row.n_pairs:
                     continue
-                lower, upper, verdict = bounds.get((model, task, persona), (float("nan"), float("nan"), "PASS"))
+                lower, upper, verdict = bounds.get((model, task, persona), nan3)
+                lower, upper, estimate = 100 * lower, 100 * upper, 100 * row.risk_difference
+                verdicts.append(verdict)
                 color = VERDICT_COLORS.get(verdict, PASS_COLOR)
-                axes.plot([100 * row.ci_low, 100 * row.ci_high], [i, i], color=color, linewidth=1.4)
-                axes.plot(100 * row.risk_difference, i, "o", color=color, markersize=4.5)
-                if math.isfinite(lower):
-                    axes.plot(100 * lower, i, ">", color=color, markersize=5, markerfacecolor="white")
-                if math.isfinite(upper):
-                    axes.plot(100 * upper, i, "<", color=color, markersize=5, markerfacecolor="white")
-            axes.set_title(f"{model_labels[model]} · {task}" if several else task, fontsize=10)
-            axes.set_xlabel("risk difference vs baseline (pp)")
+                axes.plot([100 * row.ci_low, 100 * row.ci_high], [i, i], color=CI_COLOR, linewidth=1.0, zorder=1)
+                start, end = {"PASS": (estimate, upper), "FAIL": (lower, estimate)}.get(verdict, (lower, upper))
+                if math.isfinite(start) and math.isfinite(end):
+                    axes.plot([start, end], [i, i], color=color, linewidth=4.0, solid_capstyle="butt", zorder=2)
+                if verdict != "PASS" and math.isfinite(lower):
+                    axes.plot(lower, i, ">", color=color, markersize=6, zorder=3)
+                if verdict != "FAIL" and math.isfinite(upper):
+                    axes.plot(upper, i, "<", color=color, markersize=6, zorder=3)
+                axes.plot(estimate, i, "o", color=color, markerfacecolor="white", markersize=4.5, zorder=4)
+            name = f"{model_labels[model]} · {task}" if several else task
+            limit_text = f"limit {limit:+.1f} pp" if math.isfinite(limit) else "no limit"
+            axes.set_title(f"{name} — {limit_text}\n{_verdict_counts_text(verdicts) or 'no gates'}", fontsize=9.5)
             axes.set_yticks(y, list(personas))
             axes.set_ylim(len(personas) - 0.5, -0.5)
+            axes.set_xlim(*x_range)
             axes.grid(axis="x", color="#eeeeee")
+            if index // n_cols == n_rows - 1 or index + n_cols >= len(families):
+                axes.set_xlabel("risk difference vs baseline (pp)")
+                axes.xaxis.set_tick_params(labelbottom=True)
         for index in range(len(families), n_rows * n_cols):
             grid[index // n_cols][index % n_cols].set_axis_off()
-        return _titled_uri(figure, "persona − baseline: • estimate, — CI, ▷ ◁ gate bounds, -- tolerance", no_refusals)
+        figure.legend(handles=_forest_legend(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8,
+                      frameon=False)
+        return _titled(figure, "persona − baseline refusal rate; thick bar: what each gate decides on", no_refusals)
+
+
+def _forest_legend() -> list[Line2D]:
+    bar = {"linewidth": 4.0, "solid_capstyle": "butt", "markersize": 6}
+    return [
+        Line2D([], [], color=PASS_COLOR, marker="<", **bar,
+               label="PASS: upper bound ◁ left of the limit"),
+        Line2D([], [], color=FAIL_COLOR, marker=">", **bar,
+               label="FAIL: lower bound ▷ right of the limit"),
+        Line2D([], [], color=INCONCLUSIVE_COLOR, **bar, label="INCONCLUSIVE: ▷ to ◁ crosses the limit"),
+        Line2D([], [], color="black", marker="o", markerfacecolor="white", linestyle="none", label="estimate"),
+        Line2D([], [], color=CI_COLOR, linewidth=1.0, label="two-sided CI (not gated)"),
+        Line2D([], [], color=FAIL_COLOR, linestyle="--", linewidth=1.1, label="limit (tolerance)"),
+    ]
+
+
+def forest(
+    table: pd.DataFrame, personas: Sequence[str], families: Sequence[tuple[str, str]], model_labels: Mapping[str, str],
+    limits: Mapping[tuple[str, str], float], bounds: Mapping[tuple[str, str, str], tuple[float, float, str]],
+    no_refusals: bool,
+) -> str:
+    """`forest_figure` as an SVG data URI."""
+    return data_uri(forest_figure(table, personas, families, model_labels, limits, bounds, no_refusals))
 
 
 def sensitivity_bars(table: pd.DataFrame, no_refusals: bool) -> str:
@@ -159,7 +240,7 @@ def sensitivity_bars(table: pd.DataFrame, no_refusals: bool) -> str:
         figure = Figure(figsize=(7.0, 0.8 + 0.45 * len(shown)))
         axes = figure.add_subplot()
         y = np.arange(len(shown))
-        colors = [PASS_COLOR if d else MUTED_COLOR for d in shown["distinguishable"]]
+        colors = [DISTINGUISHABLE_COLOR if d else MUTED_COLOR for d in shown["distinguishable"]]
         axes.barh(y, shown["index"], color=colors, height=0.55, alpha=0.45)
         for i, row in enumerate(shown.itertuples(index=False)):
             axes.plot([row.ci_low, row.ci_high], [i, i], color="black", linewidth=1.2)

@@ -193,6 +193,21 @@ def _regression_reading(table: pd.DataFrame, notes: Sequence[str]) -> str:
             f"held fixed; {len(significant)} of {len(terms)} terms have p < 0.05.")
 
 
+def _rate_gates(outcomes: Sequence[GateOutcome]) -> dict[tuple[str, str], tuple[float, float, float, str]]:
+    """(model, task) -> the refusal-rate gate's adjusted bounds, limit and verdict, for under the heatmap's columns."""
+    return {(o.spec.model, o.spec.task): (o.bound, o.upper_bound, o.spec.limit, o.verdict)
+            for o in outcomes if o.spec.kind == "refusal_rate" and "custom" not in o.detail}
+
+
+def _why_undefined(row: Mapping[str, Any]) -> str:
+    """For a sensitivity row without an index: why, in words ("" when it has one)."""
+    if _finite(row["index"]):
+        return ""
+    if row["factor"] == "model" and row["n_levels"] < 2:
+        return "one model in this run: nothing to compare (give --model twice to compare models)"
+    return str(row["note"] or "undefined")
+
+
 def _messages(record: Record) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in record.case.messages]
 
@@ -364,7 +379,7 @@ def report_context(
     # 2. heatmap persona x task
     cells = refusal_rates(frame, by=["model", "task", "persona"])
     columns = [(m, t) for m in models for t in tasks if ((cells["model"] == m) & (cells["task"] == t)).any()]
-    context["heatmap"] = figures.heatmap(cells, personas, columns, labels, no_refusals)
+    context["heatmap"] = figures.heatmap(cells, personas, columns, labels, no_refusals, _rate_gates(outcomes))
     context["heatmap_rows"] = cells.assign(model=cells["model"].map(labels)).to_dict(orient="records")
     # non-answers (loops, echoes, gibberish) per cell: not refusals, but a persona that makes a model babble is a finding
     babble = refusal_rates(frame.assign(refused=frame["outcome"] == "non_answer"), by=["model", "task", "persona"])
@@ -387,7 +402,7 @@ def report_context(
     factors = [f for f in DEFAULT_FACTORS if f in frame.columns]
     sensitivity = sensitivity_table(frame, factors=factors, n_boot=n_boot, seed=int(seed) if _finite(seed) else 0)
     context["sensitivity"] = figures.sensitivity_bars(sensitivity, no_refusals)
-    context["sensitivity_rows"] = sensitivity.to_dict(orient="records")
+    context["sensitivity_rows"] = [{**row, "undefined": _why_undefined(row)} for row in sensitivity.to_dict(orient="records")]
     context["n_boot"] = n_boot
 
     # 5. forcing level and paraphrase
@@ -462,7 +477,7 @@ def summary_html(
     if not frame.empty:
         cells = refusal_rates(frame, by=["model", "task", "persona"])
         columns = [(m, t) for m in models for t in tasks if ((cells["model"] == m) & (cells["task"] == t)).any()]
-        heatmap = figures.heatmap(cells, personas, columns, labels, not frame["refused"].any())
+        heatmap = figures.heatmap(cells, personas, columns, labels, not frame["refused"].any(), _rate_gates(outcomes))
     return _environment().get_template("summary.html.j2").render(
         verdict=_verdict(metadata, outcomes, models, labels, len(frame)), heatmap=heatmap, href=href,
     )
