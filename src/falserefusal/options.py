@@ -41,7 +41,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("thresholds", "gating policy file (default: thresholds.yaml of the project when it has one, else the "
            "packaged one)", metavar="PATH"),
     Option("report-dir", "where results.jsonl, run.json and index.html go (a new run replaces the files of the last one there)", default="report", metavar="DIR"),
-    Option("tasks", "comma-separated task ids to run (default: all)", kind="list", metavar="IDS"),
+    Option("tasks", "comma-separated task ids to run, e.g. offensiveness,story (default: all but the open-ended "
+           "ones, whose task file says default: false)", kind="list", metavar="IDS"),
     Option("personas", "comma-separated persona ids or dimensions (default: all)", kind="list", metavar="IDS"),
     Option("persona-placement", "where the persona instruction goes: system | user (for templates without a system role)",
            default="system"),

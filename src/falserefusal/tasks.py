@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 from falserefusal.personas import check_keys, read_yaml
 from falserefusal.types import FORCING_LEVELS, FalseRefusalError, Item, Paraphrase, Task
 
-_TASK_KEYS = {"id", "description", "labels", "fields", "paraphrases", "items", "dataset"}
+_TASK_KEYS = {"id", "description", "labels", "fields", "paraphrases", "items", "dataset", "default"}
 _PARAPHRASE_KEYS = {"id", "forcing_level", "template"}
 _DATASET_KEYS = {"source", "split", "columns", "label_map", "limit", "config"}
 
@@ -25,6 +25,7 @@ class TaskSpec:
     items: tuple[Item, ...]
     source: str  # where the items came from (file path or dataset id), for the run metadata
     dropped: tuple[int, int] = (0, 0)  # dataset rows left out for a label outside the task's labels, of rows read
+    default: bool = True  # run without --tasks; open-ended tasks say `default: false` and run only when named
 
 
 #: a dataset may lose at most this share of its rows to labels outside the task's: SNLI's unlabelled "-1" rows are
@@ -48,11 +49,17 @@ def render_prompt(task: Task, paraphrase: Paraphrase, item: Item) -> str:
 
 
 def load_task_file(path: Path) -> TaskSpec:
-    """Read one task YAML: labels, fields, paraphrases and either inline items or a `dataset:` source."""
-    data = check_keys(path, "the task", read_yaml(path), _TASK_KEYS, {"id", "labels", "fields", "paraphrases"})
+    """Read one task YAML: labels, fields, paraphrases and either inline items or a `dataset:` source.
+
+    A task without labels (`labels: []` or none) is open-ended: its items have no label and its templates no {labels}.
+    """
+    data = check_keys(path, "the task", read_yaml(path), _TASK_KEYS, {"id", "fields", "paraphrases"})
+    if not isinstance(data.get("default", True), bool):
+        raise FalseRefusalError(f"{path}: default must be true or false; "
+                                "fix: write `default: false` to run the task only when --tasks names it")
     task = Task(
         id=str(data["id"]),
-        labels=tuple(str(label) for label in data["labels"]),
+        labels=tuple(str(label) for label in data.get("labels") or ()),
         fields=tuple(str(f) for f in data["fields"]),
         description=str(data.get("description", "")),
     )
@@ -78,15 +85,19 @@ def load_task_file(path: Path) -> TaskSpec:
     else:
         source, dropped = str(path), (0, 0)
         items = tuple(_item_from_entry(path, task, index, entry) for index, entry in enumerate(data.get("items") or []))
-    spec = TaskSpec(task, tuple(paraphrases), items, source, dropped)
+    spec = TaskSpec(task, tuple(paraphrases), items, source, dropped, bool(data.get("default", True)))
     validate_task(spec, str(path))
     return spec
 
 
 def _item_from_entry(path: Path | str, task: Task, index: int, entry: Any) -> Item:
-    entry = check_keys(Path(path), f"item #{index + 1}", entry, {"id", "label", *task.fields}, {"label", *task.fields})
-    label = str(entry["label"])
-    if label not in task.labels:
+    required = {"label", *task.fields} if task.labels else set(task.fields)
+    entry = check_keys(Path(path), f"item #{index + 1}", entry, {"id", "label", *task.fields}, required)
+    if not task.labels and "label" in entry:
+        raise FalseRefusalError(f"{path}: item #{index + 1} has a label but task '{task.id}' has none; "
+                                "fix: list the task's labels, or drop the item's label for an open-ended task")
+    label = str(entry["label"]) if task.labels else ""  # an open-ended item has no label
+    if task.labels and label not in task.labels:
         raise FalseRefusalError(f"{path}: item #{index + 1} has label '{label}', not one of {format_labels(task.labels)}")
     item_id = str(entry.get("id") or f"{task.id}-{index + 1:05d}")
     return Item(task=task.id, id=item_id, fields={f: str(entry[f]) for f in task.fields}, label=label)
@@ -100,6 +111,9 @@ def validate_task(spec: TaskSpec, source: str) -> None:
         if len(set(ids)) != len(ids):
             raise FalseRefusalError(f"{source}: duplicate {kind} ids in task '{spec.task.id}'; fix: make them unique")
     for paraphrase in spec.paraphrases:
+        if not spec.task.labels and "{labels}" in paraphrase.template:
+            raise FalseRefusalError(f"{source}: paraphrase '{paraphrase.id}' uses {{labels}} but task '{spec.task.id}' has no labels; "
+                                    "fix: add labels or drop {labels} from the template")
         try:
             render_prompt(spec.task, paraphrase, spec.items[0])
         except (KeyError, IndexError, ValueError) as error:
@@ -138,7 +152,7 @@ def load_dataset_items(
         rows = _read_local(source, lambda f: [json.loads(line) for line in f if line.strip()])
     else:
         rows = _read_hub(source, split, config)
-    mapping = {field: columns.get(field, field) for field in (*task.fields, "label")}
+    mapping = {field: columns.get(field, field) for field in (*task.fields, *(("label",) if task.labels else ()))}
     labels = {str(k): str(v) for k, v in (label_map or {}).items()}
     items: list[Item] = []
     outside: list[str] = []  # labels of the rows left out
@@ -151,9 +165,9 @@ def load_dataset_items(
                 f"{source}: row {row_number + 1} has no column(s) {', '.join(missing)}; "
                 f"fix: map them with dataset.columns (present: {', '.join(map(str, row))})"
             )
-        raw_label = str(row[mapping["label"]])
+        raw_label = str(row[mapping["label"]]) if task.labels else ""
         label = labels.get(raw_label, raw_label)
-        if label not in task.labels:
+        if task.labels and label not in task.labels:
             outside.append(raw_label)  # unlabelled or out-of-scheme rows (e.g. SNLI's -1) are not usable items
             continue
         item_id = str(row[columns["id"]]) if "id" in columns else f"{task.id}-{row_number + 1:05d}"
@@ -200,7 +214,8 @@ def _read_hub(dataset_id: str, split: str, config: str | None) -> list[Mapping[s
 
 
 def load_tasks(fixtures_dir: Path, wanted: Sequence[str] | None = None, overrides: Mapping[str, str] | None = None) -> tuple[TaskSpec, ...]:
-    """All tasks under fixtures_dir/tasks (sorted by id), optionally filtered and with dataset overrides."""
+    """The tasks under fixtures_dir/tasks (sorted by id) that `wanted` names, else those not marked `default: false`;
+    with dataset overrides."""
     task_dir = fixtures_dir / "tasks"
     files = sorted(task_dir.glob("*.yaml"))
     if not files:
@@ -211,11 +226,13 @@ def load_tasks(fixtures_dir: Path, wanted: Sequence[str] | None = None, override
             raise FalseRefusalError(f"--dataset {task_id}=...: unknown task; known: {', '.join(sorted(specs))}")
         old = specs[task_id]
         items, dropped = load_dataset_items(old.task, source)
-        specs[task_id] = TaskSpec(old.task, old.paraphrases, items, source, dropped)
+        specs[task_id] = TaskSpec(old.task, old.paraphrases, items, source, dropped, old.default)
         validate_task(specs[task_id], source)
     if wanted:
         unknown = [t for t in wanted if t not in specs]
         if unknown:
             raise FalseRefusalError(f"--tasks: unknown task {', '.join(unknown)}; known: {', '.join(sorted(specs))}")
         return tuple(specs[t] for t in sorted(set(wanted)))
-    return tuple(specs[t] for t in sorted(specs))
+    # without --tasks: the tasks marked default (all but the open-ended ones); all of them if none is
+    chosen = [t for t in sorted(specs) if specs[t].default] or sorted(specs)
+    return tuple(specs[t] for t in chosen)

@@ -55,10 +55,10 @@ class PersonaPhrasing:
 
 @dataclass(frozen=True)
 class Task:
-    """A benign classification task: any refusal to do it is a false refusal."""
+    """A benign task (classification, or open-ended when it has no labels): any refusal to do it is a false refusal."""
 
-    id: str  # nli | politeness | offensiveness | user-defined
-    labels: tuple[str, ...]  # answer options in the order shown to the model
+    id: str  # nli | politeness | offensiveness | story | saying | interview | user-defined
+    labels: tuple[str, ...]  # answer options in the order shown to the model; () for an open-ended task
     fields: tuple[str, ...]  # item fields the paraphrase templates use, e.g. ("premise", "hypothesis")
     description: str = ""
 
