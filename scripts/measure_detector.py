@@ -5,7 +5,8 @@ alone, and for a re-implementation of XSTest's own string matcher (21 response-s
 to beat: on XSTest dev per file (the learned layer was trained on these rows: in-sample; the out-of-fold
 figures are in data/corpus/detector_metrics.json), and on the labelled corpus's test split (data/corpus,
 never trained or tuned on) per source and persona vs no persona, with non-answers read as refusals.
-Then the detector's speed in answers per second on the XSTest dev rows.
+Then the detector's speed in answers per second on the XSTest dev rows, timed interleaved with the rules alone
+and with release 0.1.0's detector (read from git, `--baseline-rev`), whose speed it must keep.
 
     PYTHONPATH=src python scripts/measure_detector.py [--data-dir DIR] [--window N] [--rules FILE] [--show-errors] [--json]
 """
@@ -21,11 +22,17 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import json
+import subprocess
+import tempfile
 import time
+import types
 
 from falserefusal.analysis.detector_audit import LABEL_OUTCOME
 from falserefusal.refusal import RefusalDetector, load_rules, rules_summary
 from falserefusal.types import FalseRefusalError
+
+#: the commit of release 0.1.0, whose detector speed the learned one must keep
+V0_1_0 = "21da53e"
 
 #: human labels that count as a refusal (XSTest: full and partial refusals)
 REFUSAL_LABELS = {"2_full_refusal", "3_partial_refusal"}
@@ -112,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the scores as JSON")
     parser.add_argument("--rules", type=Path, default=None, help="custom refusal_rules.yaml")
     parser.add_argument("--show-errors", action="store_true", help="print the rows our detector gets wrong")
+    parser.add_argument("--baseline-rev", default=V0_1_0, help="git revision whose detector to time beside ours ('' : none)")
     args = parser.parse_args(argv)
     data_dir = args.data_dir or default_data_dir()
     if data_dir is None:
@@ -128,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     xstest = {name: score_by_file(rows, lambda text, d=d: d.detect(text).refused) for name, d in detectors.items()}
     xstest["xstest-matcher"] = score_by_file(rows, xstest_matcher)
     corpus = score_corpus(args.corpus, args.split, detectors)
-    speed = measure_speed(detector, [row.completion for row in rows])
+    baseline = baseline_detector(args.baseline_rev) if args.baseline_rev else None
+    speed = measure_speed(detector, [row.completion for row in rows], baseline)
     if args.json:
         print(json.dumps({"detector": detector.version, "xstest_dev": {k: {f: s.__dict__ for f, s in v.items()} for k, v in xstest.items()},
                           f"corpus_{args.split}": corpus, "answers_per_s": speed}, indent=1, sort_keys=True))
@@ -139,9 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if corpus:
         print(f"\ncorpus {args.split} split ({args.corpus}): refusal = R or P")
         print_table("group", corpus, ("N->R", "non_answer_read_as_refusal"))
-    print(f"\nspeed on the {len(rows)} XSTest dev rows (median of 3 interleaved rounds, one process, load {speed['load']}): "
-          f"{speed['batch']:.0f} answers/s with detect_many, {speed['one_by_one']:.0f} one by one; the rules alone at "
-          f"window 120: {speed['rules_120']:.0f}/s (detect_many / rules-120 = {speed['batch_vs_rules_120']:.2f})")
+    print(f"\nspeed on the {len(rows)} XSTest dev rows (median of {speed['rounds']} interleaved rounds, one process, "
+          f"load {speed['load']}): {speed['batch']:.0f} answers/s with detect_many and a fresh detector, "
+          f"{speed['batch_warm']:.0f} once it has seen the words, {speed['one_by_one']:.0f} one by one; the rules alone "
+          f"at window 120: {speed['rules_120']:.0f}/s (detect_many / rules-120 = {speed['batch_vs_rules_120']:.2f})")
+    if "v0_1_0" in speed:
+        print(f"0.1.0's detector ({args.baseline_rev}): {speed['v0_1_0']:.0f} answers/s "
+              f"(detect_many fresh / 0.1.0 = {speed['batch_vs_v0_1_0']:.2f})")
+    else:
+        print(f"0.1.0's detector: not timed (git revision {args.baseline_rev!r} not found)")
     if args.show_errors:
         verdicts = [detector.detect(row.completion) for row in rows]
         print("\nrule (kind): rows it decided, of which the human label agrees")
@@ -203,9 +218,31 @@ def score_corpus(folder: Path, split: str, detectors: dict[str, RefusalDetector]
     return result
 
 
-def measure_speed(detector: RefusalDetector, texts: Sequence[str], rounds: int = 3) -> dict[str, Any]:
-    """Answers per second, interleaved with the rules alone at 0.1.0's 120-character window (the speed to keep), in
-    one process, so a loaded machine slows both alike: detect_many over all rows, and detect one row at a time."""
+def baseline_detector(revision: str) -> Any | None:
+    """0.1.0's own detector (its refusal.py and refusal_rules.yaml at git `revision`), loaded beside ours in this
+    process; None outside a git checkout that holds the revision."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        code, rules = (
+            subprocess.run(["git", "-C", str(root), "show", f"{revision}:src/falserefusal/{name}"],
+                           capture_output=True, text=True, check=True).stdout
+            for name in ("refusal.py", "refusal_rules.yaml")
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    rules_path = Path(tempfile.mkdtemp(prefix="falserefusal-baseline-")) / "refusal_rules.yaml"
+    rules_path.write_text(rules, encoding="utf-8")
+    module = types.ModuleType("falserefusal_baseline_refusal")
+    sys.modules[module.__name__] = module  # dataclasses look their module up there
+    exec(compile(code, f"{revision}:src/falserefusal/refusal.py", "exec"), module.__dict__)
+    return module.RefusalDetector(module.load_rules(rules_path))
+
+
+def measure_speed(detector: RefusalDetector, texts: Sequence[str], baseline: Any | None, rounds: int = 5) -> dict[str, Any]:
+    """Answers per second, interleaved in one process (so a loaded machine slows all alike) with 0.1.0's detector
+    (`baseline`, one row at a time as 0.1.0 read them) and the rules alone at 0.1.0's 120-character window:
+    detect_many over all rows with a fresh detector each round (nothing remembered), the same detector again
+    (the words it has seen remembered, as in a long run), and detect one row at a time."""
     rules_120 = RefusalDetector(detector.rules, decision_window=120, model=None)
 
     def rate(run: Callable[[], Any]) -> float:
@@ -213,15 +250,30 @@ def measure_speed(detector: RefusalDetector, texts: Sequence[str], rounds: int =
         run()
         return len(texts) / (time.perf_counter() - started)
 
-    batch, one_by_one, rules = [], [], []
+    def fresh() -> RefusalDetector:
+        return RefusalDetector(detector.rules, decision_window=detector.decision_window, model=detector.model)
+
+    runs: dict[str, Callable[[], Any]] = {
+        "rules_120": lambda: rules_120.detect_many(texts),
+        "batch": lambda: fresh().detect_many(texts),
+        "batch_warm": lambda: detector.detect_many(texts),
+        "one_by_one": lambda: [detector.detect(text) for text in texts],
+    }
+    if baseline is not None:
+        runs["v0_1_0"] = lambda: [baseline.detect(text) for text in texts]
+    detector.detect_many(texts)  # warm the remembered words of `batch_warm`
+    rates: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(rounds):
-        rules.append(rate(lambda: [rules_120.detect(text) for text in texts]))
-        batch.append(rate(lambda: detector.detect_many(texts, [()] * len(texts))))
-        one_by_one.append(rate(lambda: [detector.detect(text) for text in texts]))
+        for name, run in runs.items():
+            rates[name].append(rate(run))
     median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
-    return {"batch": median(batch), "one_by_one": median(one_by_one), "rules_120": median(rules),
-            "batch_vs_rules_120": median([b / r for b, r in zip(batch, rules)]),
-            "load": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+    result: dict[str, Any] = {name: median(values) for name, values in rates.items()}
+    for reference in ("rules_120", "v0_1_0"):
+        if reference in rates:
+            result[f"batch_vs_{reference}"] = median([b / r for b, r in zip(rates["batch"], rates[reference])])
+    result["rounds"] = rounds
+    result["load"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return result
 
 
 if __name__ == "__main__":

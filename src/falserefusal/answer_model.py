@@ -14,12 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import string
+from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from importlib.resources import files
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from scipy.sparse import csr_matrix
 
 from falserefusal.types import OUTCOMES, FalseRefusalError
 
@@ -28,8 +31,10 @@ MODEL_RESOURCE = "answer_model.json"
 FEATURES_VERSION = 1
 
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?", re.UNICODE)
-_LATIN = re.compile(r"[A-Za-z]")
-_LETTER = re.compile(r"[^\W\d_]", re.UNICODE)
+# letters are counted by deleting everything else (one pass in C, no list of one-character strings)
+_DROP_ASCII_LETTERS = str.maketrans("", "", string.ascii_letters)
+_NOT_LATIN = re.compile(r"[^A-Za-z]+")
+_NOT_LETTER = re.compile(r"[\W\d_]+", re.UNICODE)
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _AS_PERSONA = re.compile(r"^\W*(?:well,?\s+|oh,?\s+)?as\s+(?:an?|the|someone|somebody)\b", re.I)
 
@@ -46,18 +51,18 @@ def shape_features(text: str) -> dict[str, float]:
     features[f"shape:words_{_bucket(n_words, (0, 1, 3, 8, 20, 50))}"] = 1.0
     if n_words:
         features["shape:distinct_word_share"] = len(set(words)) / n_words
-        trigrams = [tuple(words[i : i + 3]) for i in range(max(0, n_words - 2))]
-        if trigrams:
-            counts: dict[tuple[str, ...], int] = {}
-            for gram in trigrams:
-                counts[gram] = counts.get(gram, 0) + 1
-            features["shape:repeated_trigram_share"] = sum(c for c in counts.values() if c > 1) / len(trigrams)
+        if n_words >= 3:
+            counts = Counter(zip(words, words[1:], words[2:]))  # the word trigrams
+            features["shape:repeated_trigram_share"] = sum(c for c in counts.values() if c > 1) / (n_words - 2)
     sentences = [s.strip().lower() for s in _SENTENCE_SPLIT.split(stripped) if s.strip()]
     if len(sentences) > 1:
         features["shape:repeated_sentence_share"] = 1.0 - len(set(sentences)) / len(sentences)
-    letters = _LETTER.findall(stripped)
+    if stripped.isascii():  # all its letters are Latin, and deleting them is one fast pass
+        letters = latin = len(stripped) - len(stripped.translate(_DROP_ASCII_LETTERS))
+    else:
+        letters, latin = len(_NOT_LETTER.sub("", stripped)), len(_NOT_LATIN.sub("", stripped))
     if letters:
-        features["shape:non_latin_share"] = 1.0 - len(_LATIN.findall(stripped)) / len(letters)
+        features["shape:non_latin_share"] = 1.0 - latin / letters
     else:
         features["shape:no_letters"] = 1.0
     if _AS_PERSONA.search(stripped):
@@ -123,6 +128,13 @@ class AnswerModel:
             metadata=dict(data.get("metadata", {})),
         )
 
+    @cached_property
+    def _named_columns(self) -> tuple[dict[str, int], np.ndarray]:
+        """Named feature -> column, and the weights as a (features, classes) matrix."""
+        names = list(self.named)
+        weights = np.array([self.named[name] for name in names], dtype=float).reshape(len(names), len(self.classes))
+        return {name: column for column, name in enumerate(names)}, weights
+
     def vectorizers(self) -> tuple[Any, Any]:
         return hashing_vectorizers(self.n_hash, self.char_ngrams, self.word_ngrams)
 
@@ -134,11 +146,18 @@ class AnswerModel:
             if char_vec is not None:
                 scores += char_vec.transform(windows) @ self.char_weights
             scores += word_vec.transform(windows) @ self.word_weights
+        # the named features of all answers as one sparse matrix, so their weights are one product too
+        columns, named_weights = self._named_columns
+        rows, cols, values = [], [], []
         for row, features in enumerate(named):
             for name, value in features.items():
-                weights = self.named.get(name)
-                if weights is not None:
-                    scores[row] += value * weights
+                column = columns.get(name)
+                if column is not None:
+                    rows.append(row)
+                    cols.append(column)
+                    values.append(value)
+        if values:
+            scores += csr_matrix((values, (rows, cols)), shape=(len(named), len(columns))) @ named_weights
         scores -= scores.max(axis=1, keepdims=True)
         exp = np.exp(scores)
         return exp / exp.sum(axis=1, keepdims=True)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from falserefusal.answer_model import AnswerModel, default_answer_model, shape_features
+from falserefusal.literal_screen import LiteralScreen
 from falserefusal.personas import check_keys, read_yaml
 from falserefusal.types import FalseRefusalError, Verdict
 
@@ -92,6 +93,7 @@ class _Reading:
     strong: tuple[_Hit, ...]
     weak: tuple[_Hit, ...]
     compliance: tuple[_Hit, ...]
+    first_end: int  # where the window's first sentence ends (0: the window holds none)
 
 
 def _compile(source: str, path: str, what: str) -> re.Pattern[str]:
@@ -233,11 +235,15 @@ class RefusalDetector:
             version += f"+w{decision_window}"  # the window changes verdicts, so it is part of the version
         self.version = version
         self._decided_cache: dict[tuple[str, tuple[str, ...]], bool] = {}
-        # one alternation of every refusal and compliance pattern: a sentence it does not match cannot fire any rule,
-        # so most sentences of an answer skip the per-rule loop (the verdicts are the same, it is only faster)
-        sources = [p.pattern for rule in self.rules.refusals for p in rule.patterns]
-        sources += [p.pattern for _, patterns in self.rules.compliance for p in patterns]
-        self._any_rule = re.compile("|".join(f"(?:{source})" for source in sources), re.IGNORECASE) if sources else None
+        # every pattern beside the literals any match of it contains (literal_screen): a sentence holding none of
+        # them is not searched. Most searches are skipped that way, and none that could match
+        groups = [(rule, rule.patterns) for rule in self.rules.refusals] + list(self.rules.compliance)
+        # one screen for all patterns, the sympathy ones first, so each sentence is screened once
+        self._n_sympathy = len(self.rules.sympathy)
+        self._screen = LiteralScreen.of([*self.rules.sympathy, *(pattern for _, patterns in groups for pattern in patterns)])
+        # every refusal rule, then every compliance name, in file order; and the one each screened rule pattern is from
+        self._rules: list[RefusalRule | str] = [rule for rule, _ in groups]
+        self._rule_of = [None] * self._n_sympathy + [number for number, (_, patterns) in enumerate(groups) for _ in patterns]
 
     # -- public API -----------------------------------------------------------------------------
     def detect(self, text: str, labels: Sequence[str] = ()) -> Verdict:
@@ -249,11 +255,11 @@ class RefusalDetector:
         label_sets = [tuple(ls) for ls in labels] if labels is not None else [()] * len(texts)
         if len(label_sets) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(label_sets)} label sets")
-        readings = [self._read(text, ls) for text, ls in zip(texts, label_sets)]
+        windows = [self.window_text(text) for text in texts]
+        readings = [self._read_window(window, ls) for window, ls in zip(windows, label_sets)]
         by_rules = [self._rule_verdict(reading) for reading in readings]
         if self.model is None:
             return [self._rules_with_shape(text, verdict) for text, verdict in zip(texts, by_rules)]
-        windows = [self.window_text(text) for text in texts]
         named = [self._named_features(w, r, v, ls) for w, r, v, ls in zip(windows, readings, by_rules, label_sets)]
         probabilities = self.model.probabilities(windows, named)
         return [self._model_verdict(p, v) for p, v in zip(probabilities, by_rules)]
@@ -315,8 +321,7 @@ class RefusalDetector:
     ) -> dict[str, float]:
         """Which rules fired (anywhere in the window, and in its first sentence), the rules' verdict, the shape."""
         features = shape_features(window)
-        spans = _sentences(window)
-        first_end = spans[0][1] if spans else 0
+        first_end = reading.first_end
         for hit in (*reading.strong, *reading.weak, *reading.compliance):
             features[f"rule:{hit.name}"] = 1.0
             if hit.pos < first_end:
@@ -329,7 +334,8 @@ class RefusalDetector:
                     features["label:answer_first"] = 1.0
             if reading.plain_labels:
                 features["label:mention"] = 1.0
-        if any(pattern.search(window) for pattern in self.rules.sympathy):
+        sympathy = [i for i in self._screen.candidates(window) if i < self._n_sympathy]
+        if any(self._screen.patterns[i].search(window) for i in sympathy):
             features["sympathy"] = 1.0
         features[f"verdict:{by_rules.rule}"] = 1.0
         return features
@@ -381,7 +387,9 @@ class RefusalDetector:
 
     # -- reading --------------------------------------------------------------------------------
     def _read(self, text: str, labels: Sequence[str]) -> _Reading:
-        window = text[: self.decision_window].translate(_APOSTROPHES)
+        return self._read_window(self.window_text(text), labels)
+
+    def _read_window(self, window: str, labels: Sequence[str]) -> _Reading:
         labels = tuple(label for label in labels if label.strip())
         patterns = _label_patterns(self.rules.answer_forms, labels) if labels else None
         answers: list[_Hit] = []
@@ -389,21 +397,29 @@ class RefusalDetector:
         strong: list[_Hit] = []
         weak: list[_Hit] = []
         compliance: list[_Hit] = []
-        for start, end, final in _sentences(window):
-            sentence = self._mask_sympathy(window[start:end])
+        spans = _sentences(window)
+        for start, end, final in spans:
+            sentence = window[start:end]
+            matched: dict[int, list[int]] = {}  # rule number -> its match starts, rules in file order
+            # in file order: the sympathy patterns blank what they match first (the screen still holds after that:
+            # blanking only takes words away), then the rules read the rest
+            for i in sorted(self._screen.candidates(sentence)):
+                pattern = self._screen.patterns[i]
+                if i < self._n_sympathy:
+                    sentence = pattern.sub(lambda m: " " * len(m.group(0)), sentence)
+                    continue
+                for m in pattern.finditer(sentence):
+                    matched.setdefault(self._rule_of[i], []).append(m.start())
             strong_here: list[int] = []
-            any_rule = self._any_rule is not None and self._any_rule.search(sentence) is not None
-            for rule in self.rules.refusals if any_rule else ():
-                found = [m.start() for p in rule.patterns for m in p.finditer(sentence)]
-                if found:
+            for number, found in matched.items():
+                rule = self._rules[number]
+                if isinstance(rule, str):  # a compliance rule
+                    compliance.append(_Hit(start + min(found), rule, final))
+                else:
                     target = strong if rule.strength == "strong" else weak
                     target.append(_Hit(start + min(found), rule.name, final))
                     if rule.strength == "strong":
                         strong_here.extend(found)
-            for name, compiled in self.rules.compliance if any_rule else ():
-                found = [m.start() for p in compiled for m in p.finditer(sentence)]
-                if found:
-                    compliance.append(_Hit(start + min(found), name, final))
             if patterns is not None:
                 plain_re, forms, listed_after, listed_before = patterns
                 for form in forms:
@@ -422,12 +438,8 @@ class RefusalDetector:
             tuple(sorted(strong, key=order)),
             tuple(sorted(weak, key=order)),
             tuple(sorted(compliance, key=order)),
+            spans[0][1] if spans else 0,
         )
-
-    def _mask_sympathy(self, sentence: str) -> str:
-        for pattern in self.rules.sympathy:
-            sentence = pattern.sub(lambda m: " " * len(m.group(0)), sentence)
-        return sentence
 
     @staticmethod
     def _usable_label(

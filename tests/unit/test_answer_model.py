@@ -132,3 +132,18 @@ def test_corpus_test_split_scores_reproduce_the_training_record() -> None:
     assert measured["n"] == recorded["n"]
     assert round(measured["f1"], 3) == recorded["f1"]
     assert round(measured["recall"], 3) == recorded["recall"]
+
+
+def test_batch_and_one_by_one_verdicts_agree_on_real_answers() -> None:
+    """detect_many scores a batch in one hashing call and one matrix product, and the rules screen sentences by the
+    words they hold (remembered across calls): none of it may change a verdict. Real answers with their labels (the
+    corpus) and without (every third XSTest dev row), read by a fresh detector in one batch and row by row."""
+    answers = [json.loads(line) for line in (ROOT / "data" / "corpus" / "answers.jsonl").read_text().splitlines() if line]
+    script = _measurement_script()
+    data_dir = script.default_data_dir()
+    xstest = [row.completion for row in script.load_rows(data_dir)][::3] if data_dir is not None else []
+    texts = [a["response"] for a in answers] + xstest
+    labels = [tuple(a["labels"]) for a in answers] + [()] * len(xstest)
+    batch = RefusalDetector().detect_many(texts, labels)
+    assert batch == [DETECTOR.detect(text, ls) for text, ls in zip(texts, labels)]
+    assert {v.outcome for v in batch} == set(OUTCOMES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from falserefusal.refusal import (
     detect_refusals,
     load_rules,
 )
+from falserefusal.literal_screen import LiteralScreen, required_literals
 from falserefusal.types import FalseRefusalError, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,6 +156,51 @@ def test_is_decided_is_exact(prefix: str, suffix: str, labels: tuple[str, ...]) 
             decided = detector.detect(prefix[:k], labels)
             assert detector.detect(prefix + suffix, labels) == decided
             assert detector.detect(prefix[:k] + suffix, labels) == decided
+
+
+_ALL_PATTERNS = [
+    *load_rules(None).sympathy,
+    *(pattern for rule in load_rules(None).refusals for pattern in rule.patterns),
+    *(pattern for _, patterns in load_rules(None).compliance for pattern in patterns),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_RESPONSES)
+def test_the_literal_screen_keeps_every_pattern_that_matches(text: str) -> None:
+    """The detector searches a sentence only for the patterns whose literals it holds: it must never drop one that
+    matches (that would change a verdict), on ASCII text (screened) and on any other (all searched)."""
+    screen = LiteralScreen.of(_ALL_PATTERNS)
+    for candidate in (text, text.lower(), text.upper(), text.replace("'", "\u2019")):
+        kept = screen.candidates(candidate)
+        assert {i for i, pattern in enumerate(_ALL_PATTERNS) if pattern.search(candidate)} <= set(kept)
+        assert screen.candidates(candidate) == kept  # the remembered chunks give the same answer
+
+
+@pytest.mark.parametrize(
+    ("source", "literals"),
+    [
+        (r"\bI\s+(?:cannot|will)\b", {"cannot", "will"}),  # the most selective part of a sequence
+        (r"(?:very\s+)?sorry\b", {"sorry"}),  # an optional part requires nothing
+        (r"\b(?:apologi[sz]e|apologies)", {"apologi"}),  # "apologies" holds "apologi": one check is enough
+        (r"(?:foo|)bar?", {"ba"}),
+        (r"(?:foo|x*)", None),  # one alternative needs no literal, so the alternation needs none
+        (r"[ab]+\d", None),
+        (r"(?=never)", None),
+        (r"\u212a", None),  # non-ASCII literals are not screened
+    ],
+)
+def test_required_literals(source: str, literals: set[str] | None) -> None:
+    found = required_literals(re.compile(source, re.IGNORECASE))
+    assert (set(found) if found is not None else None) == literals
+
+
+def test_the_screen_leaves_non_ascii_text_to_the_patterns() -> None:
+    """Unicode case folding pairs "k" with the Kelvin sign, so text that is not ASCII is never screened."""
+    screen = LiteralScreen.of([re.compile("kind", re.IGNORECASE), re.compile("never", re.IGNORECASE)])
+    assert screen.candidates("so \u212aind") == {0, 1} and screen.patterns[0].search("so \u212aind")
+    assert screen.candidates("so KIND, ever") == {0}
+    assert screen.candidates("") == set()
 
 
 def test_packaged_rules_are_the_default() -> None:
