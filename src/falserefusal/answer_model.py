@@ -46,7 +46,8 @@ def shape_features(text: str) -> dict[str, float]:
     if not stripped:
         features["shape:empty"] = 1.0
         return features
-    words = [w.lower() for w in _WORD.findall(stripped)]
+    ascii_only = stripped.isascii()  # then lower-casing first is the same and faster, and every letter is Latin
+    words = _WORD.findall(stripped.lower()) if ascii_only else [w.lower() for w in _WORD.findall(stripped)]
     n_words = len(words)
     features[f"shape:words_{_bucket(n_words, (0, 1, 3, 8, 20, 50))}"] = 1.0
     if n_words:
@@ -57,7 +58,7 @@ def shape_features(text: str) -> dict[str, float]:
     sentences = [s.strip().lower() for s in _SENTENCE_SPLIT.split(stripped) if s.strip()]
     if len(sentences) > 1:
         features["shape:repeated_sentence_share"] = 1.0 - len(set(sentences)) / len(sentences)
-    if stripped.isascii():  # all its letters are Latin, and deleting them is one fast pass
+    if ascii_only:  # deleting the letters is one fast pass
         letters = latin = len(stripped) - len(stripped.translate(_DROP_ASCII_LETTERS))
     else:
         letters, latin = len(_NOT_LETTER.sub("", stripped)), len(_NOT_LATIN.sub("", stripped))
