@@ -50,7 +50,8 @@ class LiteralScreen:
     patterns: tuple[re.Pattern[str], ...]
     unscreened: frozenset[int]  # patterns with no known literal: always searched
     by_literal: Mapping[str, frozenset[int]]  # literal -> the patterns that need it (one of theirs)
-    splitter: re.Pattern[str]  # runs of characters no literal holds: no literal spans one, so text splits there
+    # ASCII -> itself lower-cased, or a space where no literal holds it (no literal spans one, so text splits there)
+    to_chunks: Mapping[int, str]
     chunks: _ChunkTable = field(compare=False, repr=False)  # chunk -> patterns, remembered: answers repeat words
 
     @classmethod
@@ -63,17 +64,17 @@ class LiteralScreen:
                 unscreened.add(index)
             for literal in literals or ():
                 by_literal.setdefault(literal, set()).add(index)
-        alphabet = "".join(sorted(set("".join(by_literal)))) or "a"
-        splitter = re.compile(f"[^{re.escape(alphabet)}]+")
+        alphabet = set("".join(by_literal))
+        to_chunks = {code: chr(code).lower() if chr(code).lower() in alphabet else " " for code in range(128)}
         frozen = {literal: frozenset(indices) for literal, indices in by_literal.items()}
-        return cls(tuple(patterns), frozenset(unscreened), frozen, splitter, _ChunkTable(frozen))
+        return cls(tuple(patterns), frozenset(unscreened), frozen, to_chunks, _ChunkTable(frozen))
 
     def candidates(self, text: str) -> AbstractSet[int]:
         """Indices of the patterns that may match `text`; all of them unless it is ASCII."""
         if not text.isascii():
             return frozenset(range(len(self.patterns)))
         # each literal lies inside one chunk (for English, a word), and what a chunk holds is worked out once
-        return self.unscreened.union(*map(self.chunks.__getitem__, self.splitter.split(text.lower())))
+        return self.unscreened.union(*map(self.chunks.__getitem__, text.translate(self.to_chunks).split()))
 
 
 class _ChunkTable(dict):  # type: ignore[type-arg]
