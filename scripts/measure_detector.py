@@ -15,17 +15,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib.util
+import json
 import os
+import subprocess
 import sys
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
-
-import json
-import subprocess
-import tempfile
-import time
-import types
 
 from falserefusal.analysis.detector_audit import LABEL_OUTCOME
 from falserefusal.refusal import RefusalDetector, load_rules, rules_summary
@@ -230,12 +229,15 @@ def baseline_detector(revision: str) -> Any | None:
         )
     except (OSError, subprocess.CalledProcessError):
         return None
-    rules_path = Path(tempfile.mkdtemp(prefix="falserefusal-baseline-")) / "refusal_rules.yaml"
-    rules_path.write_text(rules, encoding="utf-8")
-    module = types.ModuleType("falserefusal_baseline_refusal")
-    sys.modules[module.__name__] = module  # dataclasses look their module up there
-    exec(compile(code, f"{revision}:src/falserefusal/refusal.py", "exec"), module.__dict__)
-    return module.RefusalDetector(module.load_rules(rules_path))
+    folder = Path(tempfile.mkdtemp(prefix="falserefusal-baseline-"))
+    (folder / "refusal.py").write_text(code, encoding="utf-8")
+    (folder / "refusal_rules.yaml").write_text(rules, encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("falserefusal_baseline_refusal", folder / "refusal.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module.RefusalDetector(module.load_rules(folder / "refusal_rules.yaml"))
 
 
 def measure_speed(detector: RefusalDetector, texts: Sequence[str], baseline: Any | None, rounds: int = 5) -> dict[str, Any]:

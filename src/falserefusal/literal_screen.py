@@ -3,9 +3,10 @@
 Python's `re` has no fast scan for case-insensitive patterns that open with `\\b` or a group, so it tries
 each pattern at every position of every sentence; that was most of the refusal detector's time.
 `required_literals` reads a pattern's parse tree once and gives lower-case ASCII strings of which any text
-the pattern matches holds at least one (None when it cannot tell). `LiteralScreen` checks them with `in` for
-a whole rule set at once, far cheaper than the searches. It is a necessary condition only: a screened-out
-search is one that could not match, so no match is lost or changed.
+the pattern matches holds at least one (None when it cannot tell). `LiteralScreen` finds them for a whole rule
+set at once, per word of the text (split where no literal has a character; each word worked out once and
+remembered), far cheaper than the searches. It is a necessary condition only: a screened-out search is one
+that could not match, so no match is lost or changed.
 
 Only ASCII text is screened: there an ASCII pattern letter matches just its two cases, whereas Unicode
 case-insensitive matching also pairs e.g. "k" with the Kelvin sign.
@@ -14,12 +15,15 @@ case-insensitive matching also pairs e.g. "k" with the Kelvin sign.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import AbstractSet, Any, Mapping, Sequence
+from typing import Any
 
 try:  # Python 3.11+
-    from re import _constants as _sre, _parser as _sre_parse  # type: ignore[attr-defined]
+    from re import _constants as _sre  # type: ignore[attr-defined]
+    from re import _parser as _sre_parse
 except ImportError:  # Python 3.10
     import sre_constants as _sre  # type: ignore[no-redef]
     import sre_parse as _sre_parse  # type: ignore[no-redef]
@@ -34,7 +38,7 @@ def required_literals(pattern: re.Pattern[str]) -> frozenset[str] | None:
     """Lower-case ASCII strings, one of which is in every text `pattern` matches; None when none is known."""
     try:
         tree = _sre_parse.parse(pattern.pattern, pattern.flags)
-    except Exception:  # a parser that changed in a later Python: screen nothing, search everything
+    except (AttributeError, TypeError, ValueError):  # a parser changed in a later Python: screen nothing
         return None
     found = _sequence(tree)
     if not found:

@@ -236,9 +236,9 @@ class RefusalDetector:
         self.version = version
         self._decided_cache: dict[tuple[str, tuple[str, ...]], bool] = {}
         # every pattern beside the literals any match of it contains (literal_screen): a sentence holding none of
-        # them is not searched. Most searches are skipped that way, and none that could match
+        # them is not searched. Most searches are skipped that way, and none that could match. One screen for all
+        # patterns, the sympathy ones first, so each sentence is screened once
         groups = [(rule, rule.patterns) for rule in self.rules.refusals] + list(self.rules.compliance)
-        # one screen for all patterns, the sympathy ones first, so each sentence is screened once
         self._n_sympathy = len(self.rules.sympathy)
         self._screen = LiteralScreen.of([*self.rules.sympathy, *(pattern for _, patterns in groups for pattern in patterns)])
         # every refusal rule, then every compliance name, in file order; and the one each screened rule pattern is from

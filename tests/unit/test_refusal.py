@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from falserefusal.literal_screen import LiteralScreen, required_literals
 from falserefusal.refusal import (
     DETECTOR_VERSION,
     RefusalDetector,
     detect_refusals,
     load_rules,
 )
-from falserefusal.literal_screen import LiteralScreen, required_literals
 from falserefusal.types import FalseRefusalError, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
