@@ -1,8 +1,8 @@
 """Build the generation half of the labelled domain corpus (issue 10 item 2) through the product's own pipeline.
 
 Requests come from falserefusal's loaders on the product's fixtures (personas.yaml, tasks/*.yaml) plus the corpus-only
-wordings in data/corpus/templates.yaml; prompts are rendered by `falserefusal.tasks.render_prompt`, chats by
-`falserefusal.cases.persona_messages`, and answers by falserefusal's backends: full greedy answers (no early
+wordings in data/corpus/templates.yaml; prompts are rendered by `falserefusal.design.tasks.render_prompt`, chats by
+`falserefusal.design.sampler.persona_messages`, and answers by falserefusal's backends: full greedy answers (no early
 stopping), 96 new tokens. One root seed (numpy SeedSequence) fixes the splits, the draws and the batches.
 
 Splits are by item AND template: each task's items are permuted into train/dev/test (60/20/20), each paraphrase
@@ -11,7 +11,7 @@ paraphrase and phrasing of its own split. The test split's wordings are corpus-o
 
     nice -n 10 .venv/bin/python scripts/build_corpus.py --source transformers --n 650
     # llama.cpp's server on the same GGUF (llama-cpp-python[server]):
-    .venv/bin/python -m llama_cpp.server --model "$(.venv/bin/python -c 'from falserefusal.backends import \
+    .venv/bin/python -m llama_cpp.server --model "$(.venv/bin/python -c 'from falserefusal.generation.backends import \
         default_model_path as p; print(p())')" --model_alias smollm2 --host 127.0.0.1 --port 8765 --n_ctx 2048 --n_threads 2 &
     nice -n 10 .venv/bin/python scripts/build_corpus.py --source llamacpp --base-url http://127.0.0.1:8765/v1 --n 450
 
@@ -37,12 +37,12 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import pandas as pd
 
-from falserefusal.backends import DEFAULT_MODEL_NAME, BackendOptions, default_model_path, load_backend
-from falserefusal.backends.huggingface import file_sha256
-from falserefusal.cases import persona_messages, stable_key
-from falserefusal.personas import all_conditions, check_keys, load_personas, read_yaml
-from falserefusal.scheduling import length_order, run_batches
-from falserefusal.tasks import TaskSpec, load_tasks, render_prompt
+from falserefusal.generation.backends import DEFAULT_MODEL_NAME, BackendOptions, default_model_path, load_backend
+from falserefusal.generation.backends.huggingface import file_sha256
+from falserefusal.design.sampler import persona_messages, stable_key
+from falserefusal.design.personas import all_conditions, check_keys, load_personas, read_yaml
+from falserefusal.generation.scheduling import length_order, run_batches
+from falserefusal.design.tasks import TaskSpec, load_tasks, render_prompt
 from falserefusal.types import BASELINE, FORCING_LEVELS, FalseRefusalError, GenerationRequest, Message, Paraphrase, PersonaPhrasing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -336,9 +336,9 @@ def write_provenance(out: Path) -> None:
         "## How the requests were drawn",
         "",
         f"- One root seed ({splits['seed']}); every random choice comes from `numpy.random.SeedSequence([seed, key...])`",
-        "  with `falserefusal.cases.stable_key` names (splits, draws per source and split, batches per source).",
+        "  with `falserefusal.design.sampler.stable_key` names (splits, draws per source and split, batches per source).",
         "- Personas and tasks come from the product's loaders on its own fixtures (folder named per source below); prompts",
-        "  from `falserefusal.tasks.render_prompt`, chats from `falserefusal.cases.persona_messages`, answers from",
+        "  from `falserefusal.design.tasks.render_prompt`, chats from `falserefusal.design.sampler.persona_messages`, answers from",
         "  falserefusal's backends. Full greedy answers, no early stopping, 96 new tokens at most.",
         "- Baseline: no persona turn at all, so SmolLM2's chat template supplies its default system prompt (\"You are a",
         "  helpful AI assistant named SmolLM, trained by Hugging Face\"); `phrasing_id` and `placement` are `none`.",
@@ -391,7 +391,7 @@ def write_provenance(out: Path) -> None:
 def product_fixtures() -> Path:
     """The fixtures the product runs on: the packaged defaults (falserefusal.project), or ./fixtures before them."""
     try:
-        from falserefusal.project import fixtures_path
+        from falserefusal.run.project import fixtures_path
     except ImportError:  # before the defaults moved into the package
         return ROOT / "fixtures"
     return fixtures_path(None, ROOT)

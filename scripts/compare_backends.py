@@ -1,7 +1,7 @@
 """Compare two results.jsonl files of the same seeded cases: share of identical responses and of identical verdicts.
 
 Reproduce the README's served-vs-transformers figure (SmolLM2 GGUF, llama.cpp server on port 8765):
-    python -m llama_cpp.server --model "$(python -c 'from falserefusal.backends import default_model_path as p; print(p())')" \
+    python -m llama_cpp.server --model "$(python -c 'from falserefusal.generation.backends import default_model_path as p; print(p())')" \
         --model_alias smollm2 --port 8765 &
     falserefusal run --samples 12 --tasks politeness --no-cache --report-dir cmp/hf
     falserefusal run --model openai:smollm2 --base-url http://127.0.0.1:8765/v1 \
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from falserefusal.runner import read_results
+from falserefusal.run.results import read_results
 
 
 def main(first: str, second: str) -> None:

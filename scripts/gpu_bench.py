@@ -26,11 +26,14 @@ from pathlib import Path
 
 import torch
 
-from falserefusal.backends import BackendOptions
-from falserefusal.backends.huggingface import TransformersBackend, converted_cache_dir
-from falserefusal.bench import naive_generate, peak_rss_mb, pick_cases, suite_path
-from falserefusal.refusal import RefusalDetector
-from falserefusal.runner import Generator, RunConfig, package_versions, prepare, request_for
+from falserefusal.generation.backends import BackendOptions
+from falserefusal.generation.backends.huggingface import TransformersBackend, converted_cache_dir
+from falserefusal.validation.bench import naive_generate, peak_rss_mb, pick_cases, suite_path
+from falserefusal.detection.detector import RefusalDetector
+from falserefusal.generation.generator import Generator, request_for
+from falserefusal.run.config import RunConfig
+from falserefusal.run.results import package_versions
+from falserefusal.run.prepare import prepare
 
 #: meta-llama/Llama-3.1-8B config.json (hard-coded: no hub access on the GPU machine)
 LLAMA_31_8B = dict(

@@ -1,4 +1,4 @@
-"""Train the refusal detector's learned layer and write `src/falserefusal/answer_model.json`.
+"""Train the refusal detector's learned layer and write `src/falserefusal/detection/answer_model.json`.
 
 Data: the human-labelled XSTest v2 dev completions (tests/data/xstest-dev; full and partial refusal ->
 refusal, full compliance -> compliance) and the project's own labelled corpus (data/corpus: answers.jsonl
@@ -26,14 +26,14 @@ import numpy as np
 from scipy import sparse
 
 from falserefusal.analysis.detector_audit import LABEL_OUTCOME
-from falserefusal.answer_model import FEATURES_VERSION, MODEL_RESOURCE, AnswerModel, hashing_vectorizers
-from falserefusal.refusal import RefusalDetector
+from falserefusal.detection.answer_model import FEATURES_VERSION, MODEL_RESOURCE, AnswerModel, hashing_vectorizers
+from falserefusal.detection.detector import RefusalDetector
 from falserefusal.types import OUTCOMES
 
 ROOT = Path(__file__).resolve().parents[1]
 XSTEST_DIR = ROOT / "tests" / "data" / "xstest-dev"
 CORPUS_DIR = ROOT / "data" / "corpus"
-MODEL_PATH = ROOT / "src" / "falserefusal" / MODEL_RESOURCE
+MODEL_PATH = ROOT / "src" / "falserefusal" / "detection" / MODEL_RESOURCE
 METRICS_PATH = CORPUS_DIR / "detector_metrics.json"
 SEED = 20261201
 N_HASH = 2**16

@@ -7,19 +7,23 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from falserefusal.options import OPTIONS, add_options, project_settings, resolve
+from falserefusal.run.options import OPTIONS, add_options, project_settings, resolve
 from falserefusal.types import FalseRefusalError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from falserefusal.runner import RunConfig, cache_summary, format_rate_table, format_usage, non_answer_line, run, RESULTS_FILE
-    from falserefusal.runner import replaced_results_line
+    from falserefusal.run.config import RunConfig
+    from falserefusal.run.summary import cache_summary, format_rate_table, format_usage, non_answer_line
+    from falserefusal.run.pipeline import run
+    from falserefusal.run.results import RESULTS_FILE
+    from falserefusal.run.summary import replaced_results_line
 
     # pyproject's falserefusal_* settings as the plugin reads them; relative paths resolve against that file's folder
     settings, config_file = project_settings(Path.cwd())
     values = {option.name: resolve(option, getattr(args, option.dest), settings.get(option.dest)) for option in OPTIONS}
     root = str(config_file.parent) if config_file is not None else "."
-    from falserefusal.gates import ci_failed, format_verdict_counts
+    from falserefusal.gating.kinds import ci_failed
+    from falserefusal.gating.messages import format_verdict_counts
 
     config = RunConfig.from_options(values, root=root)
     replaced = (config.path(config.report_dir) / RESULTS_FILE).is_file()
@@ -54,7 +58,7 @@ def _init_options(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_init(args: argparse.Namespace) -> int:
     """Copy the packaged thresholds.yaml and fixtures/ into DIR: a run from there uses them instead of the defaults."""
-    from falserefusal.project import init_project
+    from falserefusal.run.project import init_project
 
     written = init_project(args.dir, force=args.force)
     print(f"wrote {len(written)} files: " + ", ".join(str(p) for p in written))
@@ -74,10 +78,12 @@ def _report_command(args: argparse.Namespace) -> str:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """Rebuild index.html from saved results: gates re-evaluated with the profile stored in the results header."""
-    from falserefusal.audit import load_audit
+    from falserefusal.detection.audit import load_audit
     from falserefusal.report import build_report
     from falserefusal.registry import make_detector
-    from falserefusal.runner import check_writable_folder, outcomes_from_results, read_results, results_warnings
+    from falserefusal.run.prepare import check_writable_folder
+    from falserefusal.run.pipeline import outcomes_from_results
+    from falserefusal.run.results import read_results, results_warnings
 
     results = Path(args.results)
     metadata, records = read_results(results)
@@ -91,7 +97,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     report_dir = Path(args.report_dir) if args.report_dir else results.parent
     check_writable_folder(report_dir, "--report-dir")
     path = build_report(metadata, records, outcomes, report_dir, command_line=_report_command(args), audit=audit)
-    from falserefusal.gates import format_verdict_counts
+    from falserefusal.gating.messages import format_verdict_counts
 
     print(format_verdict_counts(outcomes, (metadata.get("profile") or {}).get("inconclusive", "warn")))
     print(f"report: {path}")
@@ -133,7 +139,7 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
 def _cmd_plan(args: argparse.Namespace) -> int:
     import json
 
-    from falserefusal.planning import format_plan, plan
+    from falserefusal.validation.planning import format_plan, plan
 
     result = plan(args.base_rate, args.mde, args.power, args.alpha, args.personas, args.tasks, args.models,
                   not args.no_baseline, args.correlation, args.model_correlation, args.rate_limit, args.disparity_limit,
@@ -161,8 +167,8 @@ def _simulate_release_options(parser: argparse.ArgumentParser) -> None:
 def _cmd_simulate_release(args: argparse.Namespace) -> int:
     import json
 
-    from falserefusal.options import comma_list
-    from falserefusal.release_simulation import ReleaseSimulation, format_release_simulation, simulate_release
+    from falserefusal.run.options import comma_list
+    from falserefusal.validation.release_simulation import ReleaseSimulation, format_release_simulation, simulate_release
 
     result = simulate_release(ReleaseSimulation(
         replicates=args.replicates, samples=args.samples, base_rate=args.base_rate, clear_rate=args.clear_rate,
@@ -201,7 +207,7 @@ def _simulate_options(parser: argparse.ArgumentParser) -> None:
 def _cmd_simulate_sensitivity(args: argparse.Namespace) -> int:
     import json
 
-    from falserefusal.validation_sensitivity import QUICK, SensitivitySettings, format_sensitivity_summary, simulate_sensitivity
+    from falserefusal.validation.sensitivity import QUICK, SensitivitySettings, format_sensitivity_summary, simulate_sensitivity
 
     values = dict(QUICK) if args.quick else {}
     values.update({name: getattr(args, name) for name in ("replicates", "samples") if getattr(args, name) is not None})
@@ -220,7 +226,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.sensitivity:
         return _cmd_simulate_sensitivity(args)
-    from falserefusal.simulation import QUICK, SimulationSettings, format_summary, simulate
+    from falserefusal.validation.simulation import QUICK, SimulationSettings, format_summary, simulate
 
     values = dict(QUICK) if args.quick else {}
     for name in ("replicates", "samples"):
@@ -240,7 +246,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _add_bench_options(parser: argparse.ArgumentParser) -> None:
-    from falserefusal.bench import DEFAULT_CASES, BenchSettings
+    from falserefusal.validation.bench import DEFAULT_CASES, BenchSettings
 
     d = BenchSettings()
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
@@ -257,7 +263,7 @@ def _add_bench_options(parser: argparse.ArgumentParser) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
-    from falserefusal.bench import BenchSettings, format_bench, run_bench
+    from falserefusal.validation.bench import BenchSettings, format_bench, run_bench
 
     settings = BenchSettings(cases=args.cases, rounds=args.rounds, batch_size=args.batch_size,
                              max_new_tokens=args.max_new_tokens, seed=args.seed, model=args.model,
@@ -268,7 +274,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _audit_options(parser: argparse.ArgumentParser) -> None:
-    from falserefusal.audit import DEFAULT_PER_STRATUM
+    from falserefusal.detection.audit import DEFAULT_PER_STRATUM
 
     actions = parser.add_subparsers(dest="audit_command", required=True)
     export = actions.add_parser("export", help="a stratified sample of a run's answers as CSV for people to label",
@@ -294,7 +300,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_export(args: argparse.Namespace) -> int:
-    from falserefusal.audit import export_audit
+    from falserefusal.detection.audit import export_audit
 
     out, sidecar, sample = export_audit(Path(args.results), Path(args.out) if args.out else None, args.per_stratum, args.seed)
     print(f"{len(sample.rows)} answers from {len(sample.sampled)} strata of {sum(sample.sizes.values())} to label: {out}")
@@ -306,7 +312,7 @@ def _cmd_audit_export(args: argparse.Namespace) -> int:
 def _cmd_audit_score(args: argparse.Namespace) -> int:
     import json
 
-    from falserefusal.audit import format_audit, score_labels
+    from falserefusal.detection.audit import format_audit, score_labels
 
     audit, out = score_labels(Path(args.labels), Path(args.out) if args.out else None)
     if args.json:

@@ -2,7 +2,7 @@
 
 Implement them in a conftest.py at the project root (so that the xdist controller loads it too), e.g.:
 
-    from falserefusal.custom import AddedGate
+    from falserefusal.gating.custom import AddedGate
 
     def pytest_falserefusal_add_gates(config, suite):
         return [AddedGate("forced-rate", lambda gate: gate.rate_at_most(0.10, forcing_level="forced"))]
@@ -28,11 +28,11 @@ hookspec = HookspecMarker("pytest")
 
 @hookspec
 def pytest_falserefusal_add_gates(config: Any, suite: Any) -> Sequence[Any] | None:
-    """Custom gates declared in Python (a list of `falserefusal.custom.AddedGate`), run like the built-in ones.
+    """Custom gates declared in Python (a list of `falserefusal.gating.custom.AddedGate`), run like the built-in ones.
 
     Each gate becomes one item per (model, task) family of its tasks, `test_added_gate[NAME-TASK]` of the packaged
     suite (collect it: `pytest --pyargs falserefusal`, or the repository's tests/refusal), grouped with its family
-    under xdist; its `check(gate)` gets a `falserefusal.custom.CustomGate` and calls `gate.rate_at_most(...)` or
+    under xdist; its `check(gate)` gets a `falserefusal.gating.custom.CustomGate` and calls `gate.rate_at_most(...)` or
     `gate.disparity_at_most(...)`. It joins the alpha accounting as a custom family (`family`, `weight`, `checks`).
     `suite` is the resolved `falserefusal.runner.Suite` (models, tasks, personas, profile).
 
@@ -44,7 +44,7 @@ def pytest_falserefusal_add_gates(config: Any, suite: Any) -> Sequence[Any] | No
 @hookspec
 def pytest_falserefusal_backends(config: Any) -> Mapping[str, Callable[..., Any]] | None:
     """Backends to register, name -> factory(model: str, options: BackendOptions) -> Backend (see
-    `falserefusal.backends.Backend`: identity(), generate(requests, max_new_tokens, stop_when), close()).
+    `falserefusal.generation.backends.Backend`: identity(), generate(requests, max_new_tokens, stop_when), close()).
 
     `--model NAME:SPEC` (or `--backend NAME` for models without a prefix) then uses it; the name is recorded as the
     records' backend and keys the generation cache.

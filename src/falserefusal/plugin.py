@@ -16,31 +16,17 @@ from typing import Any, Iterator, Sequence
 
 import pytest
 
-from falserefusal.custom import CUSTOM_PREFIX, AddedGate, CustomAccounting, CustomDeclaration, CustomGate, Results, outcome_from_dict
-from falserefusal.gates import GateOutcome, GateSpec, ci_failed, format_verdict_counts
-from falserefusal.gpus import pin_worker_gpu, share_cpu_threads
-from falserefusal.options import OPTIONS, add_options, resolve
-from falserefusal.runner import (
-    RESULTS_FILE,
-    BaselineSource,
-    Generator,
-    RunConfig,
-    Suite,
-    cache_summary,
-    canonical_order,
-    evaluate,
-    format_rate_table,
-    non_answer_line,
-    generation_stopped,
-    budget_usage,
-    format_usage,
-    prepare,
-    replaced_results_line,
-    rerunnable_command,
-    run_family,
-    run_metadata,
-    write_results,
-)
+from falserefusal.gating.custom import CUSTOM_PREFIX, AddedGate, CustomAccounting, CustomDeclaration, CustomGate, Results, outcome_from_dict
+from falserefusal.gating.kinds import GateOutcome, GateSpec, ci_failed
+from falserefusal.gating.messages import format_verdict_counts
+from falserefusal.generation.gpus import pin_worker_gpu, share_cpu_threads
+from falserefusal.run.options import OPTIONS, add_options, resolve
+from falserefusal.run.results import RESULTS_FILE, canonical_order, rerunnable_command, run_metadata, write_results
+from falserefusal.run.pipeline import BaselineSource, evaluate, budget_usage, run_family
+from falserefusal.generation.generator import Generator, generation_stopped
+from falserefusal.run.config import RunConfig
+from falserefusal.run.prepare import Suite, prepare
+from falserefusal.run.summary import cache_summary, format_rate_table, non_answer_line, format_usage, replaced_results_line
 from falserefusal.types import FalseRefusalError, Record
 
 #: parameter id of the one placeholder gate that a worker collects when the options are bad
@@ -57,10 +43,10 @@ GATE_FIXTURES = {
 NO_GATES = "no-gates-in-this-run"
 #: gate kinds a profile turns on by a key (max_non_answer_rate): when off, their test is dropped, not deselected
 OPTIONAL_GATE_KINDS = {"non_answer_rate": "gate-off-in-this-profile"}
-#: the marker that declares a custom gate test, and the fixture such a test asks for (falserefusal.custom.CustomGate)
+#: the marker that declares a custom gate test, and the fixture such a test asks for (falserefusal.gating.custom.CustomGate)
 CUSTOM_MARKER = "falserefusal_custom_gate"
 CUSTOM_FIXTURE = "falserefusal_custom_gate"
-#: the packaged suite's parameter holding a gate of the pytest_falserefusal_add_gates hook (falserefusal.custom.AddedGate)
+#: the packaged suite's parameter holding a gate of the pytest_falserefusal_add_gates hook (falserefusal.gating.custom.AddedGate)
 ADDED_FIXTURE = "falserefusal_added_gate"
 NO_ADDED_GATES = "no-added-gates"
 
@@ -411,7 +397,7 @@ def _parametrize_added_gates(metafunc: pytest.Metafunc) -> None:
              for gate in (found or [])]
     names = [gate.name for gate in gates]
     if len(set(names)) != len(names) or not all(isinstance(gate, AddedGate) for gate in gates):
-        raise pytest.UsageError(f"pytest_falserefusal_add_gates: gates must be falserefusal.custom.AddedGate with "
+        raise pytest.UsageError(f"pytest_falserefusal_add_gates: gates must be falserefusal.gating.custom.AddedGate with "
                                 f"distinct names; got {', '.join(map(repr, names))}")
     firsts = {spec.family: spec for spec in reversed(suite.gates)}  # each family's first gate: its refusal rate
     params = [
@@ -626,7 +612,7 @@ def _finish_controller(state: FalseRefusalSession, command: str) -> None:
     assert suite is not None
     state.records = canonical_order(suite, state.records)
     timings = dict(state.timings, wall_s=time.perf_counter() - state.started)
-    from falserefusal.refusal import DETECTOR_VERSION
+    from falserefusal.detection.detector import DETECTOR_VERSION
 
     detector_version = state.records[0].detector_version if state.records else DETECTOR_VERSION
     metadata = run_metadata(suite, state.identities, timings, detector_version, state.cache)

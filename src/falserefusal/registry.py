@@ -24,7 +24,7 @@ from falserefusal.types import FalseRefusalError
 
 BACKEND_GROUP = "falserefusal.backends"
 DETECTOR_GROUP = "falserefusal.detectors"
-#: the detector the package ships (falserefusal.refusal.RefusalDetector with --refusal-rules)
+#: the detector the package ships (falserefusal.detection.detector.RefusalDetector with --refusal-rules)
 BUILTIN_DETECTOR = "rules"
 
 _registered: dict[str, dict[str, Callable[..., Any]]] = {BACKEND_GROUP: {}, DETECTOR_GROUP: {}}
@@ -86,7 +86,7 @@ def check_detector_name(name: str | None) -> None:
 def make_detector(name: str | None = None, rules: str | Path | None = None) -> Any:
     """The run's detector: the rule detector (`rules`: a rules file, None for the packaged one), replaced or wrapped by
     the named detector's factory, then by every wrapper; checked to have detect, is_decided and version."""
-    from falserefusal.refusal import RefusalDetector, load_rules
+    from falserefusal.detection.detector import RefusalDetector, load_rules
 
     check_detector_name(name)
     detector: Any = RefusalDetector(load_rules(rules))

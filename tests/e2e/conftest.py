@@ -69,7 +69,7 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServ
             pytest.skip(f"llama-cpp-python[server] is not installed and {ALLOW_SKIP}=1")
         pytest.fail(f"llama-cpp-python[server] is not installed; fix: {INSTALL_SERVER}; "
                     f"or set {ALLOW_SKIP}=1 to skip the served-model tests", pytrace=False)
-    from falserefusal.backends import default_model_path
+    from falserefusal.generation.backends import default_model_path
 
     port = free_port()
     log = tmp_path_factory.mktemp("llama_server") / "server.log"

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from falserefusal.backends import BackendOptions
-from falserefusal.backends.openai_compat import OpenAICompatibleBackend
+from falserefusal.generation.backends import BackendOptions
+from falserefusal.generation.backends.openai_compat import OpenAICompatibleBackend
 from falserefusal.cli import main
-from falserefusal.types import FalseRefusalError, GenerationRequest, Message, Record
+from falserefusal.types import FalseRefusalError, GenerationRequest, Record
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE_ARGS = ("--samples", "2", "--tasks", "nli", "--personas", "religion", "--max-new-tokens", "32", "--seed", "7",

@@ -10,7 +10,8 @@ import pytest
 
 from browser import find_chromium, open_page
 from falserefusal.report import build_report
-from falserefusal.runner import RunConfig, default_options, run
+from falserefusal.run.config import RunConfig, default_options
+from falserefusal.run.pipeline import run
 
 ROOT = Path(__file__).resolve().parents[2]
 INJECTION = "<script>console.error('injected script ran')</script></table></pre><b onmouseover=alert(1)>x</b>"

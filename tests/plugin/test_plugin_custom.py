@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from falserefusal.cli import main
-from falserefusal.runner import read_results
+from falserefusal.run.results import read_results
 
 CUSTOM_TEST = '''
 import pytest

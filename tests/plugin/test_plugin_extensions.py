@@ -32,7 +32,7 @@ class PersonaBackend:
 
 CONFTEST = BACKEND + '''
 
-from falserefusal.custom import AddedGate
+from falserefusal.gating.custom import AddedGate
 
 
 class Tagged:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from falserefusal.analysis import fit_logistic, persona_disparities, records_frame, sensitivity_table
-from falserefusal.runner import read_results as read_run
+from falserefusal.run.results import read_results as read_run
 
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from falserefusal.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
+from falserefusal.run.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
 
 # CI must not turn red on an example that no earlier run drew: the default profile draws the same examples on
 # every run; HYPOTHESIS_PROFILE=explore draws fresh ones (run it when changing the statistics)

@@ -36,7 +36,7 @@ def test_records_frame_of_no_records_keeps_its_columns() -> None:
 def test_outcome_round_trips_and_non_answers_are_counted_apart_from_refusals() -> None:
     from dataclasses import replace
 
-    from falserefusal.runner import non_answer_line, rate_table
+    from falserefusal.run.summary import non_answer_line, rate_table
 
     loop = replace(_record("muslim", False), outcome="non_answer", rule="model:non_answer")
     records = [_record("baseline", False), loop, replace(_record("hindu", True))]

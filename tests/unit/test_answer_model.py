@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from falserefusal.answer_model import default_answer_model, shape_features
-from falserefusal.refusal import DETECTOR_VERSION, RefusalDetector, decision_window_of, detect_refusals
+from falserefusal.detection.answer_model import default_answer_model, shape_features
+from falserefusal.detection.detector import DETECTOR_VERSION, RefusalDetector, decision_window_of, detect_refusals
 from falserefusal.types import OUTCOMES, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_probabilities_are_the_same_in_a_fresh_process() -> None:
     windows, named = zip(*(DETECTOR.features(t) for t in texts))
     here = MODEL.probabilities(list(windows), list(named)).round(12).tolist()
     code = (
-        "import json,sys; from falserefusal.refusal import RefusalDetector; d=RefusalDetector(); "
+        "import json,sys; from falserefusal.detection.detector import RefusalDetector; d=RefusalDetector(); "
         f"t={texts!r}; w,n=zip(*(d.features(x) for x in t)); "
         "print(json.dumps(d.model.probabilities(list(w), list(n)).round(12).tolist()))"
     )
@@ -108,7 +108,7 @@ def test_shape_features_mark_loops_and_gibberish() -> None:
 
 
 def test_the_weights_file_is_plain_json_without_code() -> None:
-    raw = (ROOT / "src" / "falserefusal" / "answer_model.json").read_text(encoding="utf-8")
+    raw = (ROOT / "src" / "falserefusal" / "detection" / "answer_model.json").read_text(encoding="utf-8")
     data = json.loads(raw)
     assert data["classes"] == list(OUTCOMES) and data["window"] == MODEL.window
     assert {"training_data_sha256", "refusal_threshold", "rubric"} <= set(data["metadata"])

@@ -22,7 +22,7 @@ from falserefusal.analysis.detector_audit import (
     detector_accuracy,
     rogan_gladen,
 )
-from falserefusal.audit import COLUMNS, export_audit, load_audit, read_labels, sample_audit, score_labels, spreadsheet_safe, unguard
+from falserefusal.detection.audit import COLUMNS, export_audit, load_audit, read_labels, sample_audit, score_labels, spreadsheet_safe, unguard
 from falserefusal.cli import main
 from falserefusal.types import BASELINE_ID, Case, FalseRefusalError, Message, Record
 
@@ -360,7 +360,9 @@ def profile_file(tmp_path: Path, extra: str) -> Path:
 
 def test_a_profile_with_detector_correction_gates_on_the_corrected_disparity(tmp_path: Path) -> None:
     from falserefusal.analysis import records_frame
-    from falserefusal.gates import evaluate_gates, gate_specs, load_profile
+    from falserefusal.gating.decide import evaluate_gates
+    from falserefusal.gating.kinds import gate_specs
+    from falserefusal.gating.profile import load_profile
 
     simulated, audit = simulate(3, n_blocks=800)
     frame = records_frame([record(int(r.block[-5:]), r.persona, r.outcome, task="t") for r in simulated.itertuples()])
@@ -382,7 +384,7 @@ def test_a_profile_with_detector_correction_gates_on_the_corrected_disparity(tmp
     ("    detector_correction: audit\n    sequential: {rounds: 3}\n", "not with sequential"),
 ])
 def test_a_bad_detector_correction_is_rejected(tmp_path: Path, extra: str, message: str) -> None:
-    from falserefusal.gates import load_profile
+    from falserefusal.gating.profile import load_profile
 
     with pytest.raises(FalseRefusalError, match=message):
         load_profile(profile_file(tmp_path, extra), "audited")

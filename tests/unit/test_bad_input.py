@@ -75,7 +75,7 @@ def test_a_lone_surrogate_in_model_text_is_stored_and_reported(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A served model's JSON can carry "\\ud800": it crashed the first cache commit and the report of a failed gate."""
-    from falserefusal.backends.scripted import ScriptedBackend
+    from falserefusal.generation.backends.scripted import ScriptedBackend
 
     plain = ScriptedBackend.answer
     monkeypatch.setattr(ScriptedBackend, "answer", lambda self, request: plain(self, request) + " \ud800!")
@@ -222,8 +222,8 @@ def test_a_backend_other_than_transformers_without_a_model_is_refused_up_front(
 
 
 def test_header_paths_are_project_relative_or_package_relative(tmp_path: Path) -> None:
-    from falserefusal.project import DEFAULT_THRESHOLDS
-    from falserefusal.runner import project_path
+    from falserefusal.run.project import DEFAULT_THRESHOLDS
+    from falserefusal.run.results import project_path
 
     assert project_path(str(tmp_path / "fixtures" / "tasks" / "nli.yaml"), str(tmp_path)) == "fixtures/tasks/nli.yaml"
     assert project_path(str(DEFAULT_THRESHOLDS), str(tmp_path)) == "falserefusal/defaults/thresholds.yaml"

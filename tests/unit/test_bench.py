@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from falserefusal.bench import pick_cases
+from falserefusal.validation.bench import pick_cases
 from falserefusal.cli import main
-from falserefusal.runner import RunConfig, prepare
+from falserefusal.run.config import RunConfig
+from falserefusal.run.prepare import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 

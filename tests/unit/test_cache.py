@@ -9,11 +9,14 @@ from typing import Any, Sequence
 
 import pytest
 
-from falserefusal.backends import BackendOptions
-from falserefusal.cache import CACHE_FILE, CacheKey, GenerationCache
-from falserefusal.gpus import pin_worker_gpu, share_cpu_threads, visible_gpus, worker_gpu
-from falserefusal.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
-from falserefusal.runner import Generator, RunConfig, cache_summary, prepare
+from falserefusal.generation.backends import BackendOptions
+from falserefusal.generation.cache import CACHE_FILE, CacheKey, GenerationCache
+from falserefusal.generation.gpus import pin_worker_gpu, share_cpu_threads, visible_gpus, worker_gpu
+from falserefusal.run.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
+from falserefusal.generation.generator import Generator
+from falserefusal.run.config import RunConfig
+from falserefusal.run.summary import cache_summary
+from falserefusal.run.prepare import prepare
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest, Message
 
 IDENTITY = {"backend": "transformers", "model": "m", "commit": "abc", "chat_template_sha256": "t1", "dtype": "float32"}
@@ -140,7 +143,7 @@ class CountingBackend:
     """The scripted model, counting the requests it is asked to answer."""
 
     def __init__(self, model: str) -> None:
-        from falserefusal.backends.scripted import ScriptedBackend
+        from falserefusal.generation.backends.scripted import ScriptedBackend
 
         self.inner = ScriptedBackend(model)
         self.name, self.model = self.inner.name, model
@@ -232,7 +235,7 @@ def test_rescore_needs_the_cache_and_every_generation(tmp_path: Path) -> None:
 
 
 def test_scripted_delay_is_parsed() -> None:
-    from falserefusal.backends.scripted import ScriptedSpec
+    from falserefusal.generation.backends.scripted import ScriptedSpec
 
     assert ScriptedSpec.parse("scripted:base=0.1,delay=0.25").delay == 0.25
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from falserefusal.backends.scripted import ScriptedBackend, ScriptedSpec
-from falserefusal.cases import draw_cases
-from falserefusal.personas import load_personas, select_personas
-from falserefusal.project import DEFAULT_FIXTURES
-from falserefusal.runner import request_for
-from falserefusal.tasks import load_dataset_items, load_task_file, load_tasks
+from falserefusal.generation.backends.scripted import ScriptedBackend, ScriptedSpec
+from falserefusal.design.sampler import draw_cases
+from falserefusal.design.personas import load_personas, select_personas
+from falserefusal.run.project import DEFAULT_FIXTURES
+from falserefusal.generation.generator import request_for
+from falserefusal.design.tasks import load_dataset_items, load_task_file, load_tasks
 from falserefusal.types import BASELINE_ID, FORCING_LEVELS, Case, FalseRefusalError, Record
 
 FIXTURES = DEFAULT_FIXTURES
@@ -72,8 +72,8 @@ def test_same_seed_same_cases_in_another_process(suite_parts) -> None:
     personas, phrasings, tasks = suite_parts
     here = [c.to_dict() for c in draw_cases(tasks, personas, phrasings, samples=5, seed=42)]
     code = (
-        "import json,sys; from pathlib import Path; from falserefusal.personas import load_personas;"
-        "from falserefusal.tasks import load_tasks; from falserefusal.cases import draw_cases;"
+        "import json,sys; from pathlib import Path; from falserefusal.design.personas import load_personas;"
+        "from falserefusal.design.tasks import load_tasks; from falserefusal.design.sampler import draw_cases;"
         f"f=Path({str(FIXTURES)!r}); p,ph=load_personas(f/'personas.yaml');"
         "print(json.dumps([c.to_dict() for c in draw_cases(load_tasks(f),p,ph,5,42)]))"
     )
@@ -165,7 +165,7 @@ def test_task_file_with_unknown_placeholder_names_the_file(tmp_path: Path) -> No
 def test_release_budget_has_no_repeated_block_and_a_larger_one_uses_the_factorial_once(suite_parts) -> None:
     # blocks are a permutation of item x paraphrase x phrasing (66 x 9 x 3 = 1782 per task), drawn without replacement
     personas, phrasings, tasks = suite_parts
-    from falserefusal.cases import blocks_per_task, factorial_size, sampling_notes
+    from falserefusal.design.sampler import blocks_per_task, factorial_size, sampling_notes
 
     def blocks(cases):
         return [(c.task, c.item_id, c.paraphrase_id, c.phrasing_id) for c in cases if c.persona == personas[0].id]

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from falserefusal.custom import (
-    CustomAccounting,
-    CustomDeclaration,
-    CustomFamily,
-    CustomGate,
-    Results,
-    outcome_from_dict,
-)
-from falserefusal.runner import RunConfig, RunResult, run
+from falserefusal.gating.custom import CustomAccounting, CustomDeclaration, CustomFamily, CustomGate, Results, outcome_from_dict
+from falserefusal.run.config import RunConfig
+from falserefusal.run.pipeline import RunResult, run
 from falserefusal.types import FalseRefusalError
 
 MODEL = "scripted:base=0.05,persona.muslim=0.35,rho=0.8"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from falserefusal.options import OPTIONS
+from falserefusal.run.options import OPTIONS
 
 ROOT = Path(__file__).resolve().parents[2]
 

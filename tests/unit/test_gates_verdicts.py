@@ -9,7 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from falserefusal.gates import GateOutcome, GateSpec, design_effect, evaluate_family, load_profile
+from falserefusal.gating.kinds import GateOutcome, GateSpec
+from falserefusal.gating.statistics import design_effect
+from falserefusal.gating.decide import evaluate_family
+from falserefusal.gating.profile import load_profile
 from falserefusal.types import BASELINE_ID, FalseRefusalError
 
 
@@ -99,7 +102,7 @@ def test_a_zero_tolerance_or_an_unknown_policy_is_a_usage_error(tmp_path: Path, 
 
 
 def test_the_packaged_profiles_carry_tolerances_and_policies() -> None:
-    from falserefusal.project import DEFAULT_THRESHOLDS
+    from falserefusal.run.project import DEFAULT_THRESHOLDS
 
     release, smoke = load_profile(DEFAULT_THRESHOLDS, "release"), load_profile(DEFAULT_THRESHOLDS, "smoke")
     assert release.limit("persona_disparity", "nli") == 0.02 and release.inconclusive == "warn"

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from falserefusal.backends.scripted import NON_ANSWER, ScriptedSpec
-from falserefusal.gates import load_profile
-from falserefusal.planning import plan
-from falserefusal.refusal import RefusalDetector
-from falserefusal.runner import RunConfig, RunResult, run
+from falserefusal.generation.backends.scripted import NON_ANSWER, ScriptedSpec
+from falserefusal.gating.profile import load_profile
+from falserefusal.validation.planning import plan
+from falserefusal.detection.detector import RefusalDetector
+from falserefusal.run.config import RunConfig
+from falserefusal.run.pipeline import RunResult, run
 from falserefusal.types import FalseRefusalError
 
 HEAD = "profiles:\n  p:\n    alpha: 0.05\n    samples: 60\n    max_refusal_rate: 0.5\n    max_persona_disparity: 0.2\n"
@@ -26,7 +27,7 @@ def test_the_scripted_non_answer_reads_as_a_non_answer_with_and_without_the_lear
 
 
 def test_the_key_is_off_unless_set_and_takes_a_per_task_mapping(tmp_path: Path) -> None:
-    from falserefusal.project import DEFAULT_THRESHOLDS
+    from falserefusal.run.project import DEFAULT_THRESHOLDS
 
     for name in ("smoke", "release", "release-sequential"):
         assert load_profile(DEFAULT_THRESHOLDS, name).max_non_answer_rate is None

@@ -17,9 +17,11 @@ import httpx2  # the HTTP library under openai>=3
 import openai._base_client
 import pytest
 
-from falserefusal.backends import BackendOptions
-from falserefusal.backends.openai_compat import OpenAICompatibleBackend, brief
-from falserefusal.runner import Generator, RunConfig, default_options, prepare
+from falserefusal.generation.backends import BackendOptions
+from falserefusal.generation.backends.openai_compat import OpenAICompatibleBackend, brief
+from falserefusal.generation.generator import Generator
+from falserefusal.run.config import RunConfig, default_options
+from falserefusal.run.prepare import prepare
 from falserefusal.types import FalseRefusalError, GenerationRequest, Message
 
 BASE = "http://server.test/v1"

@@ -1,4 +1,4 @@
-"""Unit tests of the refusal detector's rule layer (falserefusal.refusal with model=None: the rules alone)."""
+"""Unit tests of the refusal detector's rule layer (falserefusal.detection.detector with model=None: the rules alone)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from falserefusal.literal_screen import LiteralScreen, required_literals
-from falserefusal.refusal import (
-    DETECTOR_VERSION,
-    RefusalDetector,
-    detect_refusals,
-    load_rules,
-)
+from falserefusal.detection.literal_screen import LiteralScreen, required_literals
+from falserefusal.detection.detector import DETECTOR_VERSION, RefusalDetector, detect_refusals, load_rules
 from falserefusal.types import FalseRefusalError, Verdict
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import pytest
 
 from falserefusal import registry
-from falserefusal.backends import BackendOptions, backend_for, load_backend
+from falserefusal.generation.backends import BackendOptions, backend_for, load_backend
 from falserefusal.types import Completion, FalseRefusalError, Verdict
 
 

@@ -10,10 +10,15 @@ import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from falserefusal.gates import GateSpec, evaluate_family, holm_adjusted, load_profile
-from falserefusal.release_simulation import ReleaseSimulation, simulate_release
-from falserefusal.runner import RunConfig, check_baseline_results, evaluate, prepare, read_results, run
-from falserefusal.sequential import SequentialDesign, obrien_fleming_spending, run_sequential
+from falserefusal.gating.kinds import GateSpec
+from falserefusal.gating.decide import evaluate_family, holm_adjusted
+from falserefusal.gating.profile import load_profile
+from falserefusal.validation.release_simulation import ReleaseSimulation, simulate_release
+from falserefusal.run.config import RunConfig
+from falserefusal.run.prepare import check_baseline_results, prepare
+from falserefusal.run.pipeline import evaluate, run
+from falserefusal.run.results import read_results
+from falserefusal.gating.sequential import SequentialDesign, obrien_fleming_spending, run_sequential
 from falserefusal.types import BASELINE_ID, FalseRefusalError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from falserefusal.cli import main
-from falserefusal.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
+from falserefusal.run.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
 from falserefusal.report import build_report
-from falserefusal.runner import RunConfig, RunResult, default_options, outcomes_from_results, read_results, run
+from falserefusal.run.config import RunConfig, default_options
+from falserefusal.run.pipeline import RunResult, outcomes_from_results, run
+from falserefusal.run.results import read_results
 from falserefusal.types import BASELINE_ID
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -225,6 +227,6 @@ def test_report_says_why_the_model_factor_has_no_index_in_a_one_model_run(plante
     (["/x/src/falserefusal/__main__.py", "run"], "python -m falserefusal run"),
 ])
 def test_recorded_command_is_one_a_user_can_rerun(argv: list[str], expected: str) -> None:
-    from falserefusal.runner import rerunnable_command
+    from falserefusal.run.results import rerunnable_command
 
     assert rerunnable_command(argv) == expected

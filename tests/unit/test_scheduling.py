@@ -7,10 +7,12 @@ from typing import Any, Sequence
 import pytest
 import torch
 
-from falserefusal.backends import BackendOptions
-from falserefusal.backends.huggingface import DecidedRows, kv_bytes_per_token, pick_batch_size
-from falserefusal.runner import Generator, RunConfig, prepare
-from falserefusal.scheduling import is_out_of_memory, length_order, padding_fraction, run_batches
+from falserefusal.generation.backends import BackendOptions
+from falserefusal.generation.backends.huggingface import DecidedRows, kv_bytes_per_token, pick_batch_size
+from falserefusal.generation.generator import Generator
+from falserefusal.run.config import RunConfig
+from falserefusal.run.prepare import prepare
+from falserefusal.generation.scheduling import is_out_of_memory, length_order, padding_fraction, run_batches
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest, Message
 
 
@@ -166,7 +168,7 @@ def test_generator_stops_decided_rows_and_survives_out_of_memory() -> None:
     config = RunConfig(models=("fake",), backend_options=BackendOptions(batch_size=8), root=str(root), progress=False,
                        use_cache=False)
     suite = prepare(RunConfig(samples=1, tasks=("nli",), root=str(root), progress=False))
-    from falserefusal.refusal import RefusalDetector
+    from falserefusal.detection.detector import RefusalDetector
 
     generator = Generator(config)
     generator.detector = RefusalDetector(model=None)  # the rules alone stop a row at a settled verdict

@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from falserefusal.gates import holm_adjusted
-from falserefusal.sequential import (
-    SequentialDesign,
-    crossing_probability,
-    group_sequential_bounds,
-    nominal_levels,
-    obrien_fleming_spending,
-    sequential_holm,
-)
+from falserefusal.gating.decide import holm_adjusted
+from falserefusal.gating.sequential import SequentialDesign, crossing_probability, group_sequential_bounds, nominal_levels, obrien_fleming_spending, sequential_holm
 from falserefusal.types import FalseRefusalError
 
 EQUAL_FIVE = (0.2, 0.4, 0.6, 0.8, 1.0)

@@ -8,23 +8,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from falserefusal import simulation
+from falserefusal.validation import simulation
 from falserefusal.analysis import records_frame
-from falserefusal.cases import draw_cases
-from falserefusal.gates import evaluate_gates
-from falserefusal.runner import Generator, RunConfig, prepare
-from falserefusal.simulation import (
-    JSON_KEYS,
-    Draws,
-    SimulationSettings,
-    build_plan,
-    draw_design,
-    find_budget,
-    results_frame,
-    scripted_refusals,
-    simulate,
-)
-from falserefusal.backends.scripted import ScriptedSpec
+from falserefusal.design.sampler import draw_cases
+from falserefusal.gating.decide import evaluate_gates
+from falserefusal.generation.generator import Generator
+from falserefusal.run.config import RunConfig
+from falserefusal.run.prepare import prepare
+from falserefusal.validation.simulation import JSON_KEYS, Draws, SimulationSettings, build_plan, draw_design, find_budget, results_frame, scripted_refusals, simulate
+from falserefusal.generation.backends.scripted import ScriptedSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 # every kind of shift, a rho between 0 and 1, item heterogeneity and a seed offset: all of the scripted backend's semantics

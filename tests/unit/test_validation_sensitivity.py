@@ -9,7 +9,7 @@ import pytest
 
 from falserefusal.analysis import binary_closed_form, simulate_frame
 from falserefusal.cli import main
-from falserefusal.validation_sensitivity import SCENARIOS, population_index
+from falserefusal.validation.sensitivity import SCENARIOS, population_index
 
 
 def test_population_index_is_the_closed_form_on_the_true_probabilities() -> None:

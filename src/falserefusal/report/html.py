@@ -21,7 +21,8 @@ from falserefusal.analysis.comparison import comparison_table, flipped_examples
 from falserefusal.analysis.regression import MAX_CI_RATIO, MIN_DF, headline_terms
 from falserefusal.analysis.detector_audit import DetectorAudit, audit_summary, corrected_estimates
 from falserefusal.analysis.sensitivity import DEFAULT_FACTORS
-from falserefusal.gates import RATE_OUTCOMES, GateOutcome, ci_failed, confidence_bound, verdict_counts
+from falserefusal.gating.kinds import RATE_OUTCOMES, GateOutcome, ci_failed, verdict_counts
+from falserefusal.gating.statistics import confidence_bound
 from falserefusal.report import figures
 from falserefusal.types import BASELINE_ID, Record
 
@@ -446,7 +447,7 @@ def build_report(
     n_boot: int = REPORT_BOOTSTRAP, command_line: str | None = None, audit: DetectorAudit | None = None,
 ) -> Path:
     """Write `out_dir/index.html` (self-contained: figures inline, no scripts, no network) and return its path;
-    `audit` (from `falserefusal.audit.load_audit`) adds the detector panel and the rates corrected for its error."""
+    `audit` (from `falserefusal.detection.audit.load_audit`) adds the detector panel and the rates corrected for its error."""
     context = report_context(metadata, records, outcomes, n_boot=n_boot, command_line=command_line, audit=audit)
     html = _environment().get_template("index.html.j2").render(**context)
     out_dir = Path(out_dir)

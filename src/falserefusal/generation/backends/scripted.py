@@ -58,7 +58,7 @@ class ScriptedSpec:
         for part in filter(None, (p.strip() for p in body.split(","))):
             key, sep, value = part.partition("=")
             if not sep:
-                raise FalseRefusalError(f"--model {model}: '{part}' is not key=value; see falserefusal.backends.scripted")
+                raise FalseRefusalError(f"--model {model}: '{part}' is not key=value; see falserefusal.generation.backends.scripted")
             try:
                 number = float(value)
             except ValueError:

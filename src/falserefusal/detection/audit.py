@@ -132,7 +132,7 @@ def strata_path(csv_path: Path) -> Path:
 
 def export_audit(results: Path, out: Path | None = None, per_stratum: int = DEFAULT_PER_STRATUM, seed: int = 0) -> tuple[Path, Path, AuditSample]:
     """Write the labelling CSV (default: audit.csv beside the results) and its strata sidecar; return both paths."""
-    from falserefusal.runner import read_results  # the runner imports this module for --audit
+    from falserefusal.run.results import read_results
 
     metadata, records = read_results(Path(results))
     if not records:

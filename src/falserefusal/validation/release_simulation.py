@@ -27,11 +27,15 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from falserefusal.gates import NONINFERIORITY_MARGINS, GateSpec, evaluate_family, family_alpha
-from falserefusal.planning import block_mean_blocks, block_mean_power, noninferiority_persona_variance
-from falserefusal.runner import RunConfig, Suite, block_index, prepare
-from falserefusal.sequential import SequentialDesign, run_sequential
-from falserefusal.simulation import Draws
+from falserefusal.gating.profile import NONINFERIORITY_MARGINS
+from falserefusal.gating.kinds import GateSpec, family_alpha
+from falserefusal.gating.decide import evaluate_family
+from falserefusal.validation.planning import block_mean_blocks, block_mean_power, noninferiority_persona_variance
+from falserefusal.run.config import RunConfig
+from falserefusal.run.prepare import Suite, prepare
+from falserefusal.run.pipeline import block_index
+from falserefusal.gating.sequential import SequentialDesign, run_sequential
+from falserefusal.validation.simulation import Draws
 from falserefusal.types import FalseRefusalError
 
 CANDIDATE, BASELINE_MODEL = "scripted:name=candidate", "scripted:name=baseline-model"

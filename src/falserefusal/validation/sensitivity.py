@@ -30,19 +30,10 @@ import pandas as pd
 
 from falserefusal.analysis.rates import wilson_interval
 from falserefusal.analysis.sensitivity import DEFAULT_FACTORS, factor_levels, sensitivity_table
-from falserefusal.backends.scripted import ScriptedSpec
-from falserefusal.gates import evaluate_gates, gate_specs
-from falserefusal.simulation import (
-    Draws,
-    SimulationSettings,
-    _map,
-    build_plan,
-    draw_design,
-    refusal_probability,
-    results_frame,
-    scripted_refusals,
-    spec_string,
-)
+from falserefusal.generation.backends.scripted import ScriptedSpec
+from falserefusal.gating.decide import evaluate_gates
+from falserefusal.gating.kinds import gate_specs
+from falserefusal.validation.simulation import Draws, SimulationSettings, _map, build_plan, draw_design, refusal_probability, results_frame, scripted_refusals, spec_string
 
 SCENARIOS = ("planted", "null", "persona")
 #: --quick: a run of seconds, for tests

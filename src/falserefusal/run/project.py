@@ -9,7 +9,7 @@ from pathlib import Path
 from falserefusal.types import FalseRefusalError
 
 #: the packaged defaults: thresholds.yaml and fixtures/ (personas.yaml, tasks/*.yaml)
-DEFAULTS_DIR = Path(__file__).resolve().parent / "defaults"
+DEFAULTS_DIR = Path(__file__).resolve().parent.parent / "defaults"
 THRESHOLDS_FILE = "thresholds.yaml"
 FIXTURES_DIR = "fixtures"
 DEFAULT_THRESHOLDS = DEFAULTS_DIR / THRESHOLDS_FILE

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from falserefusal.personas import all_conditions
-from falserefusal.tasks import TaskSpec, render_prompt
+from falserefusal.design.personas import all_conditions
+from falserefusal.design.tasks import TaskSpec, render_prompt
 from falserefusal.types import Case, FalseRefusalError, Message, Persona, PersonaPhrasing
 
 PLACEMENTS = ("system", "user")

@@ -17,7 +17,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 
 from falserefusal.analysis import records_frame
-from falserefusal.gates import GateOutcome, GateSpec, describe, evaluate_family
+from falserefusal.gating.kinds import GateOutcome, GateSpec
+from falserefusal.gating.messages import describe
+from falserefusal.gating.decide import evaluate_family
 from falserefusal.types import BASELINE_ID, FalseRefusalError, Record
 
 CUSTOM_PREFIX = "custom:"

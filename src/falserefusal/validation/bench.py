@@ -99,7 +99,9 @@ def naive_generate(backend: Any, prompts: Sequence[str], batch_size: int, max_ne
 
 def suite_path(config: Any, generator: Any, case_ids: set[str], report_dir: str) -> tuple[list[Record], Timing]:
     """The suite as `run` does it, on the benchmark's cases: sample, generate per family, gates, results file."""
-    from falserefusal.runner import RESULTS_FILE, canonical_order, evaluate, prepare, run_metadata, write_results
+    from falserefusal.run.results import RESULTS_FILE, canonical_order, run_metadata, write_results
+    from falserefusal.run.pipeline import evaluate
+    from falserefusal.run.prepare import prepare
 
     def work() -> list[Record]:
         suite = prepare(config)
@@ -136,8 +138,11 @@ def _cpu_model() -> str:
 
 def run_bench(settings: BenchSettings, report_dir: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time naive vs suite on the same prompts; returns the JSON-ready result (see the module docstring)."""
-    from falserefusal.backends import backend_for
-    from falserefusal.runner import Generator, RunConfig, default_options, package_versions, prepare, request_for
+    from falserefusal.generation.backends import backend_for
+    from falserefusal.generation.generator import Generator, request_for
+    from falserefusal.run.config import RunConfig, default_options
+    from falserefusal.run.results import package_versions
+    from falserefusal.run.prepare import prepare
 
     if settings.cases < 1 or settings.rounds < 1 or settings.batch_size < 1 or settings.max_new_tokens < 1:
         raise FalseRefusalError("bench: --cases, --rounds, --batch-size and --max-new-tokens must be >= 1")

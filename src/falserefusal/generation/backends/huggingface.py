@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from falserefusal.backends import DEFAULT_MODEL_NAME, BackendOptions, StopWhen, default_model_path
+from falserefusal.generation.backends import DEFAULT_MODEL_NAME, BackendOptions, StopWhen, default_model_path
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest
 
 log = logging.getLogger(__name__)

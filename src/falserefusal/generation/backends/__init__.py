@@ -161,13 +161,13 @@ def load_backend(model: str, requested: str, options: BackendOptions, seed: int 
         assert make is not None
         return make(model, options)
     if kind == "scripted":
-        from falserefusal.backends.scripted import ScriptedBackend
+        from falserefusal.generation.backends.scripted import ScriptedBackend
 
         return ScriptedBackend(model, seed)
     if kind == "openai":
-        from falserefusal.backends.openai_compat import OpenAICompatibleBackend
+        from falserefusal.generation.backends.openai_compat import OpenAICompatibleBackend
 
         return OpenAICompatibleBackend(model, options)
-    from falserefusal.backends.huggingface import TransformersBackend
+    from falserefusal.generation.backends.huggingface import TransformersBackend
 
     return TransformersBackend(model, options)

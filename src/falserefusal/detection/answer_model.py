@@ -180,7 +180,7 @@ def hashing_vectorizers(
 @lru_cache(maxsize=1)
 def default_answer_model() -> AnswerModel | None:
     """The packaged model, or None when the package ships none (rules alone then decide)."""
-    resource = files("falserefusal") / MODEL_RESOURCE
+    resource = files("falserefusal.detection") / MODEL_RESOURCE
     if not resource.is_file():
         return None
     raw = resource.read_bytes()

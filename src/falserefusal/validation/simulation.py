@@ -1,6 +1,6 @@
 """Monte Carlo validation of the gates and the analysis with planted effects: `falserefusal simulate`.
 
-Each replicate is a run of the real suite on scripted models (see `falserefusal.backends.scripted`), with
+Each replicate is a run of the real suite on scripted models (see `falserefusal.generation.backends.scripted`), with
 no model loaded:
 
 - cases come from the real sampler (`cases.draw_cases`, the same blocks `falserefusal run --seed S` draws:
@@ -56,14 +56,17 @@ from statsmodels.stats.proportion import confint_proportions_2indep
 from falserefusal.analysis.paired import paired_difference_ci
 from falserefusal.analysis.rates import wilson_interval
 from falserefusal.analysis.sensitivity import sensitivity_table
-from falserefusal.backends.scripted import ScriptedSpec, item_factor
-from falserefusal.cases import draw_cases
-from falserefusal.gates import GateOutcome, GateSpec, Profile, evaluate_gates, gate_specs, verdict_counts
-from falserefusal.planning import disparity_pass_power, disparity_power
-from falserefusal.personas import all_conditions
-from falserefusal.runner import RunConfig, prepare
+from falserefusal.generation.backends.scripted import ScriptedSpec, item_factor
+from falserefusal.design.sampler import draw_cases
+from falserefusal.gating.kinds import GateOutcome, GateSpec, gate_specs, verdict_counts
+from falserefusal.gating.profile import Profile
+from falserefusal.gating.decide import evaluate_gates
+from falserefusal.validation.planning import disparity_pass_power, disparity_power
+from falserefusal.design.personas import all_conditions
+from falserefusal.run.config import RunConfig
+from falserefusal.run.prepare import prepare
 from falserefusal.types import BASELINE_ID, FalseRefusalError, Persona, PersonaPhrasing, Record
-from falserefusal.tasks import TaskSpec
+from falserefusal.design.tasks import TaskSpec
 
 RANKED_FACTORS: tuple[str, ...] = ("model", "task", "persona", "paraphrase")
 GATE_COLUMNS: tuple[str, ...] = ("model", "task", "persona", "block", "item", "case_id", "refused")

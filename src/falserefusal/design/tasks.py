@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from falserefusal.personas import check_keys, read_yaml
+from falserefusal.design.personas import check_keys, read_yaml
 from falserefusal.types import FORCING_LEVELS, FalseRefusalError, Item, Paraphrase, Task
 
 _TASK_KEYS = {"id", "description", "labels", "fields", "paraphrases", "items", "dataset", "default"}

@@ -18,9 +18,9 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from falserefusal.answer_model import AnswerModel, default_answer_model, shape_features
-from falserefusal.literal_screen import LiteralScreen
-from falserefusal.personas import check_keys, read_yaml
+from falserefusal.detection.answer_model import AnswerModel, default_answer_model, shape_features
+from falserefusal.detection.literal_screen import LiteralScreen
+from falserefusal.design.personas import check_keys, read_yaml
 from falserefusal.types import FalseRefusalError, Verdict
 
 #: bump whenever the default rules or the reading logic change; recorded in every result (with the model's digest)
@@ -118,7 +118,7 @@ def _label_alternation(labels: Sequence[str]) -> str:
 def load_rules(path: str | Path | None = None) -> RefusalRules:
     """Load and compile detector rules; None loads the packaged default."""
     if path is None:
-        with as_file(files("falserefusal") / _RULES_RESOURCE) as packaged:
+        with as_file(files("falserefusal.detection") / _RULES_RESOURCE) as packaged:
             return _compile_rules(packaged)
     return _compile_rules(Path(path))
 

@@ -13,7 +13,7 @@ import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Sequence
 
-from falserefusal.backends import BackendOptions, StopWhen
+from falserefusal.generation.backends import BackendOptions, StopWhen
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest
 
 PREFIX = "openai:"

@@ -54,7 +54,9 @@ import pandas as pd
 from scipy.optimize import brentq
 from scipy.stats import multivariate_normal, norm
 
-from falserefusal.gates import GateOutcome, GateSpec, confidence_bound, evaluate_family, verdict_of
+from falserefusal.gating.kinds import GateOutcome, GateSpec, verdict_of
+from falserefusal.gating.statistics import confidence_bound
+from falserefusal.gating.decide import evaluate_family
 from falserefusal.types import FalseRefusalError
 
 #: grid points per look of the numerical integration (Simpson's rule): 201 reproduces the published boundaries to

@@ -1,0 +1,1 @@
+"""Reading answers: the refusal rules, the learned three-outcome layer, and the detector audit files."""

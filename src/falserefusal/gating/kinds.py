@@ -1,0 +1,149 @@
+"""Gate specs and outcomes, the gates a profile asks for per (model, task) family, and the three verdicts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable, Mapping, Sequence
+from falserefusal.types import FalseRefusalError
+from falserefusal.gating.profile import Profile
+
+
+GATE_KINDS = ("refusal_rate", "non_answer_rate", "persona_disparity", "noninferiority", "noninferiority_persona")
+
+
+#: the rate gates -> the answer outcome each counts (a task's share of answers with it, over every persona and the
+#: baseline); one test (`_rate_test`) for both. non_answer_rate exists only where a profile sets max_non_answer_rate.
+RATE_OUTCOMES = {"refusal_rate": "refusal", "non_answer_rate": "non_answer"}
+
+
+#: the rate gate's count in its `detail`, per outcome counted
+_COUNT_KEYS = {"refusal": "refusals", "non_answer": "non_answers"}
+
+
+
+
+EVIDENCE_LIMIT = 10  # case ids quoted in a failure message
+
+
+VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """A gate known before any generation: what is compared, against which limit."""
+
+    kind: str  # refusal_rate | non_answer_rate | persona_disparity | noninferiority | noninferiority_persona
+    model: str
+    task: str
+    persona: str | None
+    limit: float
+    reference: str | None = None  # the baseline model a non-inferiority gate compares `model` with
+
+    @property
+    def family(self) -> tuple[str, str]:
+        """Holm runs within a (model, task) family; that is also the unit of generation per xdist group."""
+        return (self.model, self.task)
+
+    def gate_id(self, model_label: str | None) -> str:
+        parts = [p for p in (model_label, self.task, self.persona) if p]
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    spec: GateSpec
+    passed: bool  # not FAIL (the failure test did not reject); the three-state answer is `verdict`
+    estimate: float  # refusal rate, or risk difference
+    ci_low: float  # two-sided 95% interval (unadjusted, new items of this kind), for reading
+    ci_high: float
+    bound: float  # one-sided lower bound at the Holm-adjusted level: the gate FAILs when it lies above the limit
+    p_value: float  # one-sided, against the limit (H0: effect <= limit)
+    p_adjusted: float  # Holm within the family
+    alpha_family: float
+    n: int  # cases (rate) or pairs (disparity)
+    detail: Mapping[str, Any]  # rates behind a disparity, refusals, flipped blocks, design effects, these-items CI ...
+    evidence: tuple[str, ...]  # case ids behind the result
+    verdict: str = ""  # PASS | FAIL | INCONCLUSIVE; "" (outcomes saved before verdicts) is read from `passed`
+    upper_bound: float = 1.0  # one-sided upper bound at the Holm-adjusted level: the gate PASSes when below the limit
+    p_pass: float = 1.0  # one-sided p of the PASS test (H0: effect >= limit)
+    p_pass_adjusted: float = 1.0  # Holm within the family
+    mde: float = 1.0  # smallest excess over the limit this run FAILs with MDE_POWER (from the observed variance and n)
+
+    def __post_init__(self) -> None:
+        if not self.verdict:
+            object.__setattr__(self, "verdict", "PASS" if self.passed else "FAIL")
+        if self.verdict not in VERDICTS:
+            raise ValueError(f"gate verdict {self.verdict!r}: use one of {', '.join(VERDICTS)}")
+
+    @property
+    def message(self) -> str:
+        from falserefusal.gating.messages import describe  # messages read outcomes: imported when first needed
+
+        return describe(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["message"] = self.message
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "GateOutcome":
+        values = {k: v for k, v in data.items() if k != "message"}
+        values["spec"] = GateSpec(**values["spec"])
+        values["evidence"] = tuple(values["evidence"])
+        return cls(**values)
+
+
+def gate_specs(
+    profile: Profile, models: Sequence[str], tasks: Sequence[str], personas: Sequence[str], baseline: str | None = None
+) -> list[GateSpec]:
+    """Every gate of a run, in a stable order (the same on every xdist worker).
+
+    With a baseline model, each candidate's (model, task) family also holds the non-inferiority gates against it,
+    so Holm runs over all of the family's gates and alpha is still split over (model, task) families only.
+    """
+    if baseline is not None and not profile.noninferiority:
+        raise FalseRefusalError(
+            f"{profile.source}: profile '{profile.name}' has no noninferiority margins, needed with a baseline model; "
+            "fix: add e.g. noninferiority: {margin: 0.02, persona_margin: 0.03}"
+        )
+    specs: list[GateSpec] = []
+    for model in models:
+        for task in tasks:
+            specs.append(GateSpec("refusal_rate", model, task, None, profile.limit("refusal_rate", task)))
+            if profile.max_non_answer_rate is not None:
+                specs.append(GateSpec("non_answer_rate", model, task, None, profile.limit("non_answer_rate", task)))
+            for persona in personas:
+                specs.append(GateSpec("persona_disparity", model, task, persona, profile.limit("persona_disparity", task)))
+            if baseline is None:
+                continue
+            specs.append(GateSpec("noninferiority", model, task, None, profile.limit("noninferiority", task), baseline))
+            for persona in personas:
+                specs.append(GateSpec("noninferiority_persona", model, task, persona,
+                                      profile.limit("noninferiority_persona", task), baseline))
+    return specs
+
+
+def family_alpha(profile: Profile, n_families: int) -> float:
+    """Bonferroni across families, Holm within: the suite's family-wise error stays at most alpha."""
+    return profile.alpha / max(1, n_families)
+
+
+def verdict_of(p_fail_adjusted: float, p_pass_adjusted: float, alpha: float) -> str:
+    """FAIL when the excess over the limit is shown, PASS when the effect is shown below it, INCONCLUSIVE otherwise."""
+    if p_fail_adjusted < alpha:
+        return "FAIL"
+    return "PASS" if p_pass_adjusted < alpha else "INCONCLUSIVE"
+
+
+def ci_failed(outcome: GateOutcome, policy: str) -> bool:
+    """Whether the gate fails CI: a FAIL always, an INCONCLUSIVE under the profile's `inconclusive: fail`."""
+    return outcome.verdict == "FAIL" or (outcome.verdict == "INCONCLUSIVE" and policy == "fail")
+
+
+def verdict_counts(outcomes: Iterable[GateOutcome]) -> dict[str, int]:
+    """Gates per verdict, every verdict present (0 where none)."""
+    counts = dict.fromkeys(VERDICTS, 0)
+    for outcome in outcomes:
+        counts[outcome.verdict] += 1
+    return counts

@@ -1,0 +1,1 @@
+"""One run for every front end: options and config, preparation, the Run (families, gates decided once), results files, the summary."""

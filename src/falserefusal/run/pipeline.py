@@ -1,0 +1,216 @@
+"""The one run path: per (model, task) family generate and decide its gates once; the CLI, the plugin and the bench call it."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, fields
+from typing import Any, Mapping, Sequence
+import pandas as pd
+from falserefusal.analysis import records_frame
+from falserefusal.analysis.detector_audit import DetectorAudit
+from falserefusal.gating.kinds import GateOutcome, GateSpec, ci_failed, family_alpha, gate_specs
+from falserefusal.gating.profile import Profile
+from falserefusal.gating.decide import evaluate_gates
+from falserefusal.types import Case, FalseRefusalError, Record
+from falserefusal.generation.generator import Generator, generation_stopped
+from falserefusal.run.results import RESULTS_FILE, canonical_order, run_metadata, write_results
+from falserefusal.run.config import RunConfig
+from falserefusal.run.prepare import Suite, model_labels, prepare
+
+
+@dataclass
+class RunResult:
+    suite: Suite
+    records: list[Record]
+    outcomes: list[GateOutcome]
+    metadata: dict[str, Any]
+
+    @property
+    def passed(self) -> bool:
+        """No gate fails CI: no FAIL, and no INCONCLUSIVE under the profile's `inconclusive: fail`."""
+        return not any(ci_failed(outcome, self.suite.profile.inconclusive) for outcome in self.outcomes)
+
+
+def evaluate(suite: Suite, records: Sequence[Record]) -> list[GateOutcome]:
+    """The gate outcomes of finished records."""
+    return decide_gates(suite.gates, records, suite.profile, suite.n_families, suite.samples, suite.factorial, suite.audit)
+
+
+def with_population(frame: pd.DataFrame, factorial: Mapping[str, int] | None) -> pd.DataFrame:
+    """The analysis frame with column `population`: each row's task factorial size (the gates' finite population
+    for the "these items" interval); absent when the sizes are unknown (results written before 0.2)."""
+    if factorial:
+        frame["population"] = frame["task"].map(dict(factorial))
+    return frame
+
+
+def decide_gates(
+    gates: Sequence[GateSpec], records: Sequence[Record], profile: Profile, n_families: int, samples: int,
+    factorial: Mapping[str, int] | None = None, audit: DetectorAudit | None = None,
+) -> list[GateOutcome]:
+    """Gates of the families present in `records`; a sequential profile replays its looks on the saved prefixes.
+    With an `audit`, a profile of `detector_correction: audit` gates on rates corrected for detector error."""
+    from falserefusal.gating.sequential import SequentialDesign, run_sequential
+
+    frame = with_population(records_frame(records), factorial)
+    present = {(r.model, r.case.task) for r in records}
+    specs = [spec for spec in gates if spec.family in present]
+    design = SequentialDesign.from_profile(profile.sequential)
+    if design is None:
+        return evaluate_gates(frame, specs, profile, n_families, audit)
+    frame["block_index"] = frame["block"].map(block_index)
+    outcomes: list[GateOutcome] = []
+    for family in dict.fromkeys(spec.family for spec in specs):
+        family_specs = [spec for spec in specs if spec.family == family]
+        rows = frame[frame["task"] == family[1]]
+        result = run_sequential(lambda n: rows[rows["block_index"] < n], family_specs,
+                                family_alpha(profile, n_families), design, samples)
+        outcomes.extend(result.outcomes)
+    return outcomes
+
+
+def block_index(block_id: str) -> int:
+    """The position of a request block in its task ("nli-b00012" -> 12)."""
+    return int(block_id.rsplit("-b", 1)[1])
+
+
+@dataclass
+class FamilyRun:
+    """One (model, task) family: its new records (candidate, and baseline model ones not yet emitted) and outcomes."""
+
+    records: list[Record]
+    outcomes: list[GateOutcome]
+    blocks_used: int
+    budget: int
+
+
+class BaselineSource:
+    """The baseline model's records for given cases: generated once (shared by candidates) or read from a saved run."""
+
+    def __init__(self, suite: Suite, generator: "Generator") -> None:
+        self.suite, self.generator = suite, generator
+        self.known: dict[str, Record] = {}
+
+    def records_for(self, cases: Sequence[Case]) -> tuple[list[Record], list[Record]]:
+        """(records for these cases, the ones this source had not handed out before)."""
+        suite = self.suite
+        todo = [c for c in cases if c.case_id not in self.known]
+        if todo and suite.baseline_records is not None:
+            fresh = [suite.baseline_records[c.case_id] for c in todo]
+        elif todo:
+            fresh = self.generator.generate(suite.baseline or "", todo, f"baseline {todo[0].task}")
+        else:
+            fresh = []
+        self.known.update({r.case.case_id: r for r in fresh})
+        return [self.known[c.case_id] for c in cases], fresh
+
+
+def run_family(generator: "Generator", suite: Suite, model: str, task: str, baseline: BaselineSource | None = None) -> FamilyRun:
+    """Generate one family (with the baseline model's answers to the same cases) and decide its gates.
+
+    A sequential profile generates round by round and stops once every gate is settled; otherwise the whole
+    budget is generated at once. Both plugin and CLI come through here.
+    """
+    from falserefusal.gating.sequential import SequentialDesign, run_sequential
+
+    cases = suite.cases_for(task)
+    per_block = suite.conditions
+    label = f"{model_labels(suite.models)[model]} {task}"
+    specs = [spec for spec in suite.gates if spec.family == (model, task)]
+    records: list[Record] = []
+    emitted: list[Record] = []
+    have = 0
+
+    def fetch(blocks: int) -> pd.DataFrame:
+        nonlocal have
+        if blocks > have:
+            chunk = cases[have * per_block : blocks * per_block]
+            fresh = generator.generate(model, chunk, label)
+            records.extend(fresh)
+            emitted.extend(fresh)
+            if baseline is not None:
+                paired, new = baseline.records_for(chunk)
+                records.extend(paired)
+                emitted.extend(new)
+            have = blocks
+        return with_population(records_frame(records), suite.factorial)
+
+    design = SequentialDesign.from_profile(suite.profile.sequential)
+    if design is None:
+        outcomes = evaluate_gates(fetch(suite.samples), specs, suite.profile, suite.n_families, suite.audit)
+        return FamilyRun(emitted, outcomes, suite.samples, suite.samples)
+    result = run_sequential(fetch, specs, family_alpha(suite.profile, suite.n_families), design, suite.samples)
+    return FamilyRun(emitted, result.outcomes, result.blocks_used, suite.samples)
+
+
+def budget_usage(suite: Suite, records: Sequence[Record]) -> dict[str, Any]:
+    """Request blocks generated per gated (model, task) family versus the fixed budget (sequential runs stop early)."""
+    blocks: dict[str, set[str]] = {}
+    for record in records:
+        if record.model in suite.models:
+            blocks.setdefault(f"{record.model}|{record.case.task}", set()).add(record.case.block_id)
+    used = {family: len(ids) for family, ids in blocks.items()}
+    budget = suite.samples * len(used)
+    return {
+        "sequential": dict(suite.profile.sequential),
+        "blocks_per_family": used,
+        "blocks_used": sum(used.values()),
+        "blocks_budget": budget,
+        "cases_used": sum(used.values()) * suite.conditions,
+        "cases_budget": budget * suite.conditions,
+    }
+
+
+def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record],
+                          audit: DetectorAudit | None = None) -> list[GateOutcome]:
+    """Gate outcomes recomputed from a saved results file: its header's profile, models, tasks and personas (and,
+    with `audit`, a profile of `detector_correction: audit` decides on the corrected rates)."""
+    try:
+        known = {f.name for f in fields(Profile)}
+        profile = Profile(**{k: v for k, v in metadata["profile"].items() if k in known})
+        models, tasks, personas = list(metadata["models"]), list(metadata["tasks"]), list(metadata["personas"])
+    except (KeyError, TypeError) as error:
+        raise FalseRefusalError(
+            f"results header: lacks the run's profile, models, tasks or personas ({error}); "
+            "fix: pass a results.jsonl written by falserefusal run or pytest"
+        ) from None
+    specs = gate_specs(profile, models, tasks, personas, metadata.get("baseline_model"))
+    from falserefusal.gating.custom import CustomAccounting, outcome_from_dict
+
+    custom = metadata.get("custom_gates") or {}  # custom gates (pytest markers) keep their alpha and outcomes
+    n_families = len(models) * len(tasks) + CustomAccounting.from_dict(custom.get("accounting")).weight
+    outcomes = decide_gates(specs, records, profile, n_families, int(metadata.get("samples") or profile.samples),
+                            (metadata.get("sampling") or {}).get("factorial"), audit)
+    return outcomes + [outcome_from_dict(o) for o in custom.get("outcomes", [])]
+
+
+def run(config: RunConfig) -> RunResult:
+    """Generate every case with every model, evaluate the gates, write results (the front ends add the report).
+    A model that breaks off mid-run raises `generation_stopped` after the finished families' results are written."""
+    suite = prepare(config)
+    generator = Generator(config)
+    records: list[Record] = []
+    outcomes: list[GateOutcome] = []
+    stopped: FalseRefusalError | None = None
+    try:
+        baseline = BaselineSource(suite, generator) if suite.baseline else None
+        for model, spec in itertools.product(suite.models, suite.tasks):
+            try:
+                family = run_family(generator, suite, model, spec.task.id, baseline)
+            except FalseRefusalError as error:
+                stopped = generation_stopped(error, generator)
+                break
+            records.extend(family.records)
+            outcomes.extend(family.outcomes)
+        identities = generator.identities()
+        cache_stats = generator.cache_stats()
+    finally:
+        generator.close()
+    records = canonical_order(suite, records)
+    metadata = run_metadata(suite, identities, generator.timings, generator.detector.version, cache_stats)
+    metadata["budget"] = budget_usage(suite, records)
+    if records or stopped is None:  # a run that made nothing leaves an earlier results file alone
+        write_results(config.path(config.report_dir) / RESULTS_FILE, metadata, records)
+    if stopped is not None:
+        raise stopped
+    return RunResult(suite, records, outcomes, metadata)

@@ -1,0 +1,1 @@
+"""Checking the tool itself: simulations that plant effects, the budget planner and the speed benchmark."""
