@@ -13,42 +13,17 @@ from falserefusal.types import FalseRefusalError
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from falserefusal.run.config import RunConfig
-    from falserefusal.run.summary import cache_summary, format_rate_table, format_usage, non_answer_line
     from falserefusal.run.pipeline import run
-    from falserefusal.run.results import RESULTS_FILE
-    from falserefusal.run.summary import replaced_results_line
+    from falserefusal.run.summary import summary_lines
 
     # pyproject's falserefusal_* settings as the plugin reads them; relative paths resolve against that file's folder
     settings, config_file = project_settings(Path.cwd())
     values = {option.name: resolve(option, getattr(args, option.dest), settings.get(option.dest)) for option in OPTIONS}
     root = str(config_file.parent) if config_file is not None else "."
-    from falserefusal.gating.kinds import ci_failed
-    from falserefusal.gating.messages import format_verdict_counts
-
-    config = RunConfig.from_options(values, root=root)
-    replaced = (config.path(config.report_dir) / RESULTS_FILE).is_file()
-    result = run(config)
-    for note in result.suite.notes:
-        print(f"sampling: {note}")
-    print(format_rate_table(result.records))
-    print(non_answer_line(result.records))
-    if result.suite.profile.sequential:
-        print(format_usage(result.metadata["budget"]))
-    policy = result.suite.profile.inconclusive
-    print(format_verdict_counts(result.outcomes, policy))
-    for outcome in result.outcomes:
-        if outcome.verdict == "FAIL" or (outcome.verdict == "INCONCLUSIVE" and policy != "pass"):
-            print("  " + outcome.message)
-    failed = [o for o in result.outcomes if ci_failed(o, policy)]
-    print(cache_summary(result.metadata["cache"]))
-    report_dir = result.suite.config.path(result.suite.config.report_dir)
-    print(f"results: {report_dir / RESULTS_FILE}")
-    if replaced:
-        print(replaced_results_line(report_dir))
-    from falserefusal.report import build_report
-
-    print(f"report: {build_report(result.metadata, result.records, result.outcomes, report_dir, audit=result.suite.audit)}")
-    return 1 if failed else 0
+    result = run(RunConfig.from_options(values, root=root), report=True)
+    for line, _ in summary_lines(result):
+        print(line)
+    return 0 if result.passed else 1  # a report that could not be written is a red line, as under pytest
 
 
 def _init_options(parser: argparse.ArgumentParser) -> None:

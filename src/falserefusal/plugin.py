@@ -16,17 +16,15 @@ from typing import Any, Iterator, Sequence
 
 import pytest
 
-from falserefusal.gating.custom import CUSTOM_PREFIX, AddedGate, CustomAccounting, CustomDeclaration, CustomGate, Results, outcome_from_dict
-from falserefusal.gating.kinds import GateOutcome, GateSpec, ci_failed
-from falserefusal.gating.messages import format_verdict_counts
+from falserefusal.gating.custom import AddedGate, CustomAccounting, CustomDeclaration, CustomGate, Results, outcome_from_dict
+from falserefusal.gating.kinds import GateOutcome, GateSpec
 from falserefusal.generation.gpus import pin_worker_gpu, share_cpu_threads
-from falserefusal.run.options import OPTIONS, add_options, resolve
-from falserefusal.run.results import RESULTS_FILE, canonical_order, rerunnable_command, run_metadata, write_results
-from falserefusal.run.pipeline import BaselineSource, evaluate, budget_usage, run_family
-from falserefusal.generation.generator import Generator, generation_stopped
 from falserefusal.run.config import RunConfig
-from falserefusal.run.prepare import Suite, prepare
-from falserefusal.run.summary import cache_summary, format_rate_table, non_answer_line, format_usage, replaced_results_line
+from falserefusal.run.options import OPTIONS, add_options, resolve
+from falserefusal.run.pipeline import Run, RunResult
+from falserefusal.run.prepare import Suite
+from falserefusal.run.results import rerunnable_command
+from falserefusal.run.summary import summary_lines
 from falserefusal.types import FalseRefusalError, Record
 
 #: parameter id of the one placeholder gate that a worker collects when the options are bad
@@ -56,73 +54,54 @@ class InconclusiveGateWarning(UserWarning):
 
 @dataclass
 class FalseRefusalSession:
-    """Per-process state: the suite, the generator, records and outcomes of the families run here."""
+    """Per-process state: this process's Run (falserefusal.run.pipeline), the custom gates, and the finished result."""
 
     config: pytest.Config
-    suite: Suite | None = None
-    error: FalseRefusalError | None = None
-    generation_error: str | None = None  # the model broke off mid-run: the session exits 2
-    generator: Generator | None = None
-    baseline: BaselineSource | None = None
-    records: list[Record] = field(default_factory=list)
-    outcomes: dict[GateSpec, GateOutcome] = field(default_factory=dict)
-    families_done: set[tuple[str, str]] = field(default_factory=set)
-    worker_records: list[dict[str, Any]] = field(default_factory=list)
-    identities: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
-    cache: dict[str, Any] = field(default_factory=dict)
+    run: Run | None = None
+    error: FalseRefusalError | None = None  # bad options: a usage error once collection ends
     started: float = field(default_factory=time.perf_counter)
-    metadata: dict[str, Any] = field(default_factory=dict)
-    report_path: Path | None = None
-    report_error: str | None = None
-    replaced: bool = False  # results.jsonl of an earlier run was in --report-dir and is replaced
+    result: RunResult | None = None  # the controller's finished run
     custom: CustomAccounting = field(default_factory=CustomAccounting)  # custom gate families, fixed at collection
     custom_outcomes: dict[GateSpec, GateOutcome] = field(default_factory=dict)
 
-    def get_suite(self) -> Suite:
-        if self.suite is None and self.error is None:
+    @property
+    def suite(self) -> Suite | None:
+        return self.run.suite if self.run is not None else None
+
+    def get_run(self) -> Run:
+        if self.run is None and self.error is None:
             try:
                 _register_extensions(self.config)
-                self.suite = prepare(_run_config(self.config))
+                self.run = Run(_run_config(self.config), progress_position=_worker_index(self.config))
             except FalseRefusalError as error:
                 self.error = error
         if self.error is not None:
             raise self.error
-        assert self.suite is not None
-        return self.suite
+        assert self.run is not None
+        return self.run
+
+    def get_suite(self) -> Suite:
+        return self.get_run().suite
+
+    def set_custom_weight(self) -> None:
+        """The custom gate families' alpha weight, fixed from the collected items (every worker collects the same)."""
+        if self.run is not None:
+            self.run.suite = dataclasses.replace(self.run.suite, custom_weight=self.custom.weight)
 
     def outcome(self, spec: GateSpec) -> GateOutcome:
-        """Generate the gate's (model, task) family once, in batches, then evaluate all its gates together."""
-        self.ensure_family(spec.family)
-        return self.outcomes[spec]
+        """Generate the gate's (model, task) family once, in batches, with all its gates decided together."""
+        with self._generating():
+            return self.get_run().outcome(spec)
 
     def family_records(self, model: str, task: str) -> list[Record]:
         """The records of one (model, task) family (with the baseline model's answers to its cases), generated once."""
-        self.ensure_family((model, task))
-        keep = {model, self.get_suite().baseline}
-        return [r for r in self.records if r.case.task == task and r.model in keep]
+        with self._generating():
+            return self.get_run().family_records(model, task)
 
-    def ensure_family(self, family: tuple[str, str]) -> None:
-        suite = self.get_suite()
-        if self.generation_error is not None:
-            raise FalseRefusalError(self.generation_error)  # do not retry a broken model for every remaining gate
-        if family not in self.families_done:
-            if self.generator is None:
-                self.generator = Generator(suite.config, progress_position=_worker_index(self.config))
-            if self.baseline is None and suite.baseline:
-                self.baseline = BaselineSource(suite, self.generator)
-            model, task = family
-            capture = self.config.pluginmanager.getplugin("capturemanager")
-            with capture.global_and_fixture_disabled() if capture and suite.config.progress else _nothing():
-                # the progress bar goes to the terminal, not into this test's captured output
-                try:
-                    run = run_family(self.generator, suite, model, task, self.baseline)
-                except FalseRefusalError as error:
-                    self.generation_error = str(generation_stopped(error, self.generator))
-                    raise FalseRefusalError(self.generation_error) from None
-            self.records.extend(run.records)
-            self.outcomes.update({o.spec: o for o in run.outcomes})
-            self.families_done.add(family)
+    def _generating(self) -> Any:
+        """The progress bar goes to the terminal, not into the current test's captured output."""
+        capture = self.config.pluginmanager.getplugin("capturemanager")
+        return capture.global_and_fixture_disabled() if capture and self.get_suite().config.progress else _nothing()
 
 
 STASH = pytest.StashKey[FalseRefusalSession]()
@@ -428,7 +407,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         state.custom = CustomAccounting.of(_declaration(item) for item in items)
     except FalseRefusalError as error:
         raise pytest.UsageError(str(error)) from None
-    state.suite = dataclasses.replace(state.suite, custom_weight=state.custom.weight)
+    state.set_custom_weight()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -547,55 +526,44 @@ def falserefusal_custom_gate(request: pytest.FixtureRequest) -> CustomGate:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     state = session.config.stash[STASH]
-    if state.generator is not None:
-        state.identities = state.generator.identities()
-        state.timings = dict(state.generator.timings)
-        state.cache = state.generator.cache_stats()
-        state.generator.close()
+    if state.run is None:
+        return
     workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:  # an xdist worker: hand records to the controller, the only writer of results
+    if workeroutput is not None:  # an xdist worker: hand its families to the controller, the only writer of results
+        run = state.run
+        run.close()
         workeroutput["falserefusal"] = json.dumps(
             {
-                "records": [r.to_dict() for r in state.records],
-                "identities": state.identities,
-                "timings": state.timings,
-                "cache": state.cache,
+                "records": [r.to_dict() for r in run.records],
+                "outcomes": [o.to_dict() for o in run.outcomes.values()],
+                "identities": run.identities,
+                "timings": run.timings,
+                "cache": run.cache,
                 "custom": state.custom.to_dict(),
                 "custom_outcomes": [o.to_dict() for o in state.custom_outcomes.values()],
             }, default=str,
         )
         return
-    if state.records and state.suite is not None:
+    if state.run.records:
         _finish_controller(state, _pytest_command(session.config))
 
 
 def pytest_testnodedown(node: Any, error: Any) -> None:
-    """xdist controller: collect a worker's records."""
+    """xdist controller: pool a worker's families (records and the gates it decided)."""
     payload = getattr(node, "workeroutput", {}).get("falserefusal")
     if not payload:
         return
     state = node.config.stash[STASH]
     data = json.loads(payload)
-    # with --dist load a family can be generated on two workers: keep one record per (model, case)
-    seen = {(r.model, r.case.case_id) for r in state.records}
-    state.records.extend(r for r in map(Record.from_dict, data["records"]) if (r.model, r.case.case_id) not in seen)
-    state.identities.update(data["identities"])
-    for key, value in data["timings"].items():
-        state.timings[key] = state.timings.get(key, 0.0) + value
-    cache = data.get("cache") or {}
-    for key, value in cache.items():
-        # counters (Generator.cache_counts) add up over workers; the settings (enabled, path, rescore) are shared
-        counter = isinstance(value, int) and not isinstance(value, bool)
-        state.cache[key] = state.cache.get(key, 0) + value if counter else value
     state.custom_outcomes.update({o.spec: o for o in map(outcome_from_dict, data.get("custom_outcomes", []))})
     state.custom = CustomAccounting.from_dict(data.get("custom"))  # every worker collected the same items
-    if state.suite is None:
-        try:
-            state.get_suite()
-        except FalseRefusalError:
-            pass
-    if state.suite is not None:
-        state.suite = dataclasses.replace(state.suite, custom_weight=state.custom.weight)
+    try:
+        run = state.get_run()
+    except FalseRefusalError:
+        return
+    state.set_custom_weight()
+    run.absorb([Record.from_dict(r) for r in data["records"]], [outcome_from_dict(o) for o in data.get("outcomes", [])],
+               data["identities"], data["timings"], data.get("cache") or {})
 
 
 def _pytest_command(config: pytest.Config) -> str:
@@ -607,81 +575,39 @@ def _pytest_command(config: pytest.Config) -> str:
 
 
 def _finish_controller(state: FalseRefusalSession, command: str) -> None:
-    """Pooled results on the controller: results.jsonl (and the report, when available)."""
-    suite = state.suite
-    assert suite is not None
-    state.records = canonical_order(suite, state.records)
-    timings = dict(state.timings, wall_s=time.perf_counter() - state.started)
-    from falserefusal.detection.detector import DETECTOR_VERSION
-
-    detector_version = state.records[0].detector_version if state.records else DETECTOR_VERSION
-    metadata = run_metadata(suite, state.identities, timings, detector_version, state.cache)
-    metadata["budget"] = budget_usage(suite, state.records)
-    metadata["command"] = command
+    """Pooled results on the controller: results.jsonl and the report (the gates were decided per family)."""
+    run = state.run
+    assert run is not None
+    run.close()
+    run.timings["wall_s"] = time.perf_counter() - state.started
     custom = sorted(state.custom_outcomes.values(), key=lambda o: (o.spec.kind, o.spec.model, o.spec.task, o.spec.persona or ""))
+    extra: dict[str, Any] = {"command": command}
     if state.custom.families:  # so that `falserefusal report` rebuilds the same verdicts
-        metadata["custom_gates"] = {"accounting": state.custom.to_dict(), "outcomes": [o.to_dict() for o in custom]}
-    report_dir = suite.config.path(suite.config.report_dir)
-    state.replaced = (report_dir / RESULTS_FILE).is_file()
-    write_results(report_dir / RESULTS_FILE, metadata, state.records)
-    state.outcomes = {o.spec: o for o in evaluate(suite, state.records)}
-    state.outcomes.update({o.spec: o for o in custom})
-    state.metadata = metadata
-    from falserefusal.report import build_report
-
-    try:
-        state.report_path = build_report(metadata, state.records, list(state.outcomes.values()), report_dir, audit=suite.audit)
-    except Exception as error:  # the gates and results.jsonl stand; a broken report must not hide them
-        state.report_error = f"{type(error).__name__}: {error}"
+        extra["custom_gates"] = {"accounting": state.custom.to_dict(), "outcomes": [o.to_dict() for o in custom]}
+    run.outcomes.update({o.spec: o for o in custom})
+    state.result = run.finish(extra, report=True)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session) -> None:
     """pytest-html (--html): the verdict and the heatmap in its summary, with a link to the full report."""
-    state = session.config.stash[STASH]
-    if not state.records or state.suite is None:
+    result = session.config.stash[STASH].result
+    if result is None:
         return
     from falserefusal.report import summary_html
 
     href = None
     html_path = getattr(session.config.option, "htmlpath", None)
-    if state.report_path is not None and html_path:
+    if result.report_path is not None and html_path:
         html_dir = Path(html_path).expanduser().resolve().parent
-        href = Path(os.path.relpath(state.report_path.resolve(), html_dir)).as_posix()
-    prefix.append(summary_html(state.metadata, state.records, list(state.outcomes.values()), href))
+        href = Path(os.path.relpath(result.report_path.resolve(), html_dir)).as_posix()
+    prefix.append(summary_html(result.metadata, result.records, result.outcomes, href))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    state = config.stash[STASH]
-    if not state.records or state.suite is None:
+    result = config.stash[STASH].result
+    if result is None:
         return
-    suite = state.suite
-    write = terminalreporter.write_line
     terminalreporter.section("falserefusal: refusal rate per persona x task")
-    write(f"models: {', '.join(suite.models)} | profile: {suite.profile.name} | seed: {suite.config.seed} | "
-          f"samples: {suite.samples} blocks per task | {len(state.records)} generations")
-    for note in suite.notes:
-        write(f"sampling: {note}", yellow=True)
-    write(format_rate_table(state.records))
-    write(non_answer_line(state.records))
-    outcomes = list(state.outcomes.values())
-    policy = suite.profile.inconclusive
-    if suite.profile.sequential:
-        write(format_usage(budget_usage(suite, state.records)))
-    write(format_verdict_counts(outcomes, policy))
-    shown = ("FAIL",) if policy == "pass" else ("FAIL", "INCONCLUSIVE")  # under `pass` inconclusive gates are counted only
-    for outcome in outcomes:
-        if outcome.verdict in shown:
-            write("  " + outcome.message[:400], red=ci_failed(outcome, policy), yellow=not ci_failed(outcome, policy))
-    custom = [o for o in outcomes if o.spec.kind.startswith(CUSTOM_PREFIX) and o.verdict not in shown]
-    for outcome in custom:  # custom gates are listed whatever their verdict (the built-in ones are in the table)
-        write("  " + outcome.message[:400])
-    if state.cache:
-        write(cache_summary(state.cache))
-    write(f"results: {suite.config.path(suite.config.report_dir) / RESULTS_FILE}")
-    if state.replaced:
-        write(replaced_results_line(suite.config.path(suite.config.report_dir)), yellow=True)
-    if state.report_path is not None:
-        write(f"report: {state.report_path}")
-    if state.report_error is not None:
-        write(f"report: not written ({state.report_error})", red=True)
+    for line, style in summary_lines(result, message_chars=400):
+        terminalreporter.write_line(line, **({style: True} if style else {}))

@@ -1,5 +1,6 @@
-"""Named backends and refusal detectors beyond the built-in ones: other packages' entry points (imported only when
-used) and registrations at run time (the pytest hooks of `falserefusal.hookspec`).
+"""Which code serves a name: the built-in backends (a table of lazily imported factories), and backends and refusal
+detectors beyond them: other packages' entry points (imported only when used) and registrations at run time (the
+pytest hooks of `falserefusal.hookspec`). Only this module maps a --model string to its backend.
 
 A package adds a backend or a detector without editing falserefusal by declaring an entry point:
 
@@ -26,6 +27,16 @@ BACKEND_GROUP = "falserefusal.backends"
 DETECTOR_GROUP = "falserefusal.detectors"
 #: the detector the package ships (falserefusal.detection.detector.RefusalDetector with --refusal-rules)
 BUILTIN_DETECTOR = "rules"
+
+#: the built-in backends: kind -> "module:factory", imported only when a model of that kind is loaded (torch and
+#: transformers are heavy; the scripted backend needs neither)
+BUILTIN_BACKENDS = {
+    "transformers": "falserefusal.generation.backends.huggingface:TransformersBackend",
+    "scripted": "falserefusal.generation.backends.scripted:ScriptedBackend",
+    "openai": "falserefusal.generation.backends.openai_compat:OpenAICompatibleBackend",
+}
+#: --model prefixes that choose a built-in backend whatever --backend says
+BUILTIN_PREFIXES = ("scripted", "openai")
 
 _registered: dict[str, dict[str, Callable[..., Any]]] = {BACKEND_GROUP: {}, DETECTOR_GROUP: {}}
 _wrappers: list[Callable[[Any], Any]] = []
@@ -117,3 +128,31 @@ class _OneByOne:
     def detect_many(self, texts: Any, labels: Any = None) -> list[Any]:
         label_sets = labels if labels is not None else [()] * len(texts)
         return [self.detector.detect(text, tuple(ls)) for text, ls in zip(texts, label_sets)]
+
+
+def backend_for(model: str, requested: str) -> str:
+    """Which backend serves a model: `scripted:` and `openai:` prefixes choose theirs, a `NAME:` prefix a backend
+    registered as NAME (entry points or hooks), else --backend."""
+    prefix = model.split(":", 1)[0] if ":" in model else ""
+    if prefix in BUILTIN_PREFIXES:
+        return prefix
+    if prefix and prefix in names(BACKEND_GROUP):
+        return prefix
+    if requested not in BUILTIN_BACKENDS and requested not in names(BACKEND_GROUP):
+        known = [*BUILTIN_BACKENDS, *names(BACKEND_GROUP)]
+        raise FalseRefusalError(f"--backend {requested}: unknown backend; use one of {', '.join(known)}")
+    return requested
+
+
+def load_backend(model: str, kind: str, options: Any, seed: int = 0) -> Any:
+    """The backend of `kind` for `model`, its module imported only now. `seed` is the run's --seed: the scripted
+    backend draws from it (plus its spec's seed= offset); real models decode greedily and ignore it."""
+    if kind not in BUILTIN_BACKENDS:  # a registered backend (entry point or hook)
+        make = factory(BACKEND_GROUP, kind)
+        assert make is not None
+        return make(model, options)
+    module_name, _, attribute = BUILTIN_BACKENDS[kind].partition(":")
+    import importlib
+
+    backend_class = getattr(importlib.import_module(module_name), attribute)
+    return backend_class(model, seed) if kind == "scripted" else backend_class(model, options)

@@ -7,7 +7,8 @@ from typing import Any, Iterator
 import pytest
 
 from falserefusal import registry
-from falserefusal.generation.backends import BackendOptions, backend_for, load_backend
+from falserefusal.generation.backends import BackendOptions
+from falserefusal.registry import backend_for, load_backend
 from falserefusal.types import Completion, FalseRefusalError, Verdict
 
 
@@ -40,7 +41,7 @@ def test_a_registered_backend_serves_its_prefix_and_its_backend_name() -> None:
     assert backend_for("echo:hi", "transformers") == "transformers"  # not registered: not a prefix
     registry.register_backend("echo", Echo)
     assert backend_for("echo:hi", "transformers") == "echo" and backend_for("plain", "echo") == "echo"
-    backend = load_backend("echo:hi", "transformers", BackendOptions(max_new_tokens=7))
+    backend = load_backend("echo:hi", backend_for("echo:hi", "transformers"), BackendOptions(max_new_tokens=7))
     assert isinstance(backend, Echo) and backend.options.max_new_tokens == 7
     with pytest.raises(FalseRefusalError, match="use one of transformers, scripted, openai, echo"):
         backend_for("x", "nope")

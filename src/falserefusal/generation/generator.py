@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from typing import Any, Sequence
-from falserefusal.generation.backends import Backend, backend_for, load_backend
+from falserefusal import registry
+from falserefusal.generation.backends import Backend
+from falserefusal.generation.models import ModelRef
 from falserefusal.generation.cache import CacheKey, Cached, GenerationCache
 from falserefusal.generation.scheduling import length_order, run_batches
 from falserefusal.types import Case, Completion, FalseRefusalError, GenerationRequest, Record, Verdict
@@ -34,6 +36,7 @@ class Generator:
         self.config = config
         self.detector = config.refusal_detector()
         self.backends: dict[str, Backend] = {}
+        self.refs: dict[str, ModelRef] = {}
         self.timings: dict[str, float] = {"load_s": 0.0, "generate_s": 0.0}
         self.batch_sizes: dict[str, int] = {}  # per model: the batch size in use (after automatic pick or halving)
         self.progress_position = progress_position
@@ -42,11 +45,18 @@ class Generator:
         self.cache_counts: dict[str, int] = {"hits": 0, "generated": 0}
         self.cached_identities: dict[str, dict[str, Any]] = {}  # --rescore: identities read from the cache
 
+    def ref(self, model: str) -> ModelRef:
+        """The model's reference (its backend kind), resolved once per model."""
+        if model not in self.refs:
+            self.refs[model] = ModelRef.of(model, self.config.backend)
+        return self.refs[model]
+
     def backend(self, model: str) -> Backend:
         if model not in self.backends:
             started = time.perf_counter()
             try:
-                self.backends[model] = load_backend(model, self.config.backend, self.config.backend_options, self.config.seed)
+                self.backends[model] = registry.load_backend(model, self.ref(model).kind, self.config.backend_options,
+                                                             self.config.seed)
             except (OSError, ValueError, RuntimeError, ImportError) as error:  # what prepare() could not foresee
                 first = (str(error).strip().splitlines() or [""])[0][:200]
                 raise FalseRefusalError(f"--model {model}: cannot load ({type(error).__name__}: {first}); fix: check that "
@@ -66,7 +76,7 @@ class Generator:
         length (tokens where the backend can count them) and each generated batch is committed to the cache before
         the next one starts. A row stops as soon as the detector's verdict on it is settled (`is_decided`), so
         short answers free their batch; on out-of-memory a batch is retried at half the size."""
-        kind = backend_for(model, self.config.backend)
+        kind = self.ref(model).kind
         requests = [request_for(case) for case in cases]
         options = self.config.backend_options
         if not self.config.rescore:
@@ -177,7 +187,7 @@ def decoding_settings(config: RunConfig, detector_version: str | None = None) ->
 
 def _rescore_keys(config: RunConfig, model: str, cases: Sequence[Case]) -> tuple[str, str, list[CacheKey]]:
     """(backend, model, keys) to find a model's cached generations of `cases` by request alone, whatever its identity."""
-    kind = backend_for(model, config.backend)
+    kind = ModelRef.of(model, config.backend).kind
     return kind, model, [CacheKey.of(kind, model, {}, request_for(case), decoding_settings(config)) for case in cases]
 
 

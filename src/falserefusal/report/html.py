@@ -25,6 +25,7 @@ from falserefusal.gating.kinds import RATE_OUTCOMES, GateOutcome, ci_failed, ver
 from falserefusal.gating.statistics import confidence_bound
 from falserefusal.report import figures
 from falserefusal.types import BASELINE_ID, Record
+from falserefusal.generation.models import model_labels
 
 REPORT_FILE = "index.html"
 #: bootstrap resamples of the sensitivity CIs: enough for a readable interval, cheap on 50k-row runs
@@ -64,16 +65,6 @@ def _pvalue(x: Any) -> str:
 
 def _num(x: Any, digits: int = 2) -> str:
     return f"{float(x):.{digits}f}" if _finite(x) else "–"
-
-
-def model_labels(models: Sequence[str]) -> dict[str, str]:
-    """Short display names: the scripted name= or the last path part; the full id stays in the metadata."""
-    labels: dict[str, str] = {}
-    for index, model in enumerate(models):
-        label = model.split("name=")[1].split(",")[0] if "name=" in model else model.rstrip("/").split("/")[-1]
-        label = label or f"model{index}"
-        labels[model] = label if label not in labels.values() else f"{label}-{index}"
-    return labels
 
 
 def _ordered(preferred: Iterable[str], present: Iterable[str]) -> list[str]:

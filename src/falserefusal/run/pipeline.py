@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 import pandas as pd
 from falserefusal.analysis import records_frame
@@ -15,7 +16,8 @@ from falserefusal.types import Case, FalseRefusalError, Record
 from falserefusal.generation.generator import Generator, generation_stopped
 from falserefusal.run.results import RESULTS_FILE, canonical_order, run_metadata, write_results
 from falserefusal.run.config import RunConfig
-from falserefusal.run.prepare import Suite, model_labels, prepare
+from falserefusal.generation.models import model_labels
+from falserefusal.run.prepare import Suite, prepare
 
 
 @dataclass
@@ -24,6 +26,9 @@ class RunResult:
     records: list[Record]
     outcomes: list[GateOutcome]
     metadata: dict[str, Any]
+    replaced: bool = False  # an earlier run's results.jsonl was in the report folder (the summary says so)
+    report_path: Path | None = None
+    report_error: str | None = None  # the report could not be written (the gates and results stand)
 
     @property
     def passed(self) -> bool:
@@ -184,33 +189,134 @@ def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record]
     return outcomes + [outcome_from_dict(o) for o in custom.get("outcomes", [])]
 
 
-def run(config: RunConfig) -> RunResult:
-    """Generate every case with every model, evaluate the gates, write results (the front ends add the report).
-    A model that breaks off mid-run raises `generation_stopped` after the finished families' results are written."""
-    suite = prepare(config)
-    generator = Generator(config)
-    records: list[Record] = []
-    outcomes: list[GateOutcome] = []
-    stopped: FalseRefusalError | None = None
-    try:
-        baseline = BaselineSource(suite, generator) if suite.baseline else None
-        for model, spec in itertools.product(suite.models, suite.tasks):
+class Run:
+    """One run, as every front end drives it: `prepare` on construction, then `family(model, task)` per (model, task)
+    family (generate its cases, decide its gates once), then `finish()`: records in canonical order, results.jsonl
+    and run.json, and optionally the report. `falserefusal run` runs every family in one process; under pytest
+    each process (xdist worker) runs the families of its items and the controller `absorb`s what they made."""
+
+    def __init__(self, config: RunConfig, suite: Suite | None = None, generator: Generator | None = None,
+                 progress_position: int = 0) -> None:
+        self.suite = suite if suite is not None else prepare(config)
+        self.config = self.suite.config
+        self._generator = generator
+        self._owns_generator = generator is None
+        self._progress_position = progress_position
+        self._baseline: BaselineSource | None = None
+        self.records: list[Record] = []
+        self.outcomes: dict[GateSpec, GateOutcome] = {}
+        self.families_done: set[tuple[str, str]] = set()
+        self.stopped: FalseRefusalError | None = None  # a model broke off mid-run: no more families
+        self.identities: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self.cache: dict[str, Any] = {}
+
+    @property
+    def generator(self) -> Generator:
+        if self._generator is None:
+            self._generator = Generator(self.config, progress_position=self._progress_position)
+        return self._generator
+
+    def family(self, model: str, task: str) -> None:
+        """Generate one (model, task) family (with the baseline model's answers to its cases) and decide its gates,
+        once; a model that broke off raises `generation_stopped` now and for every later family."""
+        if self.stopped is not None:
+            raise self.stopped
+        if (model, task) in self.families_done:
+            return
+        if self._baseline is None and self.suite.baseline:
+            self._baseline = BaselineSource(self.suite, self.generator)
+        try:
+            done = run_family(self.generator, self.suite, model, task, self._baseline)
+        except FalseRefusalError as error:
+            self.stopped = generation_stopped(error, self.generator)
+            raise self.stopped from None
+        self.records.extend(done.records)
+        self.outcomes.update({o.spec: o for o in done.outcomes})
+        self.families_done.add((model, task))
+
+    def family_records(self, model: str, task: str) -> list[Record]:
+        """The records of one family (and the baseline model's answers to its cases), generated once."""
+        self.family(model, task)
+        keep = {model, self.suite.baseline}
+        return [r for r in self.records if r.case.task == task and r.model in keep]
+
+    def outcome(self, spec: GateSpec) -> GateOutcome:
+        self.family(*spec.family)
+        return self.outcomes[spec]
+
+    def run_all(self) -> None:
+        """Every family of the suite in turn; stops at the first model that breaks off (`self.stopped`)."""
+        for model, spec in itertools.product(self.suite.models, self.suite.tasks):
             try:
-                family = run_family(generator, suite, model, spec.task.id, baseline)
-            except FalseRefusalError as error:
-                stopped = generation_stopped(error, generator)
+                self.family(model, spec.task.id)
+            except FalseRefusalError:
                 break
-            records.extend(family.records)
-            outcomes.extend(family.outcomes)
-        identities = generator.identities()
-        cache_stats = generator.cache_stats()
-    finally:
-        generator.close()
-    records = canonical_order(suite, records)
-    metadata = run_metadata(suite, identities, generator.timings, generator.detector.version, cache_stats)
-    metadata["budget"] = budget_usage(suite, records)
-    if records or stopped is None:  # a run that made nothing leaves an earlier results file alone
-        write_results(config.path(config.report_dir) / RESULTS_FILE, metadata, records)
-    if stopped is not None:
-        raise stopped
-    return RunResult(suite, records, outcomes, metadata)
+
+    def close(self) -> None:
+        """Release the models; keep what the metadata needs (identities, timings, cache counts)."""
+        if self._generator is not None:
+            self.identities.update(self._generator.identities())
+            for key, value in self._generator.timings.items():
+                self.timings[key] = self.timings.get(key, 0.0) + value
+            self.absorb_cache(self._generator.cache_stats())
+            if self._owns_generator:
+                self._generator.close()
+            self._generator = None
+
+    def absorb(self, records: Sequence[Record], outcomes: Sequence[GateOutcome], identities: Mapping[str, Any],
+               timings: Mapping[str, float], cache: Mapping[str, Any]) -> None:
+        """What another process's Run made (an xdist worker's families), pooled here; its gates were decided there."""
+        # with --dist load a family can be generated on two workers: keep one record per (model, case)
+        seen = {(r.model, r.case.case_id) for r in self.records}
+        self.records.extend(r for r in records if (r.model, r.case.case_id) not in seen)
+        self.outcomes.update({o.spec: o for o in outcomes})
+        self.identities.update(identities)
+        for key, value in timings.items():
+            self.timings[key] = self.timings.get(key, 0.0) + value
+        self.absorb_cache(cache)
+
+    def absorb_cache(self, cache: Mapping[str, Any]) -> None:
+        for key, value in cache.items():
+            # counters (Generator.cache_counts) add up over processes; the settings (enabled, path, rescore) are shared
+            counter = isinstance(value, int) and not isinstance(value, bool)
+            self.cache[key] = self.cache.get(key, 0) + value if counter else value
+
+    def gate_outcomes(self) -> list[GateOutcome]:
+        """The decided gates in the suite's order (whichever process decided them)."""
+        rank = {spec: i for i, spec in enumerate(self.suite.gates)}
+        return sorted(self.outcomes.values(), key=lambda o: rank.get(o.spec, len(rank)))
+
+    def finish(self, extra: Mapping[str, Any] | None = None, report: bool = False) -> RunResult:
+        """Records in canonical order, results.jsonl and run.json (a run that made nothing and stopped leaves an
+        earlier file alone), and with `report` the HTML report."""
+        self.close()
+        suite = self.suite
+        records = canonical_order(suite, self.records)
+        version = records[0].detector_version if records else self.config.refusal_detector().version
+        metadata = run_metadata(suite, self.identities, self.timings, version, self.cache)
+        metadata["budget"] = budget_usage(suite, records)
+        metadata.update(extra or {})
+        report_dir = self.config.path(self.config.report_dir)
+        result = RunResult(suite, records, self.gate_outcomes(), metadata, replaced=(report_dir / RESULTS_FILE).is_file())
+        if records or self.stopped is None:
+            write_results(report_dir / RESULTS_FILE, metadata, records)
+        if report:
+            from falserefusal.report import build_report
+
+            try:
+                result.report_path = build_report(metadata, records, result.outcomes, report_dir, audit=suite.audit)
+            except Exception as error:  # the gates and results.jsonl stand; a broken report must not hide them
+                result.report_error = f"{type(error).__name__}: {error}"
+        return result
+
+
+def run(config: RunConfig, report: bool = False) -> RunResult:
+    """Generate every case with every model, decide the gates, write results (and with `report` the report).
+    A model that breaks off mid-run raises `generation_stopped` after the finished families' results are written."""
+    whole = Run(config)
+    whole.run_all()
+    result = whole.finish(report=report and whole.stopped is None)
+    if whole.stopped is not None:
+        raise whole.stopped
+    return result

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 from falserefusal.analysis.detector_audit import DetectorAudit
 from falserefusal.detection.audit import load_audit
-from falserefusal.generation.backends import DEFAULT_MODEL_NAME, BackendOptions, backend_for, check_hub_model, check_local_model
+from falserefusal import registry
+from falserefusal.generation.backends import BackendOptions, check_hub_model, check_local_model
+from falserefusal.generation.models import ModelRef, model_labels, model_refs
 from falserefusal.generation.cache import GenerationCache
 from falserefusal.design.sampler import blocks_per_task, draw_cases, factorial_size, sampling_notes
 from falserefusal.gating.kinds import GateSpec, gate_specs
@@ -70,17 +72,6 @@ class Suite:
         return model_labels(self.models).get(model) if len(self.models) > 1 else None
 
 
-def model_labels(models: Sequence[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for index, model in enumerate(models):
-        label = model.split("name=")[1].split(",")[0] if "name=" in model else Path(model.rstrip("/")).name
-        label = label.removesuffix(".gguf").replace(":", "_") or f"model{index}"
-        if label in labels.values():
-            label = f"{label}-{index}"
-        labels[model] = label
-    return labels
-
-
 def _parse_datasets(entries: Sequence[str]) -> dict[str, str]:
     overrides = {}
     for entry in entries:
@@ -93,10 +84,9 @@ def _parse_datasets(entries: Sequence[str]) -> dict[str, str]:
 
 def prepare(config: RunConfig) -> Suite:
     """Read fixtures and thresholds, validate every option and draw the cases. Loads no model."""
-    models = config.models or (DEFAULT_MODEL_NAME,)
-    backend_for("", config.backend)  # validates --backend, even when every model's prefix picks its own
-    for model in models:
-        backend_for(model, config.backend)
+    registry.backend_for("", config.backend)  # validates --backend, even when every model's prefix picks its own
+    refs = model_refs(config.models, config.backend)
+    models = tuple(ref.name for ref in refs)
     if not config.models and config.backend != "transformers":
         example = "scripted:base=0.05 (see falserefusal.generation.backends.scripted)" if config.backend == "scripted" else "openai:NAME"
         raise FalseRefusalError(f"--backend {config.backend}: no --model given, and the default model (the embedded "
@@ -106,7 +96,7 @@ def prepare(config: RunConfig) -> Suite:
         config.refusal_detector()
     if len(set(models)) != len(models):
         raise FalseRefusalError(f"--model: the same model is given twice ({', '.join(models)}); fix: give each once")
-    profile_name = config.profile or ("smoke" if models == (DEFAULT_MODEL_NAME,) else "release")
+    profile_name = config.profile or ("smoke" if [ref.source for ref in refs] == ["default"] else "release")
     profile = load_profile(thresholds_path(config.thresholds, config.root), profile_name)
     samples = config.samples if config.samples is not None else profile.samples
     fixtures = fixtures_path(config.fixtures, config.root)
@@ -116,8 +106,8 @@ def prepare(config: RunConfig) -> Suite:
     options = config.backend_options
     if options.batch_size < 0 or options.max_new_tokens < 1:
         raise FalseRefusalError("--batch-size must be >= 0 and --max-new-tokens >= 1")
-    for model in models:
-        _check_model_exists(model, config.backend, options)
+    for ref in refs:
+        _check_model_exists(ref, options)
     check_writable_folder(config.path(config.report_dir), "--report-dir")  # before hours of generation, not after
     if config.rescore and not config.use_cache:
         raise FalseRefusalError("--rescore: it re-labels cached generations, and --no-cache turns the cache off; fix: drop one of them")
@@ -181,10 +171,10 @@ def _prepare_baseline(
         raise FalseRefusalError("--baseline-model and --baseline-results: give one; fix: drop one of them")
     if config.baseline_model:
         baseline = config.baseline_model
-        backend_for(baseline, config.backend)
+        ref = ModelRef.of(baseline, config.backend)
         if baseline in models:
             raise FalseRefusalError(f"--baseline-model {baseline}: also given as --model; fix: compare two different models")
-        _check_model_exists(baseline, config.backend, config.backend_options)
+        _check_model_exists(ref, config.backend_options)
         return baseline, None
     if not config.baseline_results:
         return None, None
@@ -241,19 +231,17 @@ def check_baseline_results(
     return baseline, by_case
 
 
-def _check_model_exists(model: str, backend: str, options: BackendOptions) -> None:
+def _check_model_exists(ref: ModelRef, options: BackendOptions) -> None:
     """Fail before any generation on a local path that is not there, a hub id that cannot be reached, or a
     served model whose server is down, refuses the key or does not serve it."""
-    revision = options.revision
-    if backend_for(model, backend) == "openai":
+    if ref.source == "served":
         from falserefusal.generation.backends.openai_compat import check_served_model
 
-        return check_served_model(model, options)
-    if backend_for(model, backend) != "transformers" or model == DEFAULT_MODEL_NAME:
-        return
-    path = Path(model).expanduser()
-    if path.exists():
-        return check_local_model(model, path, options.trust_remote_code)
-    if model.startswith((".", "/", "~")) or model.endswith(".gguf") or model.count("/") > 1:
-        raise FalseRefusalError(f"--model {model}: no such file or folder; fix: check the path, or give a hub id")
-    check_hub_model(model, revision)
+        return check_served_model(ref.name, options)
+    if ref.source in ("file", "folder"):
+        path = Path(ref.name).expanduser()
+        if not path.exists():
+            raise FalseRefusalError(f"--model {ref.name}: no such file or folder; fix: check the path, or give a hub id")
+        return check_local_model(ref.name, path, options.trust_remote_code)
+    if ref.source == "hub":
+        check_hub_model(ref.name, options.revision)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import pandas as pd
 from falserefusal.analysis import records_frame
 from falserefusal.types import BASELINE_ID, Record
 from falserefusal.run.results import RESULTS_FILE, RUN_FILE
-from falserefusal.run.prepare import model_labels
+from falserefusal.generation.models import model_labels
+
+if TYPE_CHECKING:
+    from falserefusal.run.pipeline import RunResult
 
 
 def cache_summary(stats: Mapping[str, Any]) -> str:
@@ -78,3 +81,38 @@ def format_rate_table(records: Sequence[Record], outcome: str = "refusal") -> st
     low, high = counts.min(axis=1).astype(int), counts.max(axis=1).astype(int)
     formatted["n per cell"] = [str(a) if a == b else f"{a}-{b}" for a, b in zip(low, high)]
     return formatted.to_string()
+
+
+def summary_lines(result: RunResult, message_chars: int | None = None) -> list[tuple[str, str | None]]:
+    """The run's summary as (line, style) pairs, style None, "red" (fails CI) or "yellow" (a warning): what
+    `falserefusal run` prints and what pytest's terminal summary writes, from one place. Gate messages are cut
+    to `message_chars` when given (pytest's summary: its failure reports hold the whole message)."""
+    from falserefusal.gating.custom import CUSTOM_PREFIX
+    from falserefusal.gating.kinds import ci_failed
+    from falserefusal.gating.messages import format_verdict_counts
+
+    suite, records, outcomes = result.suite, result.records, result.outcomes
+    policy = suite.profile.inconclusive
+    lines: list[tuple[str, str | None]] = [(
+        f"models: {', '.join(suite.models)} | profile: {suite.profile.name} | seed: {suite.config.seed} | "
+        f"samples: {suite.samples} blocks per task | {len(records)} generations", None)]
+    lines += [(f"sampling: {note}", "yellow") for note in suite.notes]
+    lines += [(format_rate_table(records), None), (non_answer_line(records), None)]
+    if suite.profile.sequential:
+        lines.append((format_usage(result.metadata["budget"]), None))
+    lines.append((format_verdict_counts(outcomes, policy), None))
+    shown = ("FAIL",) if policy == "pass" else ("FAIL", "INCONCLUSIVE")  # under `pass` inconclusive gates are counted only
+    lines += [("  " + o.message[:message_chars], "red" if ci_failed(o, policy) else "yellow") for o in outcomes if o.verdict in shown]
+    # custom gates are listed whatever their verdict (the built-in ones are in the table)
+    lines += [("  " + o.message[:message_chars], None) for o in outcomes if o.spec.kind.startswith(CUSTOM_PREFIX) and o.verdict not in shown]
+    if result.metadata.get("cache"):
+        lines.append((cache_summary(result.metadata["cache"]), None))
+    report_dir = suite.config.path(suite.config.report_dir)
+    lines.append((f"results: {report_dir / RESULTS_FILE}", None))
+    if result.replaced:
+        lines.append((replaced_results_line(report_dir), "yellow"))
+    if result.report_path is not None:
+        lines.append((f"report: {result.report_path}", None))
+    if result.report_error is not None:
+        lines.append((f"report: not written ({result.report_error})", "red"))
+    return lines

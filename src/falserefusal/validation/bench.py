@@ -98,23 +98,19 @@ def naive_generate(backend: Any, prompts: Sequence[str], batch_size: int, max_ne
 
 
 def suite_path(config: Any, generator: Any, case_ids: set[str], report_dir: str) -> tuple[list[Record], Timing]:
-    """The suite as `run` does it, on the benchmark's cases: sample, generate per family, gates, results file."""
-    from falserefusal.run.results import RESULTS_FILE, canonical_order, run_metadata, write_results
-    from falserefusal.run.pipeline import evaluate
+    """The suite as `falserefusal run` does it (falserefusal.run.pipeline.Run), on the benchmark's cases: per family
+    generate and decide the gates, then the results file; the loaded model is shared with the naive path."""
+    from falserefusal.run.pipeline import Run
     from falserefusal.run.prepare import prepare
 
     def work() -> list[Record]:
-        suite = prepare(config)
+        suite = prepare(replace(config, report_dir=report_dir))
         suite = replace(suite, cases=tuple(c for c in suite.cases if c.case_id in case_ids))
-        records: list[Record] = []
-        for model in suite.models:
-            for task in suite.task_ids:
-                records.extend(generator.generate(model, suite.cases_for(task)))
-        records = canonical_order(suite, records)
-        evaluate(suite, records)
-        metadata = run_metadata(suite, generator.identities(), generator.timings, generator.detector.version)
-        write_results(config.path(report_dir) / RESULTS_FILE, metadata, records)
-        return records
+        run = Run(suite.config, suite=suite, generator=generator)
+        run.run_all()
+        if run.stopped is not None:
+            raise run.stopped
+        return run.finish().records
 
     return _timed(work)
 
@@ -138,7 +134,7 @@ def _cpu_model() -> str:
 
 def run_bench(settings: BenchSettings, report_dir: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Time naive vs suite on the same prompts; returns the JSON-ready result (see the module docstring)."""
-    from falserefusal.generation.backends import backend_for
+    from falserefusal.generation.models import model_refs
     from falserefusal.generation.generator import Generator, request_for
     from falserefusal.run.config import RunConfig, default_options
     from falserefusal.run.results import package_versions
@@ -154,7 +150,7 @@ def run_bench(settings: BenchSettings, report_dir: str | None = None, log: Calla
                    "device": settings.device, "dtype": settings.dtype,
                    "model": [settings.model] if settings.model else []})
     config = RunConfig.from_options(values)
-    if backend_for(config.models[0] if config.models else "", config.backend) != "transformers":
+    if model_refs(config.models, config.backend)[0].kind != "transformers":
         raise FalseRefusalError("bench: times model.generate, so it needs the transformers backend; fix: drop the scripted:/openai: model")
     per_sample = len(prepare(config).cases)
     config = replace(config, samples=math.ceil(settings.cases / per_sample))

