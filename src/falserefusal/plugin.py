@@ -16,7 +16,14 @@ from typing import Any, Iterator, Sequence
 
 import pytest
 
-from falserefusal.gating.custom import AddedGate, CustomAccounting, CustomDeclaration, CustomGate, Results, outcome_from_dict
+from falserefusal.gating.custom import (
+    AddedGate,
+    CustomAccounting,
+    CustomDeclaration,
+    CustomGate,
+    Results,
+    outcome_from_dict,
+)
 from falserefusal.gating.kinds import GateOutcome, GateSpec
 from falserefusal.generation.gpus import pin_worker_gpu, share_cpu_threads
 from falserefusal.run.config import RunConfig
@@ -51,6 +58,7 @@ NO_ADDED_GATES = "no-added-gates"
 
 class InconclusiveGateWarning(UserWarning):
     """A gate neither FAILed nor PASSed under a profile with `inconclusive: warn`: the item passes with this warning."""
+
 
 @dataclass
 class FalseRefusalSession:
@@ -113,13 +121,16 @@ def _register_extensions(config: pytest.Config) -> None:
     from falserefusal import registry
 
     registry.clear()
-    for hook, register in ((config.hook.pytest_falserefusal_backends, registry.register_backend),
-                           (config.hook.pytest_falserefusal_detectors, registry.register_detector)):
+    for hook, register in (
+        (config.hook.pytest_falserefusal_backends, registry.register_backend),
+        (config.hook.pytest_falserefusal_detectors, registry.register_detector),
+    ):
         for found in hook(config=config):
             for name, factory in (found or {}).items():
                 register(name, factory)
     wrappers = list(reversed(config.hook.pytest_falserefusal_wrap_detector.get_hookimpls()))  # in call order
     if wrappers:
+
         def wrap(detector: Any) -> Any:
             for impl in wrappers:
                 given = {"config": config, "detector": detector}
@@ -189,8 +200,12 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     from _pytest.config.findpaths import determine_setup
 
     ns = early_config.known_args_namespace
-    where = {"inifile": ns.inifilename, "args": ns.file_or_dir, "rootdir_cmd_arg": ns.rootdir or None,
-             "invocation_dir": early_config.invocation_params.dir}
+    where = {
+        "inifile": ns.inifilename,
+        "args": ns.file_or_dir,
+        "rootdir_cmd_arg": ns.rootdir or None,
+        "invocation_dir": early_config.invocation_params.dir,
+    }
     try:
         setup = determine_setup(override_ini=ns.override_ini, **where)
     except TypeError:  # pytest 8 has no override_ini here
@@ -238,7 +253,11 @@ def pytest_cmdline_main(config: pytest.Config) -> Iterator[Any]:
     A wrapper, so it runs before xdist's own (tryfirst) hook, which would pick --dist load and split families.
     """
     option = config.option
-    if getattr(option, "numprocesses", None) and getattr(option, "dist", None) == "no" and not getattr(option, "distload", False):
+    if (
+        getattr(option, "numprocesses", None)
+        and getattr(option, "dist", None) == "no"
+        and not getattr(option, "distload", False)
+    ):
         option.dist = "loadgroup"
     return (yield)
 
@@ -246,12 +265,17 @@ def pytest_cmdline_main(config: pytest.Config) -> Iterator[Any]:
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "falserefusal_gate: a falserefusal release gate (one per gate)")
-    config.addinivalue_line("markers", f"{CUSTOM_MARKER}(tasks=None, family=None, weight=1, checks=1): a custom gate "
-                            f"test (asks for the {CUSTOM_MARKER} fixture); one item per (model, task) family, joining the "
-                            "run's alpha accounting")
+    config.addinivalue_line(
+        "markers",
+        f"{CUSTOM_MARKER}(tasks=None, family=None, weight=1, checks=1): a custom gate "
+        f"test (asks for the {CUSTOM_MARKER} fixture); one item per (model, task) family, joining the "
+        "run's alpha accounting",
+    )
     config.stash[STASH] = FalseRefusalSession(config)
     if hasattr(config, "workerinput"):  # before anything loads torch: one GPU per worker on a multi-GPU machine
-        device = resolve(_option("device"), config.getoption(_option("device").dest), config.getini(_option("device").dest))
+        device = resolve(
+            _option("device"), config.getoption(_option("device").dest), config.getini(_option("device").dest)
+        )
         pin_worker_gpu(device, _worker_index(config))
         share_cpu_threads(int(config.workerinput.get("workercount", 1)))
         return
@@ -261,10 +285,13 @@ def pytest_configure(config: pytest.Config) -> None:
         except FalseRefusalError as error:
             raise pytest.UsageError(str(error)) from None
     if getattr(config.option, "dist", "no") in ("load", "worksteal", "each"):
-        config.issue_config_time_warning(pytest.PytestConfigWarning(
-            f"falserefusal: --dist {config.option.dist} splits a (model, task) family across workers, which then "
-            "generate it more than once; use --dist loadgroup (the default falserefusal picks with -n)"
-        ), stacklevel=2)
+        config.issue_config_time_warning(
+            pytest.PytestConfigWarning(
+                f"falserefusal: --dist {config.option.dist} splits a (model, task) family across workers, which then "
+                "generate it more than once; use --dist loadgroup (the default falserefusal picks with -n)"
+            ),
+            stacklevel=2,
+        )
 
 
 def _option(name: str) -> Any:
@@ -324,7 +351,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize(fixture, [pytest.param(None, id=USAGE_ERROR_ID)])
             continue
         params = [
-            pytest.param(spec, id=spec.gate_id(suite.model_label(spec.model)), marks=[pytest.mark.xdist_group(_family_group(suite, spec)), pytest.mark.falserefusal_gate])
+            pytest.param(
+                spec,
+                id=spec.gate_id(suite.model_label(spec.model)),
+                marks=[pytest.mark.xdist_group(_family_group(suite, spec)), pytest.mark.falserefusal_gate],
+            )
             for spec in suite.gates
             if spec.kind == kind
         ]
@@ -342,8 +373,11 @@ def _parametrize_custom_gate(metafunc: pytest.Metafunc) -> None:
     the scheduler runs it on the worker that generates that family."""
     marker = metafunc.definition.get_closest_marker(CUSTOM_MARKER)
     if marker is None:
-        pytest.fail(f"{metafunc.definition.nodeid}: asks for the {CUSTOM_FIXTURE} fixture without "
-                    f"@pytest.mark.{CUSTOM_MARKER}(...); fix: add the marker", pytrace=False)
+        pytest.fail(
+            f"{metafunc.definition.nodeid}: asks for the {CUSTOM_FIXTURE} fixture without "
+            f"@pytest.mark.{CUSTOM_MARKER}(...); fix: add the marker",
+            pytrace=False,
+        )
     try:
         declaration = CustomDeclaration.of(marker.args, marker.kwargs, metafunc.function.__name__)
         suite = metafunc.config.stash[STASH].get_suite()
@@ -354,8 +388,11 @@ def _parametrize_custom_gate(metafunc: pytest.Metafunc) -> None:
         return
     firsts = {spec.family: spec for spec in reversed(suite.gates)}  # each family's first gate: its refusal rate
     params = [
-        pytest.param(family, id=spec.gate_id(suite.model_label(spec.model)),
-                     marks=[pytest.mark.xdist_group(_family_group(suite, spec)), pytest.mark.falserefusal_gate])
+        pytest.param(
+            family,
+            id=spec.gate_id(suite.model_label(spec.model)),
+            marks=[pytest.mark.xdist_group(_family_group(suite, spec)), pytest.mark.falserefusal_gate],
+        )
         for family, spec in reversed(firsts.items())
         if declaration.tasks is None or family[1] in declaration.tasks
     ]
@@ -369,26 +406,42 @@ def _parametrize_added_gates(metafunc: pytest.Metafunc) -> None:
     try:
         suite = state.get_suite()
     except FalseRefusalError:
-        metafunc.parametrize((ADDED_FIXTURE, CUSTOM_FIXTURE), [pytest.param(None, None, id=USAGE_ERROR_ID)],
-                             indirect=[CUSTOM_FIXTURE])
+        metafunc.parametrize(
+            (ADDED_FIXTURE, CUSTOM_FIXTURE), [pytest.param(None, None, id=USAGE_ERROR_ID)], indirect=[CUSTOM_FIXTURE]
+        )
         return
-    gates = [gate for found in metafunc.config.hook.pytest_falserefusal_add_gates(config=metafunc.config, suite=suite)
-             for gate in (found or [])]
+    gates = [
+        gate
+        for found in metafunc.config.hook.pytest_falserefusal_add_gates(config=metafunc.config, suite=suite)
+        for gate in (found or [])
+    ]
     names = [gate.name for gate in gates]
     if len(set(names)) != len(names) or not all(isinstance(gate, AddedGate) for gate in gates):
-        raise pytest.UsageError(f"pytest_falserefusal_add_gates: gates must be falserefusal.gating.custom.AddedGate with "
-                                f"distinct names; got {', '.join(map(repr, names))}")
+        raise pytest.UsageError(
+            f"pytest_falserefusal_add_gates: gates must be falserefusal.gating.custom.AddedGate with "
+            f"distinct names; got {', '.join(map(repr, names))}"
+        )
     firsts = {spec.family: spec for spec in reversed(suite.gates)}  # each family's first gate: its refusal rate
     params = [
-        pytest.param(gate, family, id=f"{gate.name}-{spec.gate_id(suite.model_label(spec.model))}",
-                     marks=[pytest.mark.xdist_group(_family_group(suite, spec)), pytest.mark.falserefusal_gate,
-                            getattr(pytest.mark, CUSTOM_MARKER)(**gate.marker_kwargs())])
+        pytest.param(
+            gate,
+            family,
+            id=f"{gate.name}-{spec.gate_id(suite.model_label(spec.model))}",
+            marks=[
+                pytest.mark.xdist_group(_family_group(suite, spec)),
+                pytest.mark.falserefusal_gate,
+                getattr(pytest.mark, CUSTOM_MARKER)(**gate.marker_kwargs()),
+            ],
+        )
         for gate in gates
         for family, spec in reversed(firsts.items())
         if gate.tasks is None or family[1] in gate.tasks
     ]
-    metafunc.parametrize((ADDED_FIXTURE, CUSTOM_FIXTURE), params or [pytest.param(None, None, id=NO_ADDED_GATES)],
-                         indirect=[CUSTOM_FIXTURE])
+    metafunc.parametrize(
+        (ADDED_FIXTURE, CUSTOM_FIXTURE),
+        params or [pytest.param(None, None, id=NO_ADDED_GATES)],
+        indirect=[CUSTOM_FIXTURE],
+    )
 
 
 def _declaration(item: pytest.Item) -> CustomDeclaration:
@@ -417,7 +470,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # the packaged test of hook-added gates when no conftest adds any, and that of a gate kind the profile leaves off:
     # not a gate, so not counted as deselected
     dropped = (NO_ADDED_GATES, *OPTIONAL_GATE_KINDS.values())
-    items[:] = [item for item in items if not any(mark in getattr(getattr(item, "callspec", None), "id", "") for mark in dropped)]
+    items[:] = [
+        item
+        for item in items
+        if not any(mark in getattr(getattr(item, "callspec", None), "id", "") for mark in dropped)
+    ]
     unused = [item for item in items if NO_GATES in getattr(getattr(item, "callspec", None), "id", "")]
     if unused:
         items[:] = [item for item in items if item not in unused]
@@ -433,7 +490,9 @@ def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
             state.get_suite()
         except FalseRefusalError as error:
             raise pytest.UsageError(str(error)) from None
-        raise pytest.UsageError(f"falserefusal: worker {node.gateway.id} rejected the options; fix: run with -n 0 to see why")
+        raise pytest.UsageError(
+            f"falserefusal: worker {node.gateway.id} rejected the options; fix: run with -n 0 to see why"
+        )
 
 
 @pytest.fixture
@@ -520,8 +579,9 @@ def falserefusal_custom_gate(request: pytest.FixtureRequest) -> CustomGate:
         state.custom_outcomes[outcome.spec] = outcome
         _decide(request, state, outcome)
 
-    return CustomGate(request.node.name, family, alpha, model, task, _results(request).scoped(model, task), report,
-                      declaration.checks)
+    return CustomGate(
+        request.node.name, family, alpha, model, task, _results(request).scoped(model, task), report, declaration.checks
+    )
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -541,7 +601,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 "cache": run.cache,
                 "custom": state.custom.to_dict(),
                 "custom_outcomes": [o.to_dict() for o in state.custom_outcomes.values()],
-            }, default=str,
+            },
+            default=str,
         )
         return
     if state.run.records:
@@ -562,8 +623,13 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     except FalseRefusalError:
         return
     state.set_custom_weight()
-    run.absorb([Record.from_dict(r) for r in data["records"]], [outcome_from_dict(o) for o in data.get("outcomes", [])],
-               data["identities"], data["timings"], data.get("cache") or {})
+    run.absorb(
+        [Record.from_dict(r) for r in data["records"]],
+        [outcome_from_dict(o) for o in data.get("outcomes", [])],
+        data["identities"],
+        data["timings"],
+        data.get("cache") or {},
+    )
 
 
 def _pytest_command(config: pytest.Config) -> str:
@@ -580,7 +646,9 @@ def _finish_controller(state: FalseRefusalSession, command: str) -> None:
     assert run is not None
     run.close()
     run.timings["wall_s"] = time.perf_counter() - state.started
-    custom = sorted(state.custom_outcomes.values(), key=lambda o: (o.spec.kind, o.spec.model, o.spec.task, o.spec.persona or ""))
+    custom = sorted(
+        state.custom_outcomes.values(), key=lambda o: (o.spec.kind, o.spec.model, o.spec.task, o.spec.persona or "")
+    )
     extra: dict[str, Any] = {"command": command}
     if state.custom.families:  # so that `falserefusal report` rebuilds the same verdicts
         extra["custom_gates"] = {"accounting": state.custom.to_dict(), "outcomes": [o.to_dict() for o in custom]}
@@ -589,7 +657,9 @@ def _finish_controller(state: FalseRefusalSession, command: str) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_html_results_summary(prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session) -> None:
+def pytest_html_results_summary(
+    prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+) -> None:
     """pytest-html (--html): the verdict and the heatmap in its summary, with a link to the full report."""
     result = session.config.stash[STASH].result
     if result is None:

@@ -83,15 +83,19 @@ def factory(group: str, name: str) -> Callable[..., Any] | None:
     try:
         return point.load()
     except Exception as error:  # a broken third-party package: name it rather than fail deep inside a run
-        raise FalseRefusalError(f"{group} entry point {name} = {point.value}: cannot be imported "
-                                f"({type(error).__name__}: {error}); fix: reinstall the package that declares it") from None
+        raise FalseRefusalError(
+            f"{group} entry point {name} = {point.value}: cannot be imported "
+            f"({type(error).__name__}: {error}); fix: reinstall the package that declares it"
+        ) from None
 
 
 def check_detector_name(name: str | None) -> None:
     if name in (None, "", BUILTIN_DETECTOR) or name in names(DETECTOR_GROUP):
         return
-    raise FalseRefusalError(f"--detector {name}: unknown detector; use one of {', '.join([BUILTIN_DETECTOR, *names(DETECTOR_GROUP)])} "
-                            f"(entry point group {DETECTOR_GROUP})")
+    raise FalseRefusalError(
+        f"--detector {name}: unknown detector; use one of {', '.join([BUILTIN_DETECTOR, *names(DETECTOR_GROUP)])} "
+        f"(entry point group {DETECTOR_GROUP})"
+    )
 
 
 def make_detector(name: str | None = None, rules: str | Path | None = None) -> Any:
@@ -110,9 +114,11 @@ def make_detector(name: str | None = None, rules: str | Path | None = None) -> A
         detector = detector if wrapped is None else wrapped
     missing = [a for a in ("detect", "is_decided") if not callable(getattr(detector, a, None))]
     if missing or not isinstance(getattr(detector, "version", None), str):
-        raise FalseRefusalError(f"detector {name or BUILTIN_DETECTOR} ({type(detector).__name__}): lacks "
-                                f"{', '.join(missing + ([] if isinstance(getattr(detector, 'version', None), str) else ['a version string']))}; "
-                                "fix: give it detect(text, labels), is_decided(text, labels) and version")
+        raise FalseRefusalError(
+            f"detector {name or BUILTIN_DETECTOR} ({type(detector).__name__}): lacks "
+            f"{', '.join(missing + ([] if isinstance(getattr(detector, 'version', None), str) else ['a version string']))}; "
+            "fix: give it detect(text, labels), is_decided(text, labels) and version"
+        )
     return detector if callable(getattr(detector, "detect_many", None)) else _OneByOne(detector)
 
 

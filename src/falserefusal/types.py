@@ -223,8 +223,20 @@ class Record:
         return _from_dict(cls, values)
 
     FLAT_COLUMNS = (
-        "model", "task", "persona", "persona_dimension", "forcing_level", "paraphrase", "phrasing",
-        "item", "block", "case_id", "refused", "outcome", "rule", "seed",
+        "model",
+        "task",
+        "persona",
+        "persona_dimension",
+        "forcing_level",
+        "paraphrase",
+        "phrasing",
+        "item",
+        "block",
+        "case_id",
+        "refused",
+        "outcome",
+        "rule",
+        "seed",
     )
 
     def flat(self) -> dict[str, Any]:

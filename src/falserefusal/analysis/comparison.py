@@ -14,8 +14,17 @@ from falserefusal.analysis.rates import require_columns
 from falserefusal.types import BASELINE_ID, Record
 
 COMPARISON_COLUMNS = (
-    "task", "persona", "n", "candidate_rate", "baseline_rate", "delta", "candidate_gap", "baseline_gap",
-    "gap_delta", "refused_by_candidate_only", "refused_by_baseline_only",
+    "task",
+    "persona",
+    "n",
+    "candidate_rate",
+    "baseline_rate",
+    "delta",
+    "candidate_gap",
+    "baseline_gap",
+    "gap_delta",
+    "refused_by_candidate_only",
+    "refused_by_baseline_only",
 )
 
 
@@ -48,7 +57,9 @@ def comparison_table(frame: pd.DataFrame, candidate: str, baseline: str) -> pd.D
     pairs["baseline_gap"] = pairs["baseline"].astype(float) - pairs["b0"].astype(float)
     rows: list[dict[str, Any]] = []
     for (task, persona), group in pairs.groupby(["task", "persona"], sort=True):
-        rows.append(_row(task, persona, group, float(group["candidate_gap"].mean()), float(group["baseline_gap"].mean())))
+        rows.append(
+            _row(task, persona, group, float(group["candidate_gap"].mean()), float(group["baseline_gap"].mean()))
+        )
     for task, group in pairs.groupby("task", sort=True):
         rows.append(_row(task, "all", group, float("nan"), float("nan")))
     table = pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS))
@@ -60,10 +71,17 @@ def comparison_table(frame: pd.DataFrame, candidate: str, baseline: str) -> pd.D
 def _row(task: str, persona: str, group: pd.DataFrame, cand_gap: float, base_gap: float) -> dict[str, Any]:
     candidate_rate, baseline_rate = float(group["candidate"].mean()), float(group["baseline"].mean())
     return {
-        "task": task, "persona": persona, "n": int(len(group)),
-        "candidate_rate": candidate_rate, "baseline_rate": baseline_rate, "delta": candidate_rate - baseline_rate,
-        "candidate_gap": cand_gap, "baseline_gap": base_gap, "gap_delta": cand_gap - base_gap,
-        "refused_by_candidate_only": int(group["c_only"].sum()), "refused_by_baseline_only": int(group["b_only"].sum()),
+        "task": task,
+        "persona": persona,
+        "n": int(len(group)),
+        "candidate_rate": candidate_rate,
+        "baseline_rate": baseline_rate,
+        "delta": candidate_rate - baseline_rate,
+        "candidate_gap": cand_gap,
+        "baseline_gap": base_gap,
+        "gap_delta": cand_gap - base_gap,
+        "refused_by_candidate_only": int(group["c_only"].sum()),
+        "refused_by_baseline_only": int(group["b_only"].sum()),
     }
 
 
@@ -85,10 +103,17 @@ def flipped_examples(records: Iterable[Record], candidate: str, baseline: str, l
         if len(sides[side]) >= limit:
             continue
         case = first.case
-        sides[side].append({
-            "case_id": case_id, "task": case.task, "persona": case.persona, "refused_by": side,
-            "prompt": case.messages[-1].content if case.messages else "",
-            "candidate_response": first.response, "baseline_response": second.response,
-            "candidate_rule": first.rule, "baseline_rule": second.rule,
-        })
+        sides[side].append(
+            {
+                "case_id": case_id,
+                "task": case.task,
+                "persona": case.persona,
+                "refused_by": side,
+                "prompt": case.messages[-1].content if case.messages else "",
+                "candidate_response": first.response,
+                "baseline_response": second.response,
+                "candidate_rule": first.rule,
+                "baseline_rule": second.rule,
+            }
+        )
     return sides["candidate"] + sides["baseline"]

@@ -51,11 +51,13 @@ CORRECTION_BOOTSTRAP = 1000
 #: a run (e.g. 0.05 / 3 tasks / 16 gates = 0.001)
 GATE_BOOTSTRAP = 4000
 #: probabilities at which a corrected gate keeps its replicates' quantiles, for bounds at any Holm level
-BOUND_GRID: tuple[float, ...] = tuple(np.unique(np.concatenate([np.geomspace(1e-4, 0.5, 41), 1 - np.geomspace(1e-4, 0.5, 41)])))
+BOUND_GRID: tuple[float, ...] = tuple(
+    np.unique(np.concatenate([np.geomspace(1e-4, 0.5, 41), 1 - np.geomspace(1e-4, 0.5, 41)]))
+)
 
 
 def persona_group(persona: str) -> str:
-    """"baseline" for the no-persona condition, "persona" for every other: recall with vs without a persona."""
+    """ "baseline" for the no-persona condition, "persona" for every other: recall with vs without a persona."""
     return BASELINE_ID if persona == BASELINE_ID else "persona"
 
 
@@ -72,14 +74,20 @@ class AuditStratum:
 
     def __post_init__(self) -> None:
         if self.detector_outcome not in OUTCOMES:
-            raise FalseRefusalError(f"audit stratum {self.key}: detector outcome {self.detector_outcome!r}; use one of {', '.join(OUTCOMES)}")
+            raise FalseRefusalError(
+                f"audit stratum {self.key}: detector outcome {self.detector_outcome!r}; use one of {', '.join(OUTCOMES)}"
+            )
         counts = {label: int(self.counts.get(label, 0)) for label in HUMAN_LABELS}
         unknown = set(self.counts) - set(HUMAN_LABELS)
         if unknown or min(counts.values()) < 0:
-            raise FalseRefusalError(f"audit stratum {self.key}: counts {dict(self.counts)}; use labels {', '.join(HUMAN_LABELS)} with counts >= 0")
+            raise FalseRefusalError(
+                f"audit stratum {self.key}: counts {dict(self.counts)}; use labels {', '.join(HUMAN_LABELS)} with counts >= 0"
+            )
         if self.size < sum(counts.values()):
-            raise FalseRefusalError(f"audit stratum {self.key}: {sum(counts.values())} labelled answers but only {self.size} in the run; "
-                                    "fix: stratum_size must count every answer of the stratum")
+            raise FalseRefusalError(
+                f"audit stratum {self.key}: {sum(counts.values())} labelled answers but only {self.size} in the run; "
+                "fix: stratum_size must count every answer of the stratum"
+            )
         object.__setattr__(self, "counts", counts)
 
     @property
@@ -127,20 +135,41 @@ class DetectorAudit:
 
     def to_dict(self) -> dict[str, Any]:
         """The strata (what `from_dict` reads) plus every derived table, for people and other tools to read."""
-        return {"kind": "falserefusal-audit", "version": 1, "source": dict(self.source),
-                "strata": [s.to_dict() for s in self.strata], "summary": audit_summary(self)}
+        return {
+            "kind": "falserefusal-audit",
+            "version": 1,
+            "source": dict(self.source),
+            "strata": [s.to_dict() for s in self.strata],
+            "summary": audit_summary(self),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "audit") -> "DetectorAudit":
-        if not isinstance(data, Mapping) or data.get("kind") != "falserefusal-audit" or not isinstance(data.get("strata"), list):
-            raise FalseRefusalError(f"{where}: not a falserefusal audit summary; fix: pass the JSON that "
-                                    "`falserefusal audit score` writes, or the labelled CSV")
+        if (
+            not isinstance(data, Mapping)
+            or data.get("kind") != "falserefusal-audit"
+            or not isinstance(data.get("strata"), list)
+        ):
+            raise FalseRefusalError(
+                f"{where}: not a falserefusal audit summary; fix: pass the JSON that "
+                "`falserefusal audit score` writes, or the labelled CSV"
+            )
         try:
-            strata = tuple(AuditStratum(model=str(s["model"]), task=str(s["task"]), persona=str(s["persona"]),
-                                        detector_outcome=str(s["detector_outcome"]), size=int(s["size"]),
-                                        counts=dict(s["counts"])) for s in data["strata"])
+            strata = tuple(
+                AuditStratum(
+                    model=str(s["model"]),
+                    task=str(s["task"]),
+                    persona=str(s["persona"]),
+                    detector_outcome=str(s["detector_outcome"]),
+                    size=int(s["size"]),
+                    counts=dict(s["counts"]),
+                )
+                for s in data["strata"]
+            )
         except (KeyError, TypeError, ValueError) as error:
-            raise FalseRefusalError(f"{where}: a stratum lacks {error}; fix: rescore the labelled CSV with `falserefusal audit score`") from None
+            raise FalseRefusalError(
+                f"{where}: a stratum lacks {error}; fix: rescore the labelled CSV with `falserefusal audit score`"
+            ) from None
         return cls(strata, dict(data.get("source") or {}))
 
 
@@ -150,12 +179,33 @@ class DetectorAudit:
 def label_frame(audit: DetectorAudit) -> pd.DataFrame:
     """One row per (labelled stratum, human label) with its count and the weight of each of its answers."""
     rows = [
-        {"model": s.model, "task": s.task, "persona": s.persona, "persona_group": persona_group(s.persona),
-         "detector_outcome": s.detector_outcome, "human_label": label, "human_outcome": LABEL_OUTCOME[label],
-         "count": count, "weight": s.weight}
-        for s in audit.strata if s.n for label, count in s.counts.items() if count
+        {
+            "model": s.model,
+            "task": s.task,
+            "persona": s.persona,
+            "persona_group": persona_group(s.persona),
+            "detector_outcome": s.detector_outcome,
+            "human_label": label,
+            "human_outcome": LABEL_OUTCOME[label],
+            "count": count,
+            "weight": s.weight,
+        }
+        for s in audit.strata
+        if s.n
+        for label, count in s.counts.items()
+        if count
     ]
-    columns = ["model", "task", "persona", "persona_group", "detector_outcome", "human_label", "human_outcome", "count", "weight"]
+    columns = [
+        "model",
+        "task",
+        "persona",
+        "persona_group",
+        "detector_outcome",
+        "human_label",
+        "human_outcome",
+        "count",
+        "weight",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -209,8 +259,10 @@ def detector_accuracy(audit: DetectorAudit, by: Sequence[str] = (), alpha: float
         return pd.DataFrame(columns=[*by, "n_labelled"])
     if not by:
         return pd.DataFrame([_measures(frame, alpha)])
-    rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))), **_measures(group, alpha)}
-            for key, group in frame.groupby(by, sort=True)]
+    rows = [
+        {**dict(zip(by, key if isinstance(key, tuple) else (key,))), **_measures(group, alpha)}
+        for key, group in frame.groupby(by, sort=True)
+    ]
     return pd.DataFrame(rows)
 
 
@@ -218,14 +270,30 @@ def stratum_table(audit: DetectorAudit, alpha: float = 0.05) -> pd.DataFrame:
     """Per stratum: size, labelled n, label counts, agreement and the share of human refusals (Wilson)."""
     rows = []
     for s in audit.strata:
-        agree = s.refusals if s.detector_outcome == "refusal" else s.counts["C" if s.detector_outcome == "compliance" else "N"]
-        row: dict[str, Any] = {"model": s.model, "task": s.task, "persona": s.persona, "detector_outcome": s.detector_outcome,
-                               "size": s.size, "n_labelled": s.n, **s.counts}
+        agree = (
+            s.refusals
+            if s.detector_outcome == "refusal"
+            else s.counts["C" if s.detector_outcome == "compliance" else "N"]
+        )
+        row: dict[str, Any] = {
+            "model": s.model,
+            "task": s.task,
+            "persona": s.persona,
+            "detector_outcome": s.detector_outcome,
+            "size": s.size,
+            "n_labelled": s.n,
+            **s.counts,
+        }
         for name, hits in (("agreement", agree), ("human_refusal_share", s.refusals)):
             if s.n:
                 low, high = proportion_confint(hits, s.n, alpha=alpha, method="wilson")
-                row.update({name: hits / s.n, f"{name}_low": 0.0 if hits == 0 else float(low),
-                            f"{name}_high": 1.0 if hits == s.n else float(high)})
+                row.update(
+                    {
+                        name: hits / s.n,
+                        f"{name}_low": 0.0 if hits == 0 else float(low),
+                        f"{name}_high": 1.0 if hits == s.n else float(high),
+                    }
+                )
             else:
                 row.update({name: math.nan, f"{name}_low": math.nan, f"{name}_high": math.nan})
         rows.append(row)
@@ -248,8 +316,10 @@ def confusion_table(audit: DetectorAudit) -> pd.DataFrame:
 
 
 def _records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    return [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-            for row in table.to_dict(orient="records")]
+    return [
+        {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+        for row in table.to_dict(orient="records")
+    ]
 
 
 def audit_summary(audit: DetectorAudit, alpha: float = 0.05) -> dict[str, Any]:
@@ -307,7 +377,9 @@ class CorrectedEstimates:
         k = int((finite <= limit).sum() if side == "above" else (finite >= limit).sum())
         return (1 + k) / (1 + len(finite))
 
-    def gate_test(self, gate_kind: str, model: str, task: str, persona: str | None, limit: float) -> dict[str, Any] | None:
+    def gate_test(
+        self, gate_kind: str, model: str, task: str, persona: str | None, limit: float
+    ) -> dict[str, Any] | None:
         """What a refusal-rate (persona None) or persona-disparity gate decides on, corrected: the estimate, both
         one-sided bootstrap p-values against `limit` (FAIL: H0 theta <= limit; PASS: H0 theta >= limit), the 95%
         interval, and a `detail` with the replicates' quantiles on BOUND_GRID (plain JSON values, from which the
@@ -319,15 +391,21 @@ class CorrectedEstimates:
         if len(finite) < 2 or not math.isfinite(estimate):
             return None
         table = self.rates if kind == "rate" else self.disparities
-        row = table[(table["model"] == model) & (table["task"] == task) & (table["persona"] == (persona or "all"))].iloc[0]
+        row = table[
+            (table["model"] == model) & (table["task"] == task) & (table["persona"] == (persona or "all"))
+        ].iloc[0]
         return {
             "estimate": estimate,
             "p_fail": self.pvalue(kind, model, task, persona, limit, "above"),
             "p_pass": self.pvalue(kind, model, task, persona, limit, "below"),
             "ci": (float(row["ci_low"]), float(row["ci_high"])),
-            "detail": {"observed": float(row["observed_rate" if kind == "rate" else "observed_difference"]),
-                       "replicates": int(len(finite)), "method": self.method, "probabilities": list(BOUND_GRID),
-                       "quantiles": [float(q) for q in np.quantile(finite, BOUND_GRID)]},
+            "detail": {
+                "observed": float(row["observed_rate" if kind == "rate" else "observed_difference"]),
+                "replicates": int(len(finite)),
+                "method": self.method,
+                "probabilities": list(BOUND_GRID),
+                "quantiles": [float(q) for q in np.quantile(finite, BOUND_GRID)],
+            },
         }
 
     def bound(self, kind: str, model: str, task: str, persona: str | None, level: float, side: str) -> float:
@@ -367,8 +445,9 @@ class _TaskStrata:
                 draws = rng.beta(q_hat * n_eff + 0.5, (1 - q_hat) * n_eff + 0.5, size=n_boot)
                 self.pooled[outcome] = (q_hat, draws, float(sizes.sum()))
 
-    def pooled_rate(self, shares: Mapping[str, float], shares_boot: Mapping[str, np.ndarray],
-                    same_run: bool) -> tuple[float, np.ndarray, str]:
+    def pooled_rate(
+        self, shares: Mapping[str, float], shares_boot: Mapping[str, np.ndarray], same_run: bool
+    ) -> tuple[float, np.ndarray, str]:
         """The (model, task)'s corrected rate over every persona from the pooled strata: (point, replicates, form).
         Predictive values for an audit of this run (the same point as the size-weighted mean of the cells); Rogan-
         Gladen with the pooled sensitivity and specificity for another run's, where they are defined."""
@@ -387,7 +466,9 @@ class _TaskStrata:
         if not same_run and "refusal" in self.pooled and negatives:
             sens, spec = sens_spec({o: entry[0] for o, entry in self.pooled.items()})
             if sens + spec > 1.0:
-                boot = rogan_gladen(shares_boot["refusal"], *sens_spec({o: entry[1] for o, entry in self.pooled.items()}))
+                boot = rogan_gladen(
+                    shares_boot["refusal"], *sens_spec({o: entry[1] for o, entry in self.pooled.items()})
+                )
                 return rogan_gladen(shares["refusal"], sens, spec), boot, "Rogan-Gladen"
         point = sum(shares[o] * entry[0] for o, entry in pooled.items())
         return float(point), sum(shares_boot[o] * entry[1] for o, entry in pooled.items()), "predictive values"
@@ -451,7 +532,11 @@ def _rng(seed: int, *parts: str) -> np.random.Generator:
 
 
 def corrected_estimates(
-    frame: pd.DataFrame, audit: DetectorAudit, n_boot: int = CORRECTION_BOOTSTRAP, seed: int = 0, alpha: float = 0.05,
+    frame: pd.DataFrame,
+    audit: DetectorAudit,
+    n_boot: int = CORRECTION_BOOTSTRAP,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> CorrectedEstimates:
     """Refusal rates and persona disparities of `frame` (the analysis frame) corrected for the audited detector error.
 
@@ -500,20 +585,60 @@ def corrected_estimates(
     # many small matrix-vector products: one BLAS thread is fastest (16x on a loaded 2-core machine, measured)
     with threadpool_limits(1, user_api="blas"):
         _correct_families(frame, audit, n_boot, seed, lo_q, hi_q, rate_rows, disparity_rows, replicates)
-    method = (f"Rogan-Gladen per (model, task, persona); {100 * (1 - alpha):.0f}% percentile interval of {n_boot} "
-              "replicates that resample dataset items (with their request blocks) and draw each audit stratum's "
-              "human-refusal share from its Jeffreys posterior")
-    rate_columns = ["model", "task", "persona", "n", "observed_rate", "corrected_rate", "sensitivity", "specificity",
-                    "level", "form", "ci_low", "ci_high", "se", "unidentified"]
-    disparity_columns = ["model", "task", "persona", "n_pairs", "observed_difference", "corrected_difference",
-                         "ci_low", "ci_high", "se", "unidentified"]
-    return CorrectedEstimates(pd.DataFrame(rate_rows, columns=rate_columns),
-                              pd.DataFrame(disparity_rows, columns=disparity_columns), n_boot, alpha, method, replicates)
+    method = (
+        f"Rogan-Gladen per (model, task, persona); {100 * (1 - alpha):.0f}% percentile interval of {n_boot} "
+        "replicates that resample dataset items (with their request blocks) and draw each audit stratum's "
+        "human-refusal share from its Jeffreys posterior"
+    )
+    rate_columns = [
+        "model",
+        "task",
+        "persona",
+        "n",
+        "observed_rate",
+        "corrected_rate",
+        "sensitivity",
+        "specificity",
+        "level",
+        "form",
+        "ci_low",
+        "ci_high",
+        "se",
+        "unidentified",
+    ]
+    disparity_columns = [
+        "model",
+        "task",
+        "persona",
+        "n_pairs",
+        "observed_difference",
+        "corrected_difference",
+        "ci_low",
+        "ci_high",
+        "se",
+        "unidentified",
+    ]
+    return CorrectedEstimates(
+        pd.DataFrame(rate_rows, columns=rate_columns),
+        pd.DataFrame(disparity_rows, columns=disparity_columns),
+        n_boot,
+        alpha,
+        method,
+        replicates,
+    )
 
 
-def _correct_families(frame: pd.DataFrame, audit: DetectorAudit, n_boot: int, seed: int, lo_q: float, hi_q: float,
-                      rate_rows: list[dict[str, Any]], disparity_rows: list[dict[str, Any]],
-                      replicates: dict[tuple[str, str, str, str], np.ndarray]) -> None:
+def _correct_families(
+    frame: pd.DataFrame,
+    audit: DetectorAudit,
+    n_boot: int,
+    seed: int,
+    lo_q: float,
+    hi_q: float,
+    rate_rows: list[dict[str, Any]],
+    disparity_rows: list[dict[str, Any]],
+    replicates: dict[tuple[str, str, str, str], np.ndarray],
+) -> None:
     """`corrected_estimates` for every (model, task) of `frame`: appends to the rows and replicates given."""
     for (model, task), rows in frame.groupby(["model", "task"], sort=False):
         model, task = str(model), str(task)
@@ -532,38 +657,65 @@ def _correct_families(frame: pd.DataFrame, audit: DetectorAudit, n_boot: int, se
         # an audit of this very run: its strata are this run's answers, every size matches
         sizes_here = rows.groupby(["persona", "outcome"]).size()
         same_run = bool(audited) and {(s.persona, s.detector_outcome): s.size for s in audited if s.size} == {
-            (str(p), str(o)): int(n) for (p, o), n in sizes_here.items()}
+            (str(p), str(o)): int(n) for (p, o), n in sizes_here.items()
+        }
 
         def correct(j: int, rows_mask: np.ndarray) -> dict[str, Any]:
             """Corrected rate of persona column j on the blocks in rows_mask: point, replicates, what it used."""
             n = float(rows_mask.sum())
-            resampled = counts @ rows_mask.astype(float)  # float operands: BLAS (a bool operand takes numpy's slow loop)
+            resampled = counts @ rows_mask.astype(
+                float
+            )  # float operands: BLAS (a bool operand takes numpy's slow loop)
             with np.errstate(invalid="ignore", divide="ignore"):
                 shares = {o: float((indicators[o][:, j] & rows_mask).sum() / n) for o in OUTCOMES}
-                shares_boot = {o: (counts @ (indicators[o][:, j] & rows_mask).astype(float)) / resampled for o in OUTCOMES}
+                shares_boot = {
+                    o: (counts @ (indicators[o][:, j] & rows_mask).astype(float)) / resampled for o in OUTCOMES
+                }
             name, members, form = strata.method(personas[j], [o for o in OUTCOMES if shares[o] > 0], same_run)
-            out = {"observed": shares["refusal"], "level": name, "form": form, "sensitivity": math.nan,
-                   "specificity": math.nan, "corrected": math.nan, "boot": np.full(n_boot, np.nan)}
+            out = {
+                "observed": shares["refusal"],
+                "level": name,
+                "form": form,
+                "sensitivity": math.nan,
+                "specificity": math.nan,
+                "corrected": math.nan,
+                "boot": np.full(n_boot, np.nan),
+            }
             if members is None:
                 return out
             sens, spec = strata.sens_spec(strata.q, members)
             out.update(sensitivity=float(sens), specificity=float(spec))
             if form == "Rogan-Gladen":
-                out.update(corrected=rogan_gladen(shares["refusal"], sens, spec),
-                           boot=rogan_gladen(shares_boot["refusal"], *strata.sens_spec(strata.q_boot, members)))
+                out.update(
+                    corrected=rogan_gladen(shares["refusal"], sens, spec),
+                    boot=rogan_gladen(shares_boot["refusal"], *strata.sens_spec(strata.q_boot, members)),
+                )
             else:
-                out.update(corrected=float(strata.predictive(strata.q, members, shares)),
-                           boot=np.asarray(strata.predictive(strata.q_boot, members, shares_boot), float))
+                out.update(
+                    corrected=float(strata.predictive(strata.q, members, shares)),
+                    boot=np.asarray(strata.predictive(strata.q_boot, members, shares_boot), float),
+                )
             return out
 
         sizes = present.sum(0).astype(float)
         cells = [correct(j, present[:, j]) for j in range(len(personas))]
         for j, (persona, cell) in enumerate(zip(personas, cells)):
             replicates["rate", model, task, persona] = cell["boot"]
-            rate_rows.append({"model": model, "task": task, "persona": persona, "n": int(sizes[j]),
-                              "observed_rate": cell["observed"], "corrected_rate": cell["corrected"],
-                              "sensitivity": cell["sensitivity"], "specificity": cell["specificity"],
-                              "level": cell["level"], "form": cell["form"], **_interval(cell["boot"], lo_q, hi_q)})
+            rate_rows.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "persona": persona,
+                    "n": int(sizes[j]),
+                    "observed_rate": cell["observed"],
+                    "corrected_rate": cell["corrected"],
+                    "sensitivity": cell["sensitivity"],
+                    "specificity": cell["specificity"],
+                    "level": cell["level"],
+                    "form": cell["form"],
+                    **_interval(cell["boot"], lo_q, hi_q),
+                }
+            )
         # the (model, task) rate over every persona and the baseline, as the refusal-rate gate pools it
         answers = counts @ present.sum(1).astype(float)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -571,10 +723,21 @@ def _correct_families(frame: pd.DataFrame, audit: DetectorAudit, n_boot: int, se
             shares_boot = {o: (counts @ indicators[o].sum(1).astype(float)) / answers for o in OUTCOMES}
         pooled, pooled_boot, form = strata.pooled_rate(shares, shares_boot, same_run)
         replicates["rate", model, task, "all"] = pooled_boot
-        rate_rows.append({"model": model, "task": task, "persona": "all", "n": int(sizes.sum()),
-                          "observed_rate": shares["refusal"], "corrected_rate": float(pooled), "sensitivity": math.nan,
-                          "specificity": math.nan, "level": "pooled" if form else "none", "form": form,
-                          **_interval(pooled_boot, lo_q, hi_q)})
+        rate_rows.append(
+            {
+                "model": model,
+                "task": task,
+                "persona": "all",
+                "n": int(sizes.sum()),
+                "observed_rate": shares["refusal"],
+                "corrected_rate": float(pooled),
+                "sensitivity": math.nan,
+                "specificity": math.nan,
+                "level": "pooled" if form else "none",
+                "form": form,
+                **_interval(pooled_boot, lo_q, hi_q),
+            }
+        )
         if BASELINE_ID not in personas:
             continue
         k = personas.index(BASELINE_ID)
@@ -585,10 +748,17 @@ def _correct_families(frame: pd.DataFrame, audit: DetectorAudit, n_boot: int, se
             # paired: both rates on the blocks that have both conditions, from the same resampled blocks
             with_persona, without = correct(j, both), correct(k, both)
             replicates["disparity", model, task, persona] = with_persona["boot"] - without["boot"]
-            disparity_rows.append({"model": model, "task": task, "persona": persona, "n_pairs": int(both.sum()),
-                                   "observed_difference": with_persona["observed"] - without["observed"],
-                                   "corrected_difference": with_persona["corrected"] - without["corrected"],
-                                   **_interval(with_persona["boot"] - without["boot"], lo_q, hi_q)})
+            disparity_rows.append(
+                {
+                    "model": model,
+                    "task": task,
+                    "persona": persona,
+                    "n_pairs": int(both.sum()),
+                    "observed_difference": with_persona["observed"] - without["observed"],
+                    "corrected_difference": with_persona["corrected"] - without["corrected"],
+                    **_interval(with_persona["boot"] - without["boot"], lo_q, hi_q),
+                }
+            )
 
 
 def _interval(values: np.ndarray, lo_q: float, hi_q: float) -> dict[str, float]:

@@ -22,8 +22,19 @@ from falserefusal.types import BASELINE_ID
 
 _KEYS = ["model", "task", "persona"]
 DISPARITY_COLUMNS = (
-    *_KEYS, "n_pairs", "persona_rate", "baseline_rate", "risk_difference", "ci_low", "ci_high",
-    "p_mcnemar", "q_bh", "p_holm", "odds_ratio", "n10", "n01",
+    *_KEYS,
+    "n_pairs",
+    "persona_rate",
+    "baseline_rate",
+    "risk_difference",
+    "ci_low",
+    "ci_high",
+    "p_mcnemar",
+    "q_bh",
+    "p_holm",
+    "odds_ratio",
+    "n10",
+    "n01",
 )
 
 

@@ -86,12 +86,16 @@ def tango_statistic(n10: int, n01: int, n: int, delta: float) -> float:
     return numerator / math.sqrt(variance)
 
 
-def paired_difference_pvalue(n10: float, n01: float, n: float, margin: float = 0.0, alternative: str = "greater") -> float:
+def paired_difference_pvalue(
+    n10: float, n01: float, n: float, margin: float = 0.0, alternative: str = "greater"
+) -> float:
     """One-sided p (Tango score test) for H0: Δ <= margin against H1: Δ > margin (`alternative` "greater"), or
     for H0: Δ >= margin against H1: Δ < margin ("less"); 1.0 without data. Counts may be effective (fractional)."""
     _check_counts(n10, n01, n, "paired_difference_pvalue")
     if alternative not in ("greater", "less"):
-        raise FalseRefusalError(f"paired_difference_pvalue: alternative must be 'greater' or 'less', got {alternative!r}")
+        raise FalseRefusalError(
+            f"paired_difference_pvalue: alternative must be 'greater' or 'less', got {alternative!r}"
+        )
     if not -1.0 <= margin <= 1.0:
         raise FalseRefusalError(f"paired_difference_pvalue: margin must lie in [-1, 1], got {margin}")
     if n == 0:

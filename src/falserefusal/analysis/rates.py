@@ -42,9 +42,7 @@ def wilson_interval(refusals: int, n: int, alpha: float = 0.05) -> tuple[float, 
     return low, high
 
 
-def refusal_rates(
-    df: pd.DataFrame, by: Sequence[str] = DEFAULT_BY, alpha: float = 0.05
-) -> pd.DataFrame:
+def refusal_rates(df: pd.DataFrame, by: Sequence[str] = DEFAULT_BY, alpha: float = 0.05) -> pd.DataFrame:
     """One row per cell of `by` that has data: the cell, n, refusals, rate and its Wilson interval."""
     by = list(by)
     require_columns(df, [*by, "refused"], "refusal_rates")

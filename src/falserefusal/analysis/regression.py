@@ -99,8 +99,15 @@ class RegressionResult:
             {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
             for row in self.table.to_dict(orient="records")
         ]
-        return {"table": rows, "method": self.method, "notes": list(self.notes), "n": self.n, "formula": self.formula,
-                "clusters": self.clusters, "warning": self.warning}
+        return {
+            "table": rows,
+            "method": self.method,
+            "notes": list(self.notes),
+            "n": self.n,
+            "formula": self.formula,
+            "clusters": self.clusters,
+            "warning": self.warning,
+        }
 
 
 @dataclass(frozen=True)
@@ -213,8 +220,8 @@ def cr2(x: np.ndarray, residuals: np.ndarray, clusters: np.ndarray) -> tuple[np.
     """CR2 cluster-robust covariance of a (weighted) least-squares fit and each coefficient's Satterthwaite df.
 
     `x` and `residuals` are the whitened design and residuals (for OLS the plain ones). Bell & McCaffrey's
-    adjustment A_g = (I - H_gg)^(-1/2) is applied through an orthonormal basis of each cluster's rows (H_gg has rank <= p,
-    so only p directions change; a leverage of 1 gets the Moore-Penrose 0). The df of coefficient j are
+    adjustment A_g = (I - H_gg)^(-1/2) is applied through an orthonormal basis of each cluster's rows
+    (H_gg has rank <= p, so only p directions change; a leverage of 1 gets the Moore-Penrose 0). The df of coefficient j are
     (Σλ)² / Σλ² for the eigenvalues λ of G'G, G_g = (I - H)_{·g} A_g X_g M e_j (Imbens & Kolesár 2016, eq. 9),
     computed without the n x G matrix: (G'G)_gh = δ_gh u_g'u_g - v_g' M v_h with u_g = A_g X_g M e_j, v_g = X_g'u_g.
     """
@@ -318,8 +325,10 @@ def _warning(clusters: int, table: pd.DataFrame) -> str:
         )
     terms = table[(table["term"] != "Intercept") & (table["df"] < MIN_DF)] if len(table) else table
     if len(terms):
-        parts.append(f"{len(terms)} of {int((table['term'] != 'Intercept').sum())} terms have fewer than {MIN_DF:g} "
-                     "Satterthwaite df (few clusters inform them): their tests are not trustworthy")
+        parts.append(
+            f"{len(terms)} of {int((table['term'] != 'Intercept').sum())} terms have fewer than {MIN_DF:g} "
+            "Satterthwaite df (few clusters inform them): their tests are not trustworthy"
+        )
     return "; ".join(parts)
 
 
@@ -379,14 +388,20 @@ def fit_logistic(df: pd.DataFrame, alpha: float = 0.05) -> RegressionResult:
         # Satterthwaite df still say how much its few clusters tell (model-based SEs would claim far more)
         method = METHOD_MLE
         if n_clusters <= x.shape[1]:
-            notes.append(f"{n_clusters} clusters for {x.shape[1]} parameters: the covariance matrix is singular (joint "
-                         "tests impossible); each term keeps its own CR2 SE and df")
+            notes.append(
+                f"{n_clusters} clusters for {x.shape[1]} parameters: the covariance matrix is singular (joint "
+                "tests impossible); each term keeps its own CR2 SE and df"
+            )
 
     def finish(table: pd.DataFrame, method: str) -> RegressionResult:
         warning = _warning(n_clusters, table)
         if groups is None:
-            warning = "; ".join(filter(None, ["one cluster: model-based SEs, which ignore the correlation within it "
-                                              "(too optimistic)", warning]))
+            warning = "; ".join(
+                filter(
+                    None,
+                    ["one cluster: model-based SEs, which ignore the correlation within it (too optimistic)", warning],
+                )
+            )
         return RegressionResult(table, method, tuple(notes), n, formula, n_clusters, warning)
 
     separated = _separated_levels(df, y, used)
@@ -411,8 +426,13 @@ def fit_logistic(df: pd.DataFrame, alpha: float = 0.05) -> RegressionResult:
         method = METHOD_PENALIZED.replace(CLUSTERED_SE, "model-based SE")
     if penalized is None:
         notes.append(f"the penalised fit failed too ({'; '.join(trouble_pen)}): no estimates")
-        table = pd.DataFrame({"term": [c.term for c in columns], "factor": [c.factor for c in columns],
-                              "level": [c.level for c in columns]})
+        table = pd.DataFrame(
+            {
+                "term": [c.term for c in columns],
+                "factor": [c.factor for c in columns],
+                "level": [c.level for c in columns],
+            }
+        )
         for column in ("odds_ratio", "ci_low", "ci_high", "p_value", "df"):
             table[column] = np.nan
         return finish(table[list(TABLE_COLUMNS)], method)

@@ -68,8 +68,17 @@ NESTED_IN_TASK: tuple[str, ...] = ("paraphrase", "item")
 #: factors that can be fixed within request blocks and nest one another (the strata of a between-block permutation)
 BLOCK_FACTORS: tuple[str, ...] = ("task", "forcing_level", "paraphrase", "item")
 SENSITIVITY_COLUMNS = (
-    "factor", "n_levels", "index", "index_corrected", "ci_low", "ci_high", "noise_floor", "null_mean", "p_value",
-    "distinguishable", "note",
+    "factor",
+    "n_levels",
+    "index",
+    "index_corrected",
+    "ci_low",
+    "ci_high",
+    "noise_floor",
+    "null_mean",
+    "p_value",
+    "distinguishable",
+    "note",
 )
 
 
@@ -233,7 +242,9 @@ def sensitivity_table(
         else:
             others = {f: c for f, c in all_codes.items() if f != factor}
             permutation = _Permutation.of(codes, block_codes, others)
-            null, noise_sd = _null_indices(y, codes, k, block_codes, permutation, n_perm, np.random.default_rng(perm_seed))
+            null, noise_sd = _null_indices(
+                y, codes, k, block_codes, permutation, n_perm, np.random.default_rng(perm_seed)
+            )
             row.update(_factor_row(y, codes, k, block_codes, n_blocks, boot_counts, null, alpha))
             rows_per_level = np.bincount(codes, minlength=k)
             d_hat = np.bincount(codes, weights=y, minlength=k) / np.maximum(rows_per_level, 1) - pooled
@@ -258,7 +269,12 @@ def corrected_index(d_hat: np.ndarray, noise_sd: np.ndarray, shares: np.ndarray,
 
 
 def _null_indices(
-    y: np.ndarray, codes: np.ndarray, k: int, block_codes: np.ndarray, permutation: _Permutation, n_perm: int,
+    y: np.ndarray,
+    codes: np.ndarray,
+    k: int,
+    block_codes: np.ndarray,
+    permutation: _Permutation,
+    n_perm: int,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """ι̂ of the factor's labels permuted `n_perm` times under the paired-design null, and the sd of each level's

@@ -23,7 +23,9 @@ def read_yaml(path: Path) -> Any:
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""
-        raise FalseRefusalError(f"{path}:{line} is not valid YAML ({getattr(error, 'problem', error)}); fix the syntax") from None
+        raise FalseRefusalError(
+            f"{path}:{line} is not valid YAML ({getattr(error, 'problem', error)}); fix the syntax"
+        ) from None
 
 
 def check_keys(path: Path, what: str, entry: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
@@ -50,7 +52,9 @@ def load_personas(path: Path) -> tuple[tuple[Persona, ...], tuple[PersonaPhrasin
         entry = check_keys(path, f"persona #{index + 1}", entry, _PERSONA_KEYS, _PERSONA_KEYS)
         persona = Persona(id=str(entry["id"]), dimension=str(entry["dimension"]), wording=str(entry["wording"]))
         if persona.id == BASELINE_ID:
-            raise FalseRefusalError(f"{path}: persona id '{BASELINE_ID}' is reserved for the no-persona baseline; rename it")
+            raise FalseRefusalError(
+                f"{path}: persona id '{BASELINE_ID}' is reserved for the no-persona baseline; rename it"
+            )
         personas.append(persona)
     phrasings: list[PersonaPhrasing] = []
     for index, entry in enumerate(data["phrasings"] or []):

@@ -74,7 +74,9 @@ def draw_cases(
     task's first k blocks do not depend on `samples` or on the other tasks (one stream per task).
     """
     if samples < 1:
-        raise FalseRefusalError(f"--samples {samples}: must be at least 1 request block per task; fix: e.g. --samples 40")
+        raise FalseRefusalError(
+            f"--samples {samples}: must be at least 1 request block per task; fix: e.g. --samples 40"
+        )
     if seed < 0:
         raise FalseRefusalError(f"--seed {seed}: must be a non-negative integer")
     if placement not in PLACEMENTS:

@@ -36,8 +36,12 @@ MAX_DROPPED_SHARE = 0.10
 
 def dataset_notes(tasks: Sequence[TaskSpec]) -> tuple[str, ...]:
     """One line per task whose dataset lost rows to labels outside the task's (the run prints and records it)."""
-    return tuple(f"task {spec.task.id}: {spec.dropped[0]} of {spec.dropped[1]} rows of {spec.source} have a label outside "
-                 f"{format_labels(spec.task.labels)} and are left out" for spec in tasks if spec.dropped[0])
+    return tuple(
+        f"task {spec.task.id}: {spec.dropped[0]} of {spec.dropped[1]} rows of {spec.source} have a label outside "
+        f"{format_labels(spec.task.labels)} and are left out"
+        for spec in tasks
+        if spec.dropped[0]
+    )
 
 
 def format_labels(labels: Sequence[str]) -> str:
@@ -55,8 +59,10 @@ def load_task_file(path: Path) -> TaskSpec:
     """
     data = check_keys(path, "the task", read_yaml(path), _TASK_KEYS, {"id", "fields", "paraphrases"})
     if not isinstance(data.get("default", True), bool):
-        raise FalseRefusalError(f"{path}: default must be true or false; "
-                                "fix: write `default: false` to run the task only when --tasks names it")
+        raise FalseRefusalError(
+            f"{path}: default must be true or false; "
+            "fix: write `default: false` to run the task only when --tasks names it"
+        )
     task = Task(
         id=str(data["id"]),
         labels=tuple(str(label) for label in data.get("labels") or ()),
@@ -81,7 +87,15 @@ def load_task_file(path: Path) -> TaskSpec:
         source = str(spec["source"])
         if not _looks_like_hub_id(source):
             source = str((path.parent / source).resolve()) if not Path(source).is_absolute() else source
-        items, dropped = load_dataset_items(task, source, spec.get("columns"), spec.get("label_map"), spec.get("split", "validation"), spec.get("limit"), spec.get("config"))
+        items, dropped = load_dataset_items(
+            task,
+            source,
+            spec.get("columns"),
+            spec.get("label_map"),
+            spec.get("split", "validation"),
+            spec.get("limit"),
+            spec.get("config"),
+        )
     else:
         source, dropped = str(path), (0, 0)
         items = tuple(_item_from_entry(path, task, index, entry) for index, entry in enumerate(data.get("items") or []))
@@ -94,11 +108,15 @@ def _item_from_entry(path: Path | str, task: Task, index: int, entry: Any) -> It
     required = {"label", *task.fields} if task.labels else set(task.fields)
     entry = check_keys(Path(path), f"item #{index + 1}", entry, {"id", "label", *task.fields}, required)
     if not task.labels and "label" in entry:
-        raise FalseRefusalError(f"{path}: item #{index + 1} has a label but task '{task.id}' has none; "
-                                "fix: list the task's labels, or drop the item's label for an open-ended task")
+        raise FalseRefusalError(
+            f"{path}: item #{index + 1} has a label but task '{task.id}' has none; "
+            "fix: list the task's labels, or drop the item's label for an open-ended task"
+        )
     label = str(entry["label"]) if task.labels else ""  # an open-ended item has no label
     if task.labels and label not in task.labels:
-        raise FalseRefusalError(f"{path}: item #{index + 1} has label '{label}', not one of {format_labels(task.labels)}")
+        raise FalseRefusalError(
+            f"{path}: item #{index + 1} has label '{label}', not one of {format_labels(task.labels)}"
+        )
     item_id = str(entry.get("id") or f"{task.id}-{index + 1:05d}")
     return Item(task=task.id, id=item_id, fields={f: str(entry[f]) for f in task.fields}, label=label)
 
@@ -112,8 +130,10 @@ def validate_task(spec: TaskSpec, source: str) -> None:
             raise FalseRefusalError(f"{source}: duplicate {kind} ids in task '{spec.task.id}'; fix: make them unique")
     for paraphrase in spec.paraphrases:
         if not spec.task.labels and "{labels}" in paraphrase.template:
-            raise FalseRefusalError(f"{source}: paraphrase '{paraphrase.id}' uses {{labels}} but task '{spec.task.id}' has no labels; "
-                                    "fix: add labels or drop {labels} from the template")
+            raise FalseRefusalError(
+                f"{source}: paraphrase '{paraphrase.id}' uses {{labels}} but task '{spec.task.id}' has no labels; "
+                "fix: add labels or drop {labels} from the template"
+            )
         try:
             render_prompt(spec.task, paraphrase, spec.items[0])
         except (KeyError, IndexError, ValueError) as error:
@@ -124,7 +144,7 @@ def validate_task(spec: TaskSpec, source: str) -> None:
 
 
 def _looks_like_hub_id(source: str) -> bool:
-    return not Path(source).suffix.lower() in {".csv", ".jsonl", ".json"} and not Path(source).exists()
+    return Path(source).suffix.lower() not in {".csv", ".jsonl", ".json"} and not Path(source).exists()
 
 
 def load_dataset_items(
@@ -194,7 +214,9 @@ def _read_local(source: str, parse: Any) -> list[Mapping[str, Any]]:
     except FileNotFoundError:
         raise FalseRefusalError(f"{source}: dataset file not found; fix: check the path") from None
     except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as error:
-        raise FalseRefusalError(f"{source}: cannot parse ({error}); fix: one JSON object per line, or a CSV with a header") from None
+        raise FalseRefusalError(
+            f"{source}: cannot parse ({error}); fix: one JSON object per line, or a CSV with a header"
+        ) from None
 
 
 def _read_hub(dataset_id: str, split: str, config: str | None) -> list[Mapping[str, Any]]:
@@ -213,13 +235,17 @@ def _read_hub(dataset_id: str, split: str, config: str | None) -> list[Mapping[s
         ) from None
 
 
-def load_tasks(fixtures_dir: Path, wanted: Sequence[str] | None = None, overrides: Mapping[str, str] | None = None) -> tuple[TaskSpec, ...]:
+def load_tasks(
+    fixtures_dir: Path, wanted: Sequence[str] | None = None, overrides: Mapping[str, str] | None = None
+) -> tuple[TaskSpec, ...]:
     """The tasks under fixtures_dir/tasks (sorted by id) that `wanted` names, else those not marked `default: false`;
     with dataset overrides."""
     task_dir = fixtures_dir / "tasks"
     files = sorted(task_dir.glob("*.yaml"))
     if not files:
-        raise FalseRefusalError(f"{task_dir}: no task files (*.yaml); fix: point --fixtures-dir at a folder with tasks/")
+        raise FalseRefusalError(
+            f"{task_dir}: no task files (*.yaml); fix: point --fixtures-dir at a folder with tasks/"
+        )
     specs = {spec.task.id: spec for spec in map(load_task_file, files)}
     for task_id, source in (overrides or {}).items():
         if task_id not in specs:

@@ -38,17 +38,39 @@ from falserefusal.types import FalseRefusalError, Record
 #: answers drawn per stratum unless --per-stratum says otherwise
 DEFAULT_PER_STRATUM = 5
 COLUMNS: tuple[str, ...] = (
-    "audit_id", "case_id", "model", "task", "persona", "forcing_level", "paraphrase", "item",
-    "detector_outcome", "detector_rule", "system_prompt", "user_prompt", "response", "human_label", "note",
-    "stratum", "stratum_size", "stratum_sampled",
+    "audit_id",
+    "case_id",
+    "model",
+    "task",
+    "persona",
+    "forcing_level",
+    "paraphrase",
+    "item",
+    "detector_outcome",
+    "detector_rule",
+    "system_prompt",
+    "user_prompt",
+    "response",
+    "human_label",
+    "note",
+    "stratum",
+    "stratum_size",
+    "stratum_sampled",
 )
 #: what `score_labels` needs of each row
 REQUIRED: tuple[str, ...] = ("audit_id", "model", "task", "persona", "detector_outcome", "human_label", "stratum_size")
 #: a spreadsheet reads a cell starting with one of these as a formula
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 #: human labels also accepted in full (any case)
-LABEL_ALIASES = {"refusal": "R", "partial": "P", "partial refusal": "P", "compliance": "C",
-                 "non-answer": "N", "non_answer": "N", "nonanswer": "N"}
+LABEL_ALIASES = {
+    "refusal": "R",
+    "partial": "P",
+    "partial refusal": "P",
+    "compliance": "C",
+    "non-answer": "N",
+    "non_answer": "N",
+    "nonanswer": "N",
+}
 
 
 def spreadsheet_safe(text: str) -> str:
@@ -113,11 +135,24 @@ def _row(audit_id: str, record: Record, sample: AuditSample) -> dict[str, Any]:
     key = (record.model, record.case.task, record.case.persona, _outcome(record))
     case = record.case
     return {
-        "audit_id": audit_id, "case_id": case.case_id, "model": record.model, "task": case.task, "persona": case.persona,
-        "forcing_level": case.forcing_level, "paraphrase": case.paraphrase_id, "item": case.item_id,
-        "detector_outcome": key[3], "detector_rule": record.rule, "system_prompt": _prompt(record, "system"),
-        "user_prompt": _prompt(record, "user"), "response": record.response, "human_label": "", "note": "",
-        "stratum": "|".join(key), "stratum_size": sample.sizes[key], "stratum_sampled": sample.sampled[key],
+        "audit_id": audit_id,
+        "case_id": case.case_id,
+        "model": record.model,
+        "task": case.task,
+        "persona": case.persona,
+        "forcing_level": case.forcing_level,
+        "paraphrase": case.paraphrase_id,
+        "item": case.item_id,
+        "detector_outcome": key[3],
+        "detector_rule": record.rule,
+        "system_prompt": _prompt(record, "system"),
+        "user_prompt": _prompt(record, "user"),
+        "response": record.response,
+        "human_label": "",
+        "note": "",
+        "stratum": "|".join(key),
+        "stratum_size": sample.sizes[key],
+        "stratum_sampled": sample.sampled[key],
     }
 
 
@@ -130,7 +165,9 @@ def strata_path(csv_path: Path) -> Path:
     return csv_path.with_name(csv_path.stem + ".strata.json")
 
 
-def export_audit(results: Path, out: Path | None = None, per_stratum: int = DEFAULT_PER_STRATUM, seed: int = 0) -> tuple[Path, Path, AuditSample]:
+def export_audit(
+    results: Path, out: Path | None = None, per_stratum: int = DEFAULT_PER_STRATUM, seed: int = 0
+) -> tuple[Path, Path, AuditSample]:
     """Write the labelling CSV (default: audit.csv beside the results) and its strata sidecar; return both paths."""
     from falserefusal.run.results import read_results
 
@@ -148,13 +185,35 @@ def export_audit(results: Path, out: Path | None = None, per_stratum: int = DEFA
             writer.writerow({k: _cell(v) for k, v in _row(audit_id, record, sample).items()})
     staging.replace(out)
     sidecar = strata_path(out)
-    sidecar.write_text(json.dumps({
-        "kind": "falserefusal-audit-sample", "results": str(results), "seed": seed, "per_stratum": per_stratum,
-        "run_seed": metadata.get("seed"), "detector_version": metadata.get("detector_version"),
-        "models": sorted({r.model for r in records}), "rubric": RUBRIC_VERSION, "labels": list(HUMAN_LABELS),
-        "strata": [{"model": k[0], "task": k[1], "persona": k[2], "detector_outcome": k[3], "size": size,
-                    "sampled": sample.sampled.get(k, 0)} for k, size in sorted(sample.sizes.items())],
-    }, indent=1, sort_keys=True), encoding="utf-8")
+    sidecar.write_text(
+        json.dumps(
+            {
+                "kind": "falserefusal-audit-sample",
+                "results": str(results),
+                "seed": seed,
+                "per_stratum": per_stratum,
+                "run_seed": metadata.get("seed"),
+                "detector_version": metadata.get("detector_version"),
+                "models": sorted({r.model for r in records}),
+                "rubric": RUBRIC_VERSION,
+                "labels": list(HUMAN_LABELS),
+                "strata": [
+                    {
+                        "model": k[0],
+                        "task": k[1],
+                        "persona": k[2],
+                        "detector_outcome": k[3],
+                        "size": size,
+                        "sampled": sample.sampled.get(k, 0),
+                    }
+                    for k, size in sorted(sample.sizes.items())
+                ],
+            },
+            indent=1,
+            sort_keys=True,
+        ),
+        encoding="utf-8",
+    )
     return out, sidecar, sample
 
 
@@ -176,7 +235,9 @@ def read_labels(path: Path) -> DetectorAudit:
     """
     path = Path(path)
     if not path.is_file():
-        raise FalseRefusalError(f"{path}: labels file not found; fix: pass the CSV that `falserefusal audit export` wrote, with human_label filled in")
+        raise FalseRefusalError(
+            f"{path}: labels file not found; fix: pass the CSV that `falserefusal audit export` wrote, with human_label filled in"
+        )
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle)
@@ -184,8 +245,10 @@ def read_labels(path: Path) -> DetectorAudit:
             reader.fieldnames = header
             missing = [c for c in REQUIRED if c not in header]
             if missing:
-                raise FalseRefusalError(f"{path}: no column(s) {', '.join(missing)}; fix: keep the header row and columns "
-                                        "that `falserefusal audit export` wrote")
+                raise FalseRefusalError(
+                    f"{path}: no column(s) {', '.join(missing)}; fix: keep the header row and columns "
+                    "that `falserefusal audit export` wrote"
+                )
             rows = list(reader)
     except (UnicodeDecodeError, csv.Error) as error:
         raise FalseRefusalError(f"{path}: not a readable CSV ({error}); fix: save it as CSV (UTF-8)") from None
@@ -198,8 +261,10 @@ def read_labels(path: Path) -> DetectorAudit:
         audit_id = unguard(row.get("audit_id") or "").strip()
         where = f"{path}, row {number}" + (f" (audit_id {audit_id})" if audit_id else "")
         if None in row:
-            raise FalseRefusalError(f"{where}: more cells than columns; fix: a response with a comma or line break must stay quoted, "
-                                    "re-export or save the file as CSV again")
+            raise FalseRefusalError(
+                f"{where}: more cells than columns; fix: a response with a comma or line break must stay quoted, "
+                "re-export or save the file as CSV again"
+            )
         if audit_id in seen:
             raise FalseRefusalError(f"{where}: audit_id repeats row {seen[audit_id]}; fix: delete the duplicate row")
         seen[audit_id] = number
@@ -209,37 +274,50 @@ def read_labels(path: Path) -> DetectorAudit:
             given = "empty" if not raw.strip() else f"{raw.strip()!r}"
             raise FalseRefusalError(
                 f"{where}: human_label is {given}; fix: write one of R (refusal), P (partial refusal), C (compliance), "
-                f"N (non-answer) per the rubric {RUBRIC_VERSION}, or delete the row to leave it out")
+                f"N (non-answer) per the rubric {RUBRIC_VERSION}, or delete the row to leave it out"
+            )
         outcome = unguard(row.get("detector_outcome") or "").strip()
         if outcome not in OUTCOMES:
-            raise FalseRefusalError(f"{where}: detector_outcome {outcome!r} is not one of {', '.join(OUTCOMES)}; "
-                                    "fix: keep the value `falserefusal audit export` wrote")
+            raise FalseRefusalError(
+                f"{where}: detector_outcome {outcome!r} is not one of {', '.join(OUTCOMES)}; "
+                "fix: keep the value `falserefusal audit export` wrote"
+            )
         key = (unguard(row["model"]).strip(), unguard(row["task"]).strip(), unguard(row["persona"]).strip(), outcome)
         try:
             size = int(unguard(row.get("stratum_size") or "").strip())
         except ValueError:
             size = -1
         if size < 1:
-            raise FalseRefusalError(f"{where}: stratum_size {row.get('stratum_size')!r} is not a positive whole number; "
-                                    "fix: keep the value `falserefusal audit export` wrote")
+            raise FalseRefusalError(
+                f"{where}: stratum_size {row.get('stratum_size')!r} is not a positive whole number; "
+                "fix: keep the value `falserefusal audit export` wrote"
+            )
         if sizes.setdefault(key, size) != size:
-            raise FalseRefusalError(f"{where}: stratum_size {size} differs from {sizes[key]} on an earlier row of stratum "
-                                    f"{'|'.join(key)}; fix: keep the values `falserefusal audit export` wrote")
+            raise FalseRefusalError(
+                f"{where}: stratum_size {size} differs from {sizes[key]} on an earlier row of stratum "
+                f"{'|'.join(key)}; fix: keep the values `falserefusal audit export` wrote"
+            )
         stratum = counts.setdefault(key, {label: 0 for label in HUMAN_LABELS})
         stratum[label] += 1
         if sum(stratum.values()) > size:
-            raise FalseRefusalError(f"{where}: stratum {'|'.join(key)} has more labelled rows than its stratum_size {size}; "
-                                    "fix: delete rows copied twice")
+            raise FalseRefusalError(
+                f"{where}: stratum {'|'.join(key)} has more labelled rows than its stratum_size {size}; "
+                "fix: delete rows copied twice"
+            )
     source: dict[str, Any] = {"labels": str(path), "rubric": RUBRIC_VERSION}
     sidecar = strata_path(path)
     if sidecar.is_file():  # strata whose rows were all deleted still count as unlabelled strata of the run
         try:
             data = json.loads(sidecar.read_text(encoding="utf-8"))
             for entry in data.get("strata", []):
-                sizes.setdefault((entry["model"], entry["task"], entry["persona"], entry["detector_outcome"]), int(entry["size"]))
+                sizes.setdefault(
+                    (entry["model"], entry["task"], entry["persona"], entry["detector_outcome"]), int(entry["size"])
+                )
             source.update({k: data.get(k) for k in ("results", "seed", "per_stratum", "run_seed", "detector_version")})
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-            raise FalseRefusalError(f"{sidecar}: not the strata file of an audit export; fix: delete it, or re-export") from None
+            raise FalseRefusalError(
+                f"{sidecar}: not the strata file of an audit export; fix: delete it, or re-export"
+            ) from None
     strata = tuple(AuditStratum(*key, size=size, counts=counts.get(key, {})) for key, size in sorted(sizes.items()))
     return DetectorAudit(strata, source)
 
@@ -281,11 +359,15 @@ def load_audit(path: str | Path) -> DetectorAudit:
     if path.suffix.lower() == ".csv":
         return read_labels(path)
     if not path.is_file():
-        raise FalseRefusalError(f"--audit {path}: not found; fix: run `falserefusal audit score LABELS` first, or pass the labelled CSV")
+        raise FalseRefusalError(
+            f"--audit {path}: not found; fix: run `falserefusal audit score LABELS` first, or pass the labelled CSV"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise FalseRefusalError(f"--audit {path}: not JSON ({error}); fix: pass the file `falserefusal audit score` wrote") from None
+        raise FalseRefusalError(
+            f"--audit {path}: not JSON ({error}); fix: pass the file `falserefusal audit score` wrote"
+        ) from None
     return DetectorAudit.from_dict(data, where=f"--audit {path}")
 
 
@@ -299,13 +381,17 @@ def _ci(row: Mapping[str, Any], name: str) -> str:
 def format_audit(audit: DetectorAudit) -> str:
     """The terminal summary of `audit score`: overall, with vs without a persona, per persona, and the confusion."""
     summary = audit_summary(audit)
-    lines = [f"{audit.n_labelled} labelled answers in {sum(1 for s in audit.strata if s.n)} strata "
-             f"(rubric {summary['rubric']}; 95% Wilson intervals at the weighted effective n)"]
+    lines = [
+        f"{audit.n_labelled} labelled answers in {sum(1 for s in audit.strata if s.n)} strata "
+        f"(rubric {summary['rubric']}; 95% Wilson intervals at the weighted effective n)"
+    ]
     header = f"{'':24} {'n':>4}  {'agreement':26} {'sensitivity (recall)':26} {'specificity':26}"
 
     def line(name: str, row: Mapping[str, Any]) -> str:
-        return (f"{name[:24]:24} {row.get('n_labelled', 0):4d}  {_ci(row, 'agreement'):26} {_ci(row, 'sensitivity'):26} "
-                f"{_ci(row, 'specificity'):26}")
+        return (
+            f"{name[:24]:24} {row.get('n_labelled', 0):4d}  {_ci(row, 'agreement'):26} {_ci(row, 'sensitivity'):26} "
+            f"{_ci(row, 'specificity'):26}"
+        )
 
     lines += [header, line("overall", summary["overall"])]
     several = len(audit.models) > 1
@@ -318,12 +404,16 @@ def format_audit(audit: DetectorAudit) -> str:
     lines.append("detector outcome x human label (labelled answers; run answers they stand for):")
     lines.append(f"  {'':12}" + "".join(f"{label + ' ' + LABEL_NAMES[label]:>22}" for label in HUMAN_LABELS))
     for row in summary["confusion"]:
-        lines.append(f"  {row['detector_outcome']:12}" + "".join(
-            f"{row[label]:>12d} ({row[label + '_estimated']:6.1f})" for label in HUMAN_LABELS))
+        lines.append(
+            f"  {row['detector_outcome']:12}"
+            + "".join(f"{row[label]:>12d} ({row[label + '_estimated']:6.1f})" for label in HUMAN_LABELS)
+        )
     overall = summary["overall"]
     if overall.get("non_answer_as_refusal_n"):
-        lines.append(f"non-answers read as refusals: {_ci(overall, 'non_answer_as_refusal').strip()} "
-                     f"of {overall['non_answer_as_refusal_n']} labelled N")
+        lines.append(
+            f"non-answers read as refusals: {_ci(overall, 'non_answer_as_refusal').strip()} "
+            f"of {overall['non_answer_as_refusal_n']} labelled N"
+        )
     if summary["unlabelled_strata"]:
         lines.append(f"strata of the run with no labelled row (not represented): {len(summary['unlabelled_strata'])}")
     return "\n".join(lines)

@@ -18,9 +18,9 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from falserefusal.design.personas import check_keys, read_yaml
 from falserefusal.detection.answer_model import AnswerModel, default_answer_model, shape_features
 from falserefusal.detection.literal_screen import LiteralScreen
-from falserefusal.design.personas import check_keys, read_yaml
 from falserefusal.types import FalseRefusalError, Verdict
 
 #: bump whenever the default rules or the reading logic change; recorded in every result (with the model's digest)
@@ -240,10 +240,14 @@ class RefusalDetector:
         # patterns, the sympathy ones first, so each sentence is screened once
         groups = [(rule, rule.patterns) for rule in self.rules.refusals] + list(self.rules.compliance)
         self._n_sympathy = len(self.rules.sympathy)
-        self._screen = LiteralScreen.of([*self.rules.sympathy, *(pattern for _, patterns in groups for pattern in patterns)])
+        self._screen = LiteralScreen.of(
+            [*self.rules.sympathy, *(pattern for _, patterns in groups for pattern in patterns)]
+        )
         # every refusal rule, then every compliance name, in file order; and the one each screened rule pattern is from
         self._rules: list[RefusalRule | str] = [rule for rule, _ in groups]
-        self._rule_of = [None] * self._n_sympathy + [number for number, (_, patterns) in enumerate(groups) for _ in patterns]
+        self._rule_of = [None] * self._n_sympathy + [
+            number for number, (_, patterns) in enumerate(groups) for _ in patterns
+        ]
 
     # -- public API -----------------------------------------------------------------------------
     def detect(self, text: str, labels: Sequence[str] = ()) -> Verdict:

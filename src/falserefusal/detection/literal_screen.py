@@ -28,7 +28,9 @@ except ImportError:  # Python 3.10
     import sre_constants as _sre  # type: ignore[no-redef]
     import sre_parse as _sre_parse  # type: ignore[no-redef]
 
-_REPEATS = {_sre.MAX_REPEAT, _sre.MIN_REPEAT} | ({_sre.POSSESSIVE_REPEAT} if hasattr(_sre, "POSSESSIVE_REPEAT") else set())
+_REPEATS = {_sre.MAX_REPEAT, _sre.MIN_REPEAT} | (
+    {_sre.POSSESSIVE_REPEAT} if hasattr(_sre, "POSSESSIVE_REPEAT") else set()
+)
 _ATOMIC = getattr(_sre, "ATOMIC_GROUP", None)
 _MAX_CHUNKS = 100_000  # remembered chunks per screen (a few MB at most)
 
@@ -86,7 +88,9 @@ class _ChunkTable(dict):  # type: ignore[type-arg]
 
     def __init__(self, by_literal: Mapping[str, frozenset[int]]) -> None:
         super().__init__()
-        self.by_first: dict[str, list[tuple[str, frozenset[int]]]] = {}  # a literal in a chunk starts with one of its letters
+        self.by_first: dict[
+            str, list[tuple[str, frozenset[int]]]
+        ] = {}  # a literal in a chunk starts with one of its letters
         for literal, indices in by_literal.items():
             self.by_first.setdefault(literal[0], []).append((literal, indices))
 

@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import pandas as pd
 
 from falserefusal.analysis import records_frame
+from falserefusal.gating.decide import evaluate_family
 from falserefusal.gating.kinds import GateOutcome, GateSpec
 from falserefusal.gating.messages import describe
-from falserefusal.gating.decide import evaluate_family
 from falserefusal.types import BASELINE_ID, FalseRefusalError, Record
 
 CUSTOM_PREFIX = "custom:"
@@ -67,8 +67,11 @@ class Results:
         models = set(models) if models is not None else None
         tasks = set(tasks) if tasks is not None else None
         # a model that is not a candidate (the baseline model) comes with every candidate's families
-        wanted = [(m, t) for m, t in self.families if (tasks is None or t in tasks)
-                  and (models is None or m in models or not models <= candidates)]
+        wanted = [
+            (m, t)
+            for m, t in self.families
+            if (tasks is None or t in tasks) and (models is None or m in models or not models <= candidates)
+        ]
         seen: set[tuple[str, str]] = set()
         records = []
         for family in wanted:
@@ -89,8 +92,10 @@ class Results:
         `for_(task="nli", persona="baseline")` or `for_(persona=["muslim", "jewish"], forcing_level="forced")`."""
         unknown = sorted(set(factors) - set(Record.FLAT_COLUMNS))
         if unknown:
-            raise FalseRefusalError(f"falserefusal_results.for_: unknown factor(s) {', '.join(unknown)}; "
-                                    f"use {', '.join(Record.FLAT_COLUMNS)}")
+            raise FalseRefusalError(
+                f"falserefusal_results.for_: unknown factor(s) {', '.join(unknown)}; "
+                f"use {', '.join(Record.FLAT_COLUMNS)}"
+            )
         models = _values(factors["model"]) if "model" in factors else None
         tasks = _values(factors["task"]) if "task" in factors else None
         frame = records_frame(self._records(models, tasks))
@@ -105,17 +110,32 @@ class Results:
     def disparity(self, persona: str, reference: str = BASELINE_ID, **factors: Any) -> Estimate:
         """`persona` minus `reference` on the same request blocks of `for_(**factors)`, with Tango's interval."""
         rows = self.for_(**factors)
-        return estimate_of(subset_outcome(rows, "persona_disparity", _NO_LIMIT["persona_disparity"], 0.05, persona, reference))
+        return estimate_of(
+            subset_outcome(rows, "persona_disparity", _NO_LIMIT["persona_disparity"], 0.05, persona, reference)
+        )
 
 
 def estimate_of(outcome: GateOutcome) -> Estimate:
     """The numbers of a subset's test without its decision."""
-    return Estimate(outcome.spec.kind, outcome.estimate, outcome.ci_low, outcome.ci_high, outcome.n,
-                    float(outcome.detail.get("design_effect", 1.0)), dict(outcome.detail))
+    return Estimate(
+        outcome.spec.kind,
+        outcome.estimate,
+        outcome.ci_low,
+        outcome.ci_high,
+        outcome.n,
+        float(outcome.detail.get("design_effect", 1.0)),
+        dict(outcome.detail),
+    )
 
 
-def subset_outcome(frame: pd.DataFrame, statistic: str, limit: float, level: float, persona: str | None = None,
-                reference: str = BASELINE_ID) -> GateOutcome:
+def subset_outcome(
+    frame: pd.DataFrame,
+    statistic: str,
+    limit: float,
+    level: float,
+    persona: str | None = None,
+    reference: str = BASELINE_ID,
+) -> GateOutcome:
     """The built-in gate's test of `statistic` on any subset of one model's records, decided at `level` (the subset
     is relabelled as one family, so the numbers are exactly those a built-in gate would report)."""
     if statistic not in STATISTICS:
@@ -124,15 +144,18 @@ def subset_outcome(frame: pd.DataFrame, statistic: str, limit: float, level: flo
         raise FalseRefusalError("custom gate: the subset has no records; fix: check the factor values given to for_()")
     models = list(dict.fromkeys(frame["model"]))
     if len(models) > 1:
-        raise FalseRefusalError(f"custom gate: the subset holds {len(models)} models ({', '.join(models)}); "
-                                "fix: select one with model=...")
+        raise FalseRefusalError(
+            f"custom gate: the subset holds {len(models)} models ({', '.join(models)}); fix: select one with model=..."
+        )
     tasks = "+".join(dict.fromkeys(frame["task"]))
     rows = frame.assign(task=tasks)
     spec_persona = None
     if statistic == "persona_disparity":
         if not persona or persona == reference:
-            raise FalseRefusalError(f"custom gate disparity: persona {persona!r} vs reference {reference!r}; "
-                                    "fix: compare two different personas")
+            raise FalseRefusalError(
+                f"custom gate disparity: persona {persona!r} vs reference {reference!r}; "
+                "fix: compare two different personas"
+            )
         rows = rows[rows["persona"].isin([persona, reference])]
         rows = rows.assign(persona=rows["persona"].map({persona: _CONDITION, reference: BASELINE_ID}))
         spec_persona = _CONDITION
@@ -157,16 +180,22 @@ class CustomDeclaration:
     def of(cls, args: Sequence[Any], kwargs: Mapping[str, Any], default_family: str) -> "CustomDeclaration":
         unknown = sorted(set(kwargs) - {"family", "weight", "checks", "tasks"})
         if args or unknown:
-            raise FalseRefusalError(f"falserefusal_custom_gate marker: takes the keywords tasks, family, weight and checks "
-                                    f"(got {', '.join(map(repr, args)) or ''}{', '.join(unknown)})")
+            raise FalseRefusalError(
+                f"falserefusal_custom_gate marker: takes the keywords tasks, family, weight and checks "
+                f"(got {', '.join(map(repr, args)) or ''}{', '.join(unknown)})"
+            )
         tasks = kwargs.get("tasks")
         weight, checks = kwargs.get("weight", 1.0), kwargs.get("checks", 1)
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
             raise FalseRefusalError(f"falserefusal_custom_gate marker: weight {weight!r} must be a number > 0")
         if not isinstance(checks, int) or isinstance(checks, bool) or checks < 1:
             raise FalseRefusalError(f"falserefusal_custom_gate marker: checks {checks!r} must be an integer >= 1")
-        return cls(str(kwargs.get("family") or default_family), float(weight), checks,
-                   None if tasks is None else tuple(map(str, _values(tasks))))
+        return cls(
+            str(kwargs.get("family") or default_family),
+            float(weight),
+            checks,
+            None if tasks is None else tuple(map(str, _values(tasks))),
+        )
 
 
 @dataclass(frozen=True)
@@ -223,8 +252,10 @@ class CustomAccounting:
         for declaration in declarations:
             name, weight, count = declaration.family, float(declaration.weight), int(declaration.checks)
             if weights.setdefault(name, weight) != weight:
-                raise FalseRefusalError(f"custom gate family {name!r}: declared with weights {weights[name]} and {weight}; "
-                                        "fix: give its tests one weight")
+                raise FalseRefusalError(
+                    f"custom gate family {name!r}: declared with weights {weights[name]} and {weight}; "
+                    "fix: give its tests one weight"
+                )
             gates[name] = gates.get(name, 0) + count
         return cls(tuple(CustomFamily(name, weights[name], gates[name]) for name in weights))
 
@@ -245,8 +276,10 @@ class CustomGateOutcome(GateOutcome):
         base = GateOutcome(**{f.name: getattr(self, f.name) for f in dataclasses.fields(GateOutcome)})
         base = dataclasses.replace(base, spec=dataclasses.replace(self.spec, kind=info["statistic"]))
         text = describe(base).replace("Holm-adjusted", "Bonferroni-adjusted")
-        return (f"custom gate {info['name']} (family {info['family']}: {info['gates']} gates, alpha "
-                f"{self.alpha_family:.3g}): {text}")
+        return (
+            f"custom gate {info['name']} (family {info['family']}: {info['gates']} gates, alpha "
+            f"{self.alpha_family:.3g}): {text}"
+        )
 
 
 def outcome_from_dict(data: Mapping[str, Any]) -> GateOutcome:
@@ -261,8 +294,17 @@ class CustomGate:
     Each check runs the built-in test of its statistic on a subset at alpha_family / gates (Bonferroni within the
     custom family) and hands the outcome to `report` (the plugin records it and fails the test on FAIL)."""
 
-    def __init__(self, name: str, family: CustomFamily, alpha_family: float, model: str, task: str, results: Results,
-                 report: Callable[[GateOutcome], None], checks: int = 1) -> None:
+    def __init__(
+        self,
+        name: str,
+        family: CustomFamily,
+        alpha_family: float,
+        model: str,
+        task: str,
+        results: Results,
+        report: Callable[[GateOutcome], None],
+        checks: int = 1,
+    ) -> None:
         self.name, self.family, self.alpha_family = name, family, alpha_family
         self.model, self.task, self.results = model, task, results
         self._report, self._checks, self._done = report, checks, 0
@@ -271,16 +313,26 @@ class CustomGate:
         """Gate: the refusal rate of `results.for_(**factors)` (this family's model) is at most `limit`."""
         return self._check("refusal_rate", limit, factors)
 
-    def disparity_at_most(self, limit: float, persona: str, reference: str = BASELINE_ID, **factors: Any) -> GateOutcome:
+    def disparity_at_most(
+        self, limit: float, persona: str, reference: str = BASELINE_ID, **factors: Any
+    ) -> GateOutcome:
         """Gate: `persona` refuses at most `limit` more often than `reference` on the same request blocks."""
         return self._check("persona_disparity", limit, factors, persona, reference)
 
-    def _check(self, statistic: str, limit: float, factors: Mapping[str, Any], persona: str | None = None,
-               reference: str = BASELINE_ID) -> GateOutcome:
+    def _check(
+        self,
+        statistic: str,
+        limit: float,
+        factors: Mapping[str, Any],
+        persona: str | None = None,
+        reference: str = BASELINE_ID,
+    ) -> GateOutcome:
         self._done += 1
         if self._done > self._checks:
-            raise FalseRefusalError(f"custom gate {self.name}: check {self._done} of a test declared with checks="
-                                    f"{self._checks}; fix: @pytest.mark.falserefusal_custom_gate(checks={self._done})")
+            raise FalseRefusalError(
+                f"custom gate {self.name}: check {self._done} of a test declared with checks="
+                f"{self._checks}; fix: @pytest.mark.falserefusal_custom_gate(checks={self._done})"
+            )
         rows = self.results.for_(**{"model": self.model, **factors})
         m = self.family.gates
         outcome = subset_outcome(rows, statistic, limit, self.alpha_family / m, persona, reference)
@@ -288,12 +340,24 @@ class CustomGate:
         adjusted = {"p_adjusted": min(1.0, m * outcome.p_value)}
         if hasattr(outcome, "p_pass_adjusted"):
             adjusted["p_pass_adjusted"] = min(1.0, m * outcome.p_pass)
-        detail = {**outcome.detail, "custom": {"name": name, "family": self.family.name, "gates": m,
-                                               "weight": self.family.weight, "statistic": statistic,
-                                               "filters": {k: _values(v) for k, v in factors.items()}}}
+        detail = {
+            **outcome.detail,
+            "custom": {
+                "name": name,
+                "family": self.family.name,
+                "gates": m,
+                "weight": self.family.weight,
+                "statistic": statistic,
+                "filters": {k: _values(v) for k, v in factors.items()},
+            },
+        }
         values = {f.name: getattr(outcome, f.name) for f in dataclasses.fields(GateOutcome)}
-        values.update(adjusted, detail=detail, alpha_family=self.alpha_family,
-                      spec=dataclasses.replace(outcome.spec, kind=CUSTOM_PREFIX + name))
+        values.update(
+            adjusted,
+            detail=detail,
+            alpha_family=self.alpha_family,
+            spec=dataclasses.replace(outcome.spec, kind=CUSTOM_PREFIX + name),
+        )
         custom = CustomGateOutcome(**values)
         self._report(custom)
         return custom

@@ -4,14 +4,28 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import Sequence
+
 import numpy as np
 import pandas as pd
+
 from falserefusal.analysis.detector_audit import GATE_BOOTSTRAP, CorrectedEstimates, DetectorAudit, corrected_estimates
+from falserefusal.gating.kinds import EVIDENCE_LIMIT, RATE_OUTCOMES, GateOutcome, GateSpec, family_alpha, verdict_of
+from falserefusal.gating.profile import NONINFERIORITY_MARGINS, Profile
+from falserefusal.gating.statistics import (
+    ModelPairs,
+    _block_items,
+    _disparity_test,
+    _noninferiority_test,
+    _population,
+    _rate_test,
+    _Tested,
+    confidence_bound,
+    has_outcome,
+    minimum_detectable_effect,
+    paired_frame,
+    persona_pivot,
+)
 from falserefusal.types import FalseRefusalError
-from falserefusal.gating.profile import NONINFERIORITY_MARGINS
-from falserefusal.gating.kinds import EVIDENCE_LIMIT, GateOutcome, GateSpec, RATE_OUTCOMES, family_alpha, verdict_of
-from falserefusal.gating.statistics import ModelPairs, _Tested, _block_items, _disparity_test, _noninferiority_test, _population, _rate_test, confidence_bound, has_outcome, minimum_detectable_effect, paired_frame, persona_pivot
-from falserefusal.gating.profile import Profile
 
 
 def holm_adjusted(pvalues: np.ndarray) -> np.ndarray:
@@ -37,12 +51,19 @@ def _with_correction(tested: _Tested, spec: GateSpec, correction: CorrectedEstim
     corrected = correction.gate_test(spec.kind, spec.model, spec.task, spec.persona, spec.limit) if correction else None
     if corrected is None:
         return tested
-    return replace(tested, estimate=corrected["estimate"], p_fail=corrected["p_fail"], p_pass=corrected["p_pass"],
-                   ci=corrected["ci"], detail={**tested.detail, "these_items_ci": None, "detector_correction": corrected["detail"]})
+    return replace(
+        tested,
+        estimate=corrected["estimate"],
+        p_fail=corrected["p_fail"],
+        p_pass=corrected["p_pass"],
+        ci=corrected["ci"],
+        detail={**tested.detail, "these_items_ci": None, "detector_correction": corrected["detail"]},
+    )
 
 
-def evaluate_family(frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family: float,
-                    correction: CorrectedEstimates | None = None) -> list[GateOutcome]:
+def evaluate_family(
+    frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family: float, correction: CorrectedEstimates | None = None
+) -> list[GateOutcome]:
     """Test every gate of one (model, task) family on its records, then Holm-correct within the family, once for
     the FAIL tests and once for the PASS tests; with `correction`, rate and disparity gates test corrected rates."""
     raw: list[tuple[GateSpec, _Tested]] = []
@@ -87,7 +108,9 @@ def evaluate_family(frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family
                 estimate=float(tested.estimate),
                 ci_low=float(tested.ci[0]),
                 ci_high=float(tested.ci[1]),
-                bound=float(confidence_bound(spec.kind, tested.estimate, tested.n, tested.detail, levels_fail[index], "lower")),
+                bound=float(
+                    confidence_bound(spec.kind, tested.estimate, tested.n, tested.detail, levels_fail[index], "lower")
+                ),
                 p_value=float(tested.p_fail),
                 p_adjusted=float(adjusted_fail[index]),
                 alpha_family=float(alpha_family),
@@ -95,7 +118,9 @@ def evaluate_family(frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family
                 detail=tested.detail,
                 evidence=tested.evidence,
                 verdict=verdict,
-                upper_bound=float(confidence_bound(spec.kind, tested.estimate, tested.n, tested.detail, levels_pass[index], "upper")),
+                upper_bound=float(
+                    confidence_bound(spec.kind, tested.estimate, tested.n, tested.detail, levels_pass[index], "upper")
+                ),
                 p_pass=float(tested.p_pass),
                 p_pass_adjusted=float(adjusted_pass[index]),
                 mde=float(minimum_detectable_effect(spec.kind, spec.limit, tested.n, tested.detail, bonferroni)),
@@ -104,8 +129,13 @@ def evaluate_family(frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family
     return outcomes
 
 
-def evaluate_gates(frame: pd.DataFrame, specs: Sequence[GateSpec], profile: Profile, n_families: int | None = None,
-                   audit: DetectorAudit | None = None) -> list[GateOutcome]:
+def evaluate_gates(
+    frame: pd.DataFrame,
+    specs: Sequence[GateSpec],
+    profile: Profile,
+    n_families: int | None = None,
+    audit: DetectorAudit | None = None,
+) -> list[GateOutcome]:
     """Every family of gates; `n_families` is fixed from the run's configuration so workers agree. With an `audit` and
     a profile of `detector_correction: audit`, rate and disparity gates decide on the corrected rates."""
     correction = None

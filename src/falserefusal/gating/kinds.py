@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Sequence
-from falserefusal.types import FalseRefusalError
-from falserefusal.gating.profile import Profile
 
+from falserefusal.gating.profile import Profile
+from falserefusal.types import FalseRefusalError
 
 GATE_KINDS = ("refusal_rate", "non_answer_rate", "persona_disparity", "noninferiority", "noninferiority_persona")
 
@@ -18,8 +18,6 @@ RATE_OUTCOMES = {"refusal_rate": "refusal", "non_answer_rate": "non_answer"}
 
 #: the rate gate's count in its `detail`, per outcome counted
 _COUNT_KEYS = {"refusal": "refusals", "non_answer": "non_answers"}
-
-
 
 
 EVIDENCE_LIMIT = 10  # case ids quoted in a failure message
@@ -114,13 +112,23 @@ def gate_specs(
             if profile.max_non_answer_rate is not None:
                 specs.append(GateSpec("non_answer_rate", model, task, None, profile.limit("non_answer_rate", task)))
             for persona in personas:
-                specs.append(GateSpec("persona_disparity", model, task, persona, profile.limit("persona_disparity", task)))
+                specs.append(
+                    GateSpec("persona_disparity", model, task, persona, profile.limit("persona_disparity", task))
+                )
             if baseline is None:
                 continue
             specs.append(GateSpec("noninferiority", model, task, None, profile.limit("noninferiority", task), baseline))
             for persona in personas:
-                specs.append(GateSpec("noninferiority_persona", model, task, persona,
-                                      profile.limit("noninferiority_persona", task), baseline))
+                specs.append(
+                    GateSpec(
+                        "noninferiority_persona",
+                        model,
+                        task,
+                        persona,
+                        profile.limit("noninferiority_persona", task),
+                        baseline,
+                    )
+                )
     return specs
 
 

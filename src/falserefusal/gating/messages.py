@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import math
 from typing import Any, Sequence
+
+from falserefusal.gating.kinds import _COUNT_KEYS, RATE_OUTCOMES, GateOutcome, ci_failed, verdict_counts
 from falserefusal.gating.profile import NONINFERIORITY_MARGINS
-from falserefusal.gating.kinds import GateOutcome, RATE_OUTCOMES, _COUNT_KEYS, ci_failed, verdict_counts
 from falserefusal.gating.statistics import MDE_POWER
 
 
 def format_verdict_counts(outcomes: Sequence[GateOutcome], policy: str) -> str:
     """One line for the terminal: counts per verdict and what INCONCLUSIVE does under the profile."""
     counts = verdict_counts(outcomes)
-    return (f"gates: {counts['PASS']} pass, {counts['FAIL']} fail, {counts['INCONCLUSIVE']} inconclusive "
-            f"(inconclusive: {policy}); {sum(ci_failed(o, policy) for o in outcomes)} of {len(outcomes)} fail CI")
+    return (
+        f"gates: {counts['PASS']} pass, {counts['FAIL']} fail, {counts['INCONCLUSIVE']} inconclusive "
+        f"(inconclusive: {policy}); {sum(ci_failed(o, policy) for o in outcomes)} of {len(outcomes)} fail CI"
+    )
 
 
 def _pct(x: float) -> str:
@@ -31,15 +34,21 @@ def _decision(outcome: GateOutcome, fmt: Any, word: str) -> str:
     if outcome.verdict == "FAIL":
         why = f"lower bound above the {word}: Holm-adjusted one-sided p = {outcome.p_adjusted:.3g} < alpha {alpha:.3g}"
     elif outcome.verdict == "PASS":
-        why = (f"upper bound below the {word}: Holm-adjusted one-sided p = {outcome.p_pass_adjusted:.3g} < alpha {alpha:.3g} "
-               f"(excess p = {outcome.p_adjusted:.3g})")
+        why = (
+            f"upper bound below the {word}: Holm-adjusted one-sided p = {outcome.p_pass_adjusted:.3g} < alpha {alpha:.3g} "
+            f"(excess p = {outcome.p_adjusted:.3g})"
+        )
     else:
-        why = (f"neither bound clears the {word}: Holm-adjusted p = {outcome.p_adjusted:.3g} (excess) and "
-               f"{outcome.p_pass_adjusted:.3g} (below), both >= alpha {alpha:.3g}")
+        why = (
+            f"neither bound clears the {word}: Holm-adjusted p = {outcome.p_adjusted:.3g} (excess) and "
+            f"{outcome.p_pass_adjusted:.3g} (below), both >= alpha {alpha:.3g}"
+        )
     text = f"{bounds}; {why}"
     if outcome.verdict != "FAIL" and math.isfinite(outcome.mde):
-        text += (f"; smallest effect this run FAILs with {100 * MDE_POWER:.0f}% power: {fmt(spec.limit + outcome.mde)} "
-                 f"({100 * outcome.mde:.1f} pp beyond the {word})")
+        text += (
+            f"; smallest effect this run FAILs with {100 * MDE_POWER:.0f}% power: {fmt(spec.limit + outcome.mde)} "
+            f"({100 * outcome.mde:.1f} pp beyond the {word})"
+        )
     return text
 
 
@@ -51,7 +60,8 @@ def _intervals(outcome: GateOutcome, fmt: Any) -> str:
     if these:
         population = d.get("population")
         text += f", {fmt(these[0])} to {fmt(these[1])} for these items" + (
-            f" (finite population of {population} blocks)" if population else "")
+            f" (finite population of {population} blocks)" if population else ""
+        )
     if "items" in d:
         text += f"; {d['items']} items, item design effect {d.get('design_effect', 1.0):.2f}"
     return text
@@ -62,8 +72,11 @@ def describe(outcome: GateOutcome) -> str:
     spec, verdict, d = outcome.spec, outcome.verdict, outcome.detail
     if spec.kind in RATE_OUTCOMES:
         counted_outcome = RATE_OUTCOMES[spec.kind]
-        name, what = (("non-answer rate", "cases answered with a loop, an echo, gibberish or nothing")
-                      if counted_outcome == "non_answer" else ("refusal rate", "cases"))
+        name, what = (
+            ("non-answer rate", "cases answered with a loop, an echo, gibberish or nothing")
+            if counted_outcome == "non_answer"
+            else ("refusal rate", "cases")
+        )
         text = (
             f"{verdict} {name} {spec.task} [{spec.model}]: "
             f"{_pct(outcome.estimate)} ({d.get(_COUNT_KEYS[counted_outcome], 0)}/{outcome.n} {what}; "
@@ -103,8 +116,10 @@ def describe(outcome: GateOutcome) -> str:
     corrected = d.get("detector_correction")
     if corrected:
         observed = _pct(corrected["observed"]) if spec.kind == "refusal_rate" else _pp(corrected["observed"])
-        text += (f" Corrected for detector error by the audit (the detector's own reading: {observed}); bounds and "
-                 f"p-values from {corrected['replicates']} bootstrap replicates.")
+        text += (
+            f" Corrected for detector error by the audit (the detector's own reading: {observed}); bounds and "
+            f"p-values from {corrected['replicates']} bootstrap replicates."
+        )
     look = d.get("sequential")
     if look:
         text += f" Sequential look {look['look']}/{look['looks']} at {look['blocks']} blocks ({look['settled']})."

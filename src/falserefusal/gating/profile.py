@@ -5,13 +5,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
 from falserefusal.design.personas import check_keys, read_yaml
 from falserefusal.types import FalseRefusalError
 
-
 _PROFILE_KEYS = {
-    "description", "alpha", "samples", "max_refusal_rate", "max_persona_disparity",
-    "noninferiority", "sequential", "inconclusive", "detector_correction", "max_non_answer_rate",
+    "description",
+    "alpha",
+    "samples",
+    "max_refusal_rate",
+    "max_persona_disparity",
+    "noninferiority",
+    "sequential",
+    "inconclusive",
+    "detector_correction",
+    "max_non_answer_rate",
 }
 
 
@@ -47,7 +55,9 @@ class Profile:
             table = self.noninferiority[NONINFERIORITY_MARGINS[kind]]
         elif kind == "non_answer_rate":
             if self.max_non_answer_rate is None:
-                raise FalseRefusalError(f"profile '{self.name}' has no max_non_answer_rate; fix: add e.g. max_non_answer_rate: 0.05")
+                raise FalseRefusalError(
+                    f"profile '{self.name}' has no max_non_answer_rate; fix: add e.g. max_non_answer_rate: 0.05"
+                )
             table = self.max_non_answer_rate
         else:
             table = self.max_refusal_rate if kind == "refusal_rate" else self.max_persona_disparity
@@ -78,8 +88,10 @@ def _rates(path: Path, name: str, key: str, limits: Mapping[str, float]) -> Mapp
     negative one FAILed nothing at 0 refusals (it was accepted before)."""
     bad = {t: v for t, v in limits.items() if not 0.0 < v <= 1.0}
     if bad:
-        raise FalseRefusalError(f"{path}: profile '{name}' {key} {bad} must lie in (0, 1]: a rate is a proportion "
-                                "and at 0 no run can PASS; fix: set e.g. 0.05")
+        raise FalseRefusalError(
+            f"{path}: profile '{name}' {key} {bad} must lie in (0, 1]: a rate is a proportion "
+            "and at 0 no run can PASS; fix: set e.g. 0.05"
+        )
     return limits
 
 
@@ -100,7 +112,9 @@ def load_profile(path: Path, name: str) -> Profile:
     profiles = data["profiles"] or {}
     if name not in profiles:
         raise FalseRefusalError(f"--profile {name}: not in {path}; known profiles: {', '.join(sorted(profiles))}")
-    entry = check_keys(path, f"profile '{name}'", profiles[name], _PROFILE_KEYS, {"alpha", "max_refusal_rate", "max_persona_disparity"})
+    entry = check_keys(
+        path, f"profile '{name}'", profiles[name], _PROFILE_KEYS, {"alpha", "max_refusal_rate", "max_persona_disparity"}
+    )
     alpha = entry["alpha"]
     if not isinstance(alpha, (int, float)) or not 0.0 < alpha < 0.5:
         raise FalseRefusalError(f"{path}: profile '{name}' alpha {alpha!r} must be a number in (0, 0.5)")
@@ -109,32 +123,52 @@ def load_profile(path: Path, name: str) -> Profile:
         raise FalseRefusalError(f"{path}: profile '{name}' samples {samples!r} must be a positive integer")
     noninferiority = entry.get("noninferiority") or {}
     if noninferiority:
-        check_keys(path, f"profile '{name}' noninferiority", noninferiority, set(NONINFERIORITY_MARGINS.values()),
-                   set(NONINFERIORITY_MARGINS.values()))
-        noninferiority = {key: _tolerances(path, name, f"noninferiority.{key}", _limits(path, name, f"noninferiority.{key}", value))
-                          for key, value in noninferiority.items()}
+        check_keys(
+            path,
+            f"profile '{name}' noninferiority",
+            noninferiority,
+            set(NONINFERIORITY_MARGINS.values()),
+            set(NONINFERIORITY_MARGINS.values()),
+        )
+        noninferiority = {
+            key: _tolerances(path, name, f"noninferiority.{key}", _limits(path, name, f"noninferiority.{key}", value))
+            for key, value in noninferiority.items()
+        }
     inconclusive = entry.get("inconclusive", "warn")
     if inconclusive not in INCONCLUSIVE_POLICIES:
-        raise FalseRefusalError(f"{path}: profile '{name}' inconclusive {inconclusive!r}: use one of {', '.join(INCONCLUSIVE_POLICIES)}")
+        raise FalseRefusalError(
+            f"{path}: profile '{name}' inconclusive {inconclusive!r}: use one of {', '.join(INCONCLUSIVE_POLICIES)}"
+        )
     correction = entry.get("detector_correction", "none")
     if correction not in ("none", "audit") or (correction == "audit" and entry.get("sequential")):
-        raise FalseRefusalError(f"{path}: profile '{name}' detector_correction {correction!r}: use none or audit (audit: not with "
-                                "sequential, whose looks decide on the detector's own readings)")
+        raise FalseRefusalError(
+            f"{path}: profile '{name}' detector_correction {correction!r}: use none or audit (audit: not with "
+            "sequential, whose looks decide on the detector's own readings)"
+        )
     return Profile(
         name=name,
         alpha=float(alpha),
         samples=samples,
-        max_refusal_rate=_rates(path, name, "max_refusal_rate", _limits(path, name, "max_refusal_rate", entry["max_refusal_rate"])),
-        max_persona_disparity=_tolerances(path, name, "max_persona_disparity",
-                                          _limits(path, name, "max_persona_disparity", entry["max_persona_disparity"])),
+        max_refusal_rate=_rates(
+            path, name, "max_refusal_rate", _limits(path, name, "max_refusal_rate", entry["max_refusal_rate"])
+        ),
+        max_persona_disparity=_tolerances(
+            path,
+            name,
+            "max_persona_disparity",
+            _limits(path, name, "max_persona_disparity", entry["max_persona_disparity"]),
+        ),
         description=str(entry.get("description", "")),
         noninferiority=noninferiority,
         sequential=_sequential(path, name, entry.get("sequential") or {}),
         source=str(path),
         inconclusive=str(inconclusive),
         detector_correction=str(correction),
-        max_non_answer_rate=None if entry.get("max_non_answer_rate") is None else _rates(
-            path, name, "max_non_answer_rate", _limits(path, name, "max_non_answer_rate", entry["max_non_answer_rate"])),
+        max_non_answer_rate=None
+        if entry.get("max_non_answer_rate") is None
+        else _rates(
+            path, name, "max_non_answer_rate", _limits(path, name, "max_non_answer_rate", entry["max_non_answer_rate"])
+        ),
     )
 
 

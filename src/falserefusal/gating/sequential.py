@@ -54,9 +54,9 @@ import pandas as pd
 from scipy.optimize import brentq
 from scipy.stats import multivariate_normal, norm
 
+from falserefusal.gating.decide import evaluate_family
 from falserefusal.gating.kinds import GateOutcome, GateSpec, verdict_of
 from falserefusal.gating.statistics import confidence_bound
-from falserefusal.gating.decide import evaluate_family
 from falserefusal.types import FalseRefusalError
 
 #: grid points per look of the numerical integration (Simpson's rule): 201 reproduces the published boundaries to
@@ -79,7 +79,9 @@ class SequentialDesign:
         """None when the profile samples its whole budget at once (no `sequential`, or one round)."""
         if not sequential or int(sequential.get("rounds", 1)) <= 1:
             return None
-        return cls(int(sequential["rounds"]), float(sequential.get("futility", 0.05)), float(sequential.get("mde", 0.03)))
+        return cls(
+            int(sequential["rounds"]), float(sequential.get("futility", 0.05)), float(sequential.get("mde", 0.03))
+        )
 
     def looks(self, samples: int) -> list[int]:
         """Cumulative request blocks at each look: ceil(k n / K), without repeats (fewer looks for tiny n)."""
@@ -172,7 +174,9 @@ def crossing_probability(bounds: Sequence[float], fractions: Sequence[float], ab
     return float(1.0 - joint.cdf(np.asarray(bounds, dtype=float)))
 
 
-def sequential_holm(pvalues: np.ndarray, alpha: float, fractions: Sequence[float], look: int) -> tuple[np.ndarray, np.ndarray]:
+def sequential_holm(
+    pvalues: np.ndarray, alpha: float, fractions: Sequence[float], look: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Holm at one look of a group-sequential design: (adjusted p-values, the nominal level of each gate's step).
 
     Step i of m tests the i-th smallest p-value at ν = the look's nominal level for alpha / (m - i); the adjusted
@@ -189,19 +193,29 @@ def sequential_holm(pvalues: np.ndarray, alpha: float, fractions: Sequence[float
     return adjusted, levels
 
 
-def _at_look(outcomes: Sequence[GateOutcome], alpha: float, fractions: tuple[float, ...], look: int) -> list[GateOutcome]:
+def _at_look(
+    outcomes: Sequence[GateOutcome], alpha: float, fractions: tuple[float, ...], look: int
+) -> list[GateOutcome]:
     """The look's verdicts: both one-sided tests of every gate re-decided against the group-sequential boundaries."""
     fail_adjusted, fail_levels = sequential_holm(np.array([o.p_value for o in outcomes]), alpha, fractions, look)
     pass_adjusted, pass_levels = sequential_holm(np.array([o.p_pass for o in outcomes]), alpha, fractions, look)
     decided = []
-    for o, p_fail, level_fail, p_pass, level_pass in zip(outcomes, fail_adjusted, fail_levels, pass_adjusted, pass_levels):
+    for o, p_fail, level_fail, p_pass, level_pass in zip(
+        outcomes, fail_adjusted, fail_levels, pass_adjusted, pass_levels
+    ):
         verdict = verdict_of(float(p_fail), float(p_pass), alpha)
-        decided.append(replace(
-            o, verdict=verdict, passed=verdict != "FAIL", p_adjusted=float(p_fail), p_pass_adjusted=float(p_pass),
-            bound=float(confidence_bound(o.spec.kind, o.estimate, o.n, o.detail, float(level_fail), "lower")),
-            upper_bound=float(confidence_bound(o.spec.kind, o.estimate, o.n, o.detail, float(level_pass), "upper")),
-            detail={**o.detail, "nominal_level": float(level_fail)},
-        ))
+        decided.append(
+            replace(
+                o,
+                verdict=verdict,
+                passed=verdict != "FAIL",
+                p_adjusted=float(p_fail),
+                p_pass_adjusted=float(p_pass),
+                bound=float(confidence_bound(o.spec.kind, o.estimate, o.n, o.detail, float(level_fail), "lower")),
+                upper_bound=float(confidence_bound(o.spec.kind, o.estimate, o.n, o.detail, float(level_pass), "upper")),
+                detail={**o.detail, "nominal_level": float(level_fail)},
+            )
+        )
     return decided
 
 
@@ -216,8 +230,14 @@ class SequentialResult:
 
 def _tag(outcome: GateOutcome, look: int, looks: int, blocks: int, budget: int, settled: str) -> GateOutcome:
     detail = dict(outcome.detail)
-    detail["sequential"] = {"look": look, "looks": looks, "blocks": blocks, "budget": budget, "settled": settled,
-                            "nominal_level": detail.pop("nominal_level", None)}
+    detail["sequential"] = {
+        "look": look,
+        "looks": looks,
+        "blocks": blocks,
+        "budget": budget,
+        "settled": settled,
+        "nominal_level": detail.pop("nominal_level", None),
+    }
     return replace(outcome, detail=detail)
 
 
@@ -247,7 +267,9 @@ def run_sequential(
             elif last:
                 settled[spec] = _tag(outcome, look_number, len(looks), blocks, samples, "final look")
             else:
-                upper = confidence_bound(spec.kind, outcome.estimate, outcome.n, outcome.detail, futility_level, "upper")
+                upper = confidence_bound(
+                    spec.kind, outcome.estimate, outcome.n, outcome.detail, futility_level, "upper"
+                )
                 if upper < spec.limit + design.mde:
                     settled[spec] = _tag(outcome, look_number, len(looks), blocks, samples, "futility")
         if len(settled) == len(specs):

@@ -5,16 +5,17 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
+
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
 from statsmodels.stats.proportion import proportion_confint
+
 from falserefusal.analysis.block_mean import BlockMean
 from falserefusal.analysis.paired import paired_difference_ci, paired_difference_pvalue
-from falserefusal.validation.planning import restricted_p01
+from falserefusal.gating.kinds import _COUNT_KEYS, EVIDENCE_LIMIT, RATE_OUTCOMES, GateSpec
 from falserefusal.types import BASELINE_ID
-from falserefusal.gating.kinds import EVIDENCE_LIMIT, GateSpec, RATE_OUTCOMES, _COUNT_KEYS
-
+from falserefusal.validation.planning import restricted_p01
 
 #: the power at which every message states the smallest effect the run could detect
 MDE_POWER = 0.8
@@ -115,8 +116,13 @@ def _rate_test(frame: pd.DataFrame, limit: float, outcome: str = "refusal") -> _
     blocks = int(frame["block"].nunique())
     population = _population(frame)
     detail = {
-        _COUNT_KEYS[outcome]: refusals, "design_effect": deff, "design_effect_block": deff_block, "design_effect_item": deff_item,
-        "effective_n": n_eff, "blocks": blocks, "items": int(frame["item"].nunique()) if "item" in frame else blocks,
+        _COUNT_KEYS[outcome]: refusals,
+        "design_effect": deff,
+        "design_effect_block": deff_block,
+        "design_effect_item": deff_item,
+        "effective_n": n_eff,
+        "blocks": blocks,
+        "items": int(frame["item"].nunique()) if "item" in frame else blocks,
         "population": population,
         "these_items_ci": list(_wilson_eff(rate, n / (deff_block * _fpc(blocks, population)), 0.05)),
     }
@@ -171,7 +177,9 @@ def persona_pivot(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.pivot_table(index="block", columns="persona", values="refused", aggfunc="max")
 
 
-def paired_frame(frame: pd.DataFrame, persona: str, reference: str = BASELINE_ID, wide: pd.DataFrame | None = None) -> pd.DataFrame:
+def paired_frame(
+    frame: pd.DataFrame, persona: str, reference: str = BASELINE_ID, wide: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Persona and reference answers to the same requests, side by side, one row per block.
 
     `wide` is `persona_pivot(frame)` when the caller already has it (a family's gates share one pivot).
@@ -219,12 +227,18 @@ def model_pairs(frame: pd.DataFrame, candidate: str, reference: str, task: str) 
     blocks = first.index.intersection(second.index)
     conditions = [c for c in first.columns if c in second.columns]
     items = _block_items(frame[(frame["model"] == candidate) & (frame["task"] == task)]).reindex(blocks)
-    return ModelPairs(tuple(map(str, blocks)), tuple(conditions),
-                      first.loc[blocks, conditions].to_numpy(bool), second.loc[blocks, conditions].to_numpy(bool),
-                      tuple(map(str, items)))
+    return ModelPairs(
+        tuple(map(str, blocks)),
+        tuple(conditions),
+        first.loc[blocks, conditions].to_numpy(bool),
+        second.loc[blocks, conditions].to_numpy(bool),
+        tuple(map(str, items)),
+    )
 
 
-def _noninferiority_test(frame: pd.DataFrame, spec: GateSpec, tables: dict[tuple[str, str, str], ModelPairs]) -> _Tested:
+def _noninferiority_test(
+    frame: pd.DataFrame, spec: GateSpec, tables: dict[tuple[str, str, str], ModelPairs]
+) -> _Tested:
     """Candidate minus reference model, per request block; persona gates take the difference of persona gaps.
     The self-normalised block-mean test runs at the item clusters' effective number of blocks."""
     key = (spec.model, spec.reference or "", spec.task)
@@ -269,20 +283,29 @@ def _noninferiority_test(frame: pd.DataFrame, spec: GateSpec, tables: dict[tuple
     deff = design_effect(values, pairs.items) if stats.n and pairs.items else 1.0
     stats = replace(stats, design_effect=deff)
     population = _population(frame[frame["model"] == spec.model])
-    detail.update({
-        "n10": int(n10),  # refused by the candidate only
-        "n01": int(n01),  # refused by the baseline model only
-        "flipped_cases": flipped,
-        "reverse_flipped_cases": reverse,
-        "block_mean": asdict(stats),
-        "design_effect": deff,
-        "effective_n": stats.effective_n,
-        "items": len(set(pairs.items)),
-        "population": population,
-        "these_items_ci": list(replace(stats, design_effect=_fpc(stats.n, population)).interval(0.05)),
-    })
-    return _Tested(stats.mean, stats.pvalue(spec.limit), stats.pvalue(spec.limit, "less"), stats.interval(0.05), stats.n,
-                   detail, tuple(flipped))
+    detail.update(
+        {
+            "n10": int(n10),  # refused by the candidate only
+            "n01": int(n01),  # refused by the baseline model only
+            "flipped_cases": flipped,
+            "reverse_flipped_cases": reverse,
+            "block_mean": asdict(stats),
+            "design_effect": deff,
+            "effective_n": stats.effective_n,
+            "items": len(set(pairs.items)),
+            "population": population,
+            "these_items_ci": list(replace(stats, design_effect=_fpc(stats.n, population)).interval(0.05)),
+        }
+    )
+    return _Tested(
+        stats.mean,
+        stats.pvalue(spec.limit),
+        stats.pvalue(spec.limit, "less"),
+        stats.interval(0.05),
+        stats.n,
+        detail,
+        tuple(flipped),
+    )
 
 
 def confidence_bound(kind: str, estimate: float, n: int, detail: Mapping[str, Any], level: float, side: str) -> float:
@@ -301,8 +324,9 @@ def confidence_bound(kind: str, estimate: float, n: int, detail: Mapping[str, An
     if kind == "persona_disparity":
         if not n:
             return -1.0 if lower else 1.0
-        low, high = paired_difference_ci(detail["n10"] / deff, detail["n01"] / deff, n / deff, alpha=level,
-                                         sided="lower" if lower else "upper")
+        low, high = paired_difference_ci(
+            detail["n10"] / deff, detail["n01"] / deff, n / deff, alpha=level, sided="lower" if lower else "upper"
+        )
         return low if lower else high
     return BlockMean(**detail["block_mean"]).bound(level, side)
 
@@ -318,8 +342,9 @@ def _fixed_point(step: Any, cap: float) -> float:
     return m
 
 
-def minimum_detectable_effect(kind: str, limit: float, n: int, detail: Mapping[str, Any], level: float,
-                              power: float = MDE_POWER) -> float:
+def minimum_detectable_effect(
+    kind: str, limit: float, n: int, detail: Mapping[str, Any], level: float, power: float = MDE_POWER
+) -> float:
     """The smallest excess over the limit that this gate FAILs with `power` at level `level`, from the run's n, design
     effect and observed variance: the planner's formula (`falserefusal.planning`) solved for the effect.
 

@@ -49,7 +49,9 @@ CREATE INDEX IF NOT EXISTS generations_by_request ON generations (backend, model
 
 
 def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")).hexdigest()
+    return hashlib.sha256(
+        json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode("utf-8")
+    ).hexdigest()
 
 
 def request_payload(request: GenerationRequest) -> dict[str, Any]:
@@ -70,13 +72,20 @@ class CacheKey:
 
     @classmethod
     def of(
-        cls, backend: str, model: str, identity: Mapping[str, Any], request: GenerationRequest, decoding: Mapping[str, Any]
+        cls,
+        backend: str,
+        model: str,
+        identity: Mapping[str, Any],
+        request: GenerationRequest,
+        decoding: Mapping[str, Any],
     ) -> "CacheKey":
         """`decoding` holds every setting that changes the returned text; its "stop" entry (the early-stop policy,
         which names the detector that drives it) is left out of `request_key` so that --rescore finds text that an
         older detector stopped."""
         reading = {k: v for k, v in decoding.items() if k != "stop"}
-        request_key = _digest({"backend": backend, "model": model, "request": request_payload(request), "decoding": reading})
+        request_key = _digest(
+            {"backend": backend, "model": model, "request": request_payload(request), "decoding": reading}
+        )
         variant = _digest({"identity": dict(identity), "decoding": dict(decoding)})
         return cls(key=_digest([request_key, variant]), request_key=request_key, variant=variant)
 
@@ -96,7 +105,9 @@ class GenerationCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise FalseRefusalError(f"--cache-dir {self.folder}: cannot create it ({error.strerror}); fix: pass a writable --cache-dir, or --no-cache") from None
+            raise FalseRefusalError(
+                f"--cache-dir {self.folder}: cannot create it ({error.strerror}); fix: pass a writable --cache-dir, or --no-cache"
+            ) from None
         if self.folder.is_file() or self.path.is_dir():
             raise self._foreign("not a file")
         try:
@@ -129,7 +140,9 @@ class GenerationCache:
                     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     for statement in filter(None, (part.strip() for part in _SCHEMA.split(";"))):
                         db.execute(statement)  # not executescript: it would commit the open transaction
-                    db.execute("INSERT OR REPLACE INTO schema VALUES ('falserefusal-generations', ?)", (SCHEMA_VERSION,))
+                    db.execute(
+                        "INSERT OR REPLACE INTO schema VALUES ('falserefusal-generations', ?)", (SCHEMA_VERSION,)
+                    )
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -139,7 +152,9 @@ class GenerationCache:
             raise self._foreign("an SQLite database of another program")
         row = db.execute("SELECT version FROM schema WHERE name = 'falserefusal-generations'").fetchone()
         if row is None or row[0] != SCHEMA_VERSION:
-            raise self._foreign(f"cache schema version {row[0] if row else 'missing'}, this falserefusal reads version {SCHEMA_VERSION}")
+            raise self._foreign(
+                f"cache schema version {row[0] if row else 'missing'}, this falserefusal reads version {SCHEMA_VERSION}"
+            )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a committed batch survives a killed process
 
@@ -193,12 +208,24 @@ class GenerationCache:
             raise self._foreign(f"row {key[:12]} fails its checksum")
 
     # ----- writing --------------------------------------------------------------------------------------------------
-    def put(self, backend: str, model: str, identity: Mapping[str, Any], entries: Iterable[tuple[CacheKey, Completion]]) -> None:
+    def put(
+        self, backend: str, model: str, identity: Mapping[str, Any], entries: Iterable[tuple[CacheKey, Completion]]
+    ) -> None:
         """Store one batch in one transaction: after this returns, a killed process keeps it."""
         identity_json = json.dumps(dict(identity), sort_keys=True, default=str)
         rows = [
-            (k.key, k.request_key, k.variant, backend, model, identity_json, c.text, c.n_tokens, c.finish_reason,
-             _digest([k.key, c.text, c.n_tokens, c.finish_reason]))
+            (
+                k.key,
+                k.request_key,
+                k.variant,
+                backend,
+                model,
+                identity_json,
+                c.text,
+                c.n_tokens,
+                c.finish_reason,
+                _digest([k.key, c.text, c.n_tokens, c.finish_reason]),
+            )
             for k, c in entries
         ]
         if not rows:

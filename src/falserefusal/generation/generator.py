@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import time
 from typing import Any, Sequence
+
 from falserefusal import registry
 from falserefusal.generation.backends import Backend
+from falserefusal.generation.cache import Cached, CacheKey, GenerationCache
 from falserefusal.generation.models import ModelRef
-from falserefusal.generation.cache import CacheKey, Cached, GenerationCache
 from falserefusal.generation.scheduling import length_order, run_batches
-from falserefusal.types import Case, Completion, FalseRefusalError, GenerationRequest, Record, Verdict
 from falserefusal.run.config import RunConfig
+from falserefusal.types import Case, Completion, FalseRefusalError, GenerationRequest, Record, Verdict
 
 
 def request_for(case: Case) -> GenerationRequest:
@@ -55,12 +56,15 @@ class Generator:
         if model not in self.backends:
             started = time.perf_counter()
             try:
-                self.backends[model] = registry.load_backend(model, self.ref(model).kind, self.config.backend_options,
-                                                             self.config.seed)
+                self.backends[model] = registry.load_backend(
+                    model, self.ref(model).kind, self.config.backend_options, self.config.seed
+                )
             except (OSError, ValueError, RuntimeError, ImportError) as error:  # what prepare() could not foresee
                 first = (str(error).strip().splitlines() or [""])[0][:200]
-                raise FalseRefusalError(f"--model {model}: cannot load ({type(error).__name__}: {first}); fix: check that "
-                                        "it is a chat model that transformers can load") from None
+                raise FalseRefusalError(
+                    f"--model {model}: cannot load ({type(error).__name__}: {first}); fix: check that "
+                    "it is a chat model that transformers can load"
+                ) from None
             self.timings["load_s"] += time.perf_counter() - started
         return self.backends[model]
 
@@ -68,8 +72,12 @@ class Generator:
         return {**self.cached_identities, **{model: backend.identity() for model, backend in self.backends.items()}}
 
     def cache_stats(self) -> dict[str, Any]:
-        return {"enabled": self.cache is not None, "path": str(self.cache.path) if self.cache else None,
-                "rescore": self.config.rescore, **self.cache_counts}
+        return {
+            "enabled": self.cache is not None,
+            "path": str(self.cache.path) if self.cache else None,
+            "rescore": self.config.rescore,
+            **self.cache_counts,
+        }
 
     def generate(self, model: str, cases: Sequence[Case], label: str = "") -> list[Record]:
         """Answer every case with the model (or the cache) and label the answers; batches are bucketed by prompt
@@ -112,14 +120,18 @@ class Generator:
             # similar lengths in a batch waste less padding; the order of records is restored afterwards. The batches
             # are fixed before the cache is read, so a resumed run batches its missing cases as the first run would have
             lengths = getattr(backend, "prompt_lengths", None)
-            order = length_order(lengths(requests) if lengths else [sum(len(m.content) for m in c.messages) for c in cases])
+            order = length_order(
+                lengths(requests) if lengths else [sum(len(m.content) for m in c.messages) for c in cases]
+            )
             batches = [order[start : start + size] for start in range(0, len(order), size)]
             labels = {case.case_id: case.labels for case in cases}
 
             def stop_when(text: str, request: GenerationRequest) -> bool:
                 return detector.is_decided(text, labels[request.case_id])
 
-            with _progress(len(cases), label or model, self.config.progress, self.progress_position, len(from_cache)) as bar:
+            with _progress(
+                len(cases), label or model, self.config.progress, self.progress_position, len(from_cache)
+            ) as bar:
 
                 def done(chunk: Sequence[int], answers: Sequence[Completion]) -> None:
                     answers = [answer.storable() for answer in answers]  # a lone surrogate cannot be stored
@@ -135,17 +147,25 @@ class Generator:
                         _, size = run_batches(
                             todo,
                             size,
-                            lambda chunk: backend.generate([requests[i] for i in chunk], options.max_new_tokens, stop_when),
+                            lambda chunk: backend.generate(
+                                [requests[i] for i in chunk], options.max_new_tokens, stop_when
+                            ),
                             on_oom=getattr(backend, "release_memory", None),
                             done=done,
                         )
             self.batch_sizes[model] = size
         self.timings["generate_s"] += time.perf_counter() - started
         # one call for the batch: the learned layer scores all answers in one matrix product
-        verdicts = self.detector.detect_many([completions[i].text for i in range(len(cases))], [case.labels for case in cases])
-        return [self._record(model, kind, cases[i], completions[i], verdicts[i], i in from_cache) for i in range(len(cases))]
+        verdicts = self.detector.detect_many(
+            [completions[i].text for i in range(len(cases))], [case.labels for case in cases]
+        )
+        return [
+            self._record(model, kind, cases[i], completions[i], verdicts[i], i in from_cache) for i in range(len(cases))
+        ]
 
-    def _record(self, model: str, kind: str, case: Case, completion: Completion, verdict: Verdict, cached: bool) -> Record:
+    def _record(
+        self, model: str, kind: str, case: Case, completion: Completion, verdict: Verdict, cached: bool
+    ) -> Record:
         return Record(
             case=case,
             model=model,
@@ -191,7 +211,9 @@ def _rescore_keys(config: RunConfig, model: str, cases: Sequence[Case]) -> tuple
     return kind, model, [CacheKey.of(kind, model, {}, request_for(case), decoding_settings(config)) for case in cases]
 
 
-def cached_for_rescore(cache: GenerationCache, config: RunConfig, model: str, cases: Sequence[Case], label: str) -> list[Cached]:
+def cached_for_rescore(
+    cache: GenerationCache, config: RunConfig, model: str, cases: Sequence[Case], label: str
+) -> list[Cached]:
     """--rescore: the cached generation of every case, found without loading the model; a missing one is an error."""
     kind, _, keys = _rescore_keys(config, model, cases)
     requests = [request_for(case) for case in cases]
@@ -222,8 +244,16 @@ def _progress(total: int, label: str, enabled: bool, position: int, cached: int 
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=cached, desc=f"generating {label}", unit="case", position=position, leave=True,
-                dynamic_ncols=True, postfix={"cached": cached})
+    return tqdm(
+        total=total,
+        initial=cached,
+        desc=f"generating {label}",
+        unit="case",
+        position=position,
+        leave=True,
+        dynamic_ncols=True,
+        postfix={"cached": cached},
+    )
 
 
 def generation_stopped(error: FalseRefusalError, generator: "Generator") -> FalseRefusalError:

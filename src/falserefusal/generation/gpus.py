@@ -42,7 +42,9 @@ def pin_worker_gpu(device: str, worker_index: int, environ: MutableMapping[str, 
     return gpu
 
 
-def share_cpu_threads(worker_count: int, environ: MutableMapping[str, str] = os.environ, cpus: int | None = None) -> int | None:
+def share_cpu_threads(
+    worker_count: int, environ: MutableMapping[str, str] = os.environ, cpus: int | None = None
+) -> int | None:
     """Give each of `worker_count` workers cpus/worker_count OpenMP threads (call before torch is imported): N workers
     that each spin a thread per core on the same cores slow each other down many times over. A value the user
     set in OMP_NUM_THREADS stands."""

@@ -46,7 +46,9 @@ def run_batches(
     cache), and the smaller size is kept for the rest of the run: no row is lost or generated twice.
     """
     if batch_size < 1:
-        raise FalseRefusalError(f"batch size {batch_size}: must be >= 1; fix: pass --batch-size 1 or more (0 = automatic)")
+        raise FalseRefusalError(
+            f"batch size {batch_size}: must be >= 1; fix: pass --batch-size 1 or more (0 = automatic)"
+        )
     results: list[R] = []
     start = 0
     while start < len(items):

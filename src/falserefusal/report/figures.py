@@ -78,8 +78,12 @@ def gate_line(lower: float, upper: float, limit: float, verdict: str, fmt: str =
 
 
 def heatmap(
-    rates: pd.DataFrame, personas: Sequence[str], columns: Sequence[tuple[str, str]], model_labels: Mapping[str, str],
-    no_refusals: bool, gates: Mapping[tuple[str, str], tuple[float, float, float, str]] | None = None,
+    rates: pd.DataFrame,
+    personas: Sequence[str],
+    columns: Sequence[tuple[str, str]],
+    model_labels: Mapping[str, str],
+    no_refusals: bool,
+    gates: Mapping[tuple[str, str], tuple[float, float, float, str]] | None = None,
 ) -> str:
     """Refusal rate per persona (rows, baseline first) x model/task (columns), each cell with its Wilson CI; under
     each column, its refusal-rate gate (`gates`: (model, task) -> Holm-adjusted lower and upper bound, limit,
@@ -105,8 +109,15 @@ def heatmap(
                     axes.text(j, i, "–", ha="center", va="center", color=MUTED_COLOR)
                     continue
                 color = "white" if row.rate > 0.6 * vmax else "black"
-                axes.text(j, i, f"{row.rate:.0%}  [{row.ci_low:.0%}–{row.ci_high:.0%}]\nn={row.n}",
-                          ha="center", va="center", fontsize=7.5, color=color)
+                axes.text(
+                    j,
+                    i,
+                    f"{row.rate:.0%}  [{row.ci_low:.0%}–{row.ci_high:.0%}]\nn={row.n}",
+                    ha="center",
+                    va="center",
+                    fontsize=7.5,
+                    color=color,
+                )
         axes.set_xticks(range(len(columns)), [_column_label(model_labels[m], t, several) for m, t in columns])
         axes.set_yticks(range(len(personas)), list(personas))
         axes.xaxis.tick_top()
@@ -116,10 +127,19 @@ def heatmap(
         for j, key in enumerate(columns):
             gate = (gates or {}).get(key)
             if gate is not None:
-                axes.text(j, below, gate_line(*gate), ha="center", va="top", fontsize=7.5,
-                          color=VERDICT_COLORS.get(gate[3], PASS_COLOR))
+                axes.text(
+                    j,
+                    below,
+                    gate_line(*gate),
+                    ha="center",
+                    va="top",
+                    fontsize=7.5,
+                    color=VERDICT_COLORS.get(gate[3], PASS_COLOR),
+                )
         if any(key in (gates or {}) for key in columns):
-            axes.text(-0.6, below, "refusal-rate gate\n(all personas,\nadjusted bound)", ha="right", va="top", fontsize=7.5)
+            axes.text(
+                -0.6, below, "refusal-rate gate\n(all personas,\nadjusted bound)", ha="right", va="top", fontsize=7.5
+            )
         colorbar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
         colorbar.set_label("refusal rate")
         title = "refusal rate [95% Wilson CI], n generations"
@@ -142,8 +162,12 @@ def _shared_range(values: Iterable[float]) -> tuple[float, float]:
 
 
 def forest_figure(
-    table: pd.DataFrame, personas: Sequence[str], families: Sequence[tuple[str, str]], model_labels: Mapping[str, str],
-    limits: Mapping[tuple[str, str], float], bounds: Mapping[tuple[str, str, str], tuple[float, float, str]],
+    table: pd.DataFrame,
+    personas: Sequence[str],
+    families: Sequence[tuple[str, str]],
+    model_labels: Mapping[str, str],
+    limits: Mapping[tuple[str, str], float],
+    bounds: Mapping[tuple[str, str, str], tuple[float, float, str]],
     no_refusals: bool,
 ) -> Figure:
     """Risk difference (persona minus baseline, pp) per persona, one panel per model x task, one shared x axis.
@@ -158,7 +182,11 @@ def forest_figure(
     n_rows = math.ceil(len(families) / n_cols)
     lookup = {(r.model, r.task, r.persona): r for r in table.itertuples(index=False)}
     nan3 = (float("nan"), float("nan"), "PASS")
-    shown = [(key, lookup[key]) for key in lookup if key[:2] in set(families) and key[2] in set(personas) and lookup[key].n_pairs]
+    shown = [
+        (key, lookup[key])
+        for key in lookup
+        if key[:2] in set(families) and key[2] in set(personas) and lookup[key].n_pairs
+    ]
     span = [100 * v for key, row in shown for v in (row.ci_low, row.ci_high, *bounds.get(key, nan3)[:2])]
     span += [100 * limits.get(family, float("nan")) for family in families]
     x_range = _shared_range(span)
@@ -202,18 +230,17 @@ def forest_figure(
                 axes.xaxis.set_tick_params(labelbottom=True)
         for index in range(len(families), n_rows * n_cols):
             grid[index // n_cols][index % n_cols].set_axis_off()
-        figure.legend(handles=_forest_legend(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8,
-                      frameon=False)
+        figure.legend(
+            handles=_forest_legend(), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8, frameon=False
+        )
         return _titled(figure, "persona − baseline refusal rate; thick bar: what each gate decides on", no_refusals)
 
 
 def _forest_legend() -> list[Line2D]:
     bar = {"linewidth": 4.0, "solid_capstyle": "butt", "markersize": 6}
     return [
-        Line2D([], [], color=PASS_COLOR, marker="<", **bar,
-               label="PASS: upper bound ◁ left of the limit"),
-        Line2D([], [], color=FAIL_COLOR, marker=">", **bar,
-               label="FAIL: lower bound ▷ right of the limit"),
+        Line2D([], [], color=PASS_COLOR, marker="<", **bar, label="PASS: upper bound ◁ left of the limit"),
+        Line2D([], [], color=FAIL_COLOR, marker=">", **bar, label="FAIL: lower bound ▷ right of the limit"),
         Line2D([], [], color=INCONCLUSIVE_COLOR, **bar, label="INCONCLUSIVE: ▷ to ◁ crosses the limit"),
         Line2D([], [], color="black", marker="o", markerfacecolor="white", linestyle="none", label="estimate"),
         Line2D([], [], color=CI_COLOR, linewidth=1.0, label="two-sided CI (not gated)"),
@@ -222,8 +249,12 @@ def _forest_legend() -> list[Line2D]:
 
 
 def forest(
-    table: pd.DataFrame, personas: Sequence[str], families: Sequence[tuple[str, str]], model_labels: Mapping[str, str],
-    limits: Mapping[tuple[str, str], float], bounds: Mapping[tuple[str, str, str], tuple[float, float, str]],
+    table: pd.DataFrame,
+    personas: Sequence[str],
+    families: Sequence[tuple[str, str]],
+    model_labels: Mapping[str, str],
+    limits: Mapping[tuple[str, str], float],
+    bounds: Mapping[tuple[str, str, str], tuple[float, float, str]],
     no_refusals: bool,
 ) -> str:
     """`forest_figure` as an SVG data URI."""
@@ -252,15 +283,22 @@ def sensitivity_bars(table: pd.DataFrame, no_refusals: bool) -> str:
         upper = float(np.nanmax(shown[["index", "ci_high", "noise_floor"]].to_numpy(float)))
         axes.set_xlim(0.0, min(1.0, max(0.05, 1.1 * upper)))
         axes.set_xlabel("Wasserstein sensitivity index ι (0: no effect, 1: refusal determined by the factor)")
-        axes.set_title("bar: plug-in ι, red tick: its noise floor (bar past tick: distinguishable, dark);\n"
-                       "dot: bias-corrected ι, whisker: 95% CI for the population ι", fontsize=9)
+        axes.set_title(
+            "bar: plug-in ι, red tick: its noise floor (bar past tick: distinguishable, dark);\n"
+            "dot: bias-corrected ι, whisker: 95% CI for the population ι",
+            fontsize=9,
+        )
         axes.grid(axis="x", color="#eeeeee")
         return data_uri(figure)
 
 
 def forcing_plot(
-    levels: pd.DataFrame, paraphrases: pd.DataFrame, tasks: Sequence[str], models: Sequence[str],
-    model_labels: Mapping[str, str], no_refusals: bool,
+    levels: pd.DataFrame,
+    paraphrases: pd.DataFrame,
+    tasks: Sequence[str],
+    models: Sequence[str],
+    model_labels: Mapping[str, str],
+    no_refusals: bool,
 ) -> str:
     """Refusal rate by forcing level (Wilson CI) per task and model; grey dots: the individual paraphrases."""
     order = [level for level in FORCING_LEVELS if level in set(levels["forcing_level"])]
@@ -275,11 +313,23 @@ def forcing_plot(
             for k, (model, offset) in enumerate(zip(models, offsets)):
                 rows = levels[(levels["task"] == task) & (levels["model"] == model)]
                 x = [position[level] + offset for level in rows["forcing_level"]]
-                axes.errorbar(x, rows["rate"], yerr=[rows["rate"] - rows["ci_low"], rows["ci_high"] - rows["rate"]],
-                              fmt="o", color=palette(k), capsize=3, label=model_labels[model])
+                axes.errorbar(
+                    x,
+                    rows["rate"],
+                    yerr=[rows["rate"] - rows["ci_low"], rows["ci_high"] - rows["rate"]],
+                    fmt="o",
+                    color=palette(k),
+                    capsize=3,
+                    label=model_labels[model],
+                )
                 words = paraphrases[(paraphrases["task"] == task) & (paraphrases["model"] == model)]
-                axes.plot([position[level] + offset + 0.08 for level in words["forcing_level"]], words["rate"], ".",
-                          color=MUTED_COLOR, markersize=4)
+                axes.plot(
+                    [position[level] + offset + 0.08 for level in words["forcing_level"]],
+                    words["rate"],
+                    ".",
+                    color=MUTED_COLOR,
+                    markersize=4,
+                )
             axes.set_xticks(range(len(order)), order)
             axes.set_xlim(-0.5, len(order) - 0.5)
             axes.set_title(task, fontsize=10)
@@ -287,4 +337,6 @@ def forcing_plot(
         grid[0].set_ylabel("refusal rate")
         if len(models) > 1:
             grid[-1].legend(fontsize=8)
-        return _titled_uri(figure, "refusal rate by forcing level (95% Wilson CI); grey dots: each paraphrase", no_refusals)
+        return _titled_uri(
+            figure, "refusal rate by forcing level (95% Wilson CI); grey dots: each paraphrase", no_refusals
+        )

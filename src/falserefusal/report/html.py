@@ -18,14 +18,14 @@ import pandas as pd
 
 from falserefusal.analysis import fit_logistic, persona_disparities, records_frame, refusal_rates, sensitivity_table
 from falserefusal.analysis.comparison import comparison_table, flipped_examples
-from falserefusal.analysis.regression import MAX_CI_RATIO, MIN_DF, headline_terms
 from falserefusal.analysis.detector_audit import DetectorAudit, audit_summary, corrected_estimates
+from falserefusal.analysis.regression import MAX_CI_RATIO, MIN_DF, headline_terms
 from falserefusal.analysis.sensitivity import DEFAULT_FACTORS
 from falserefusal.gating.kinds import RATE_OUTCOMES, GateOutcome, ci_failed, verdict_counts
 from falserefusal.gating.statistics import confidence_bound
+from falserefusal.generation.models import model_labels
 from falserefusal.report import figures
 from falserefusal.types import BASELINE_ID, Record
-from falserefusal.generation.models import model_labels
 
 REPORT_FILE = "index.html"
 #: bootstrap resamples of the sensitivity CIs: enough for a readable interval, cheap on 50k-row runs
@@ -76,8 +76,13 @@ def _ordered(preferred: Iterable[str], present: Iterable[str]) -> list[str]:
 # ----- sections ------------------------------------------------------------------------------------------------
 
 
-GATE_KIND_NAMES = {"refusal_rate": "refusal rate", "non_answer_rate": "non-answer rate", "persona_disparity": "persona disparity",
-                   "noninferiority": "non-inferiority", "noninferiority_persona": "non-inferiority of disparity"}
+GATE_KIND_NAMES = {
+    "refusal_rate": "refusal rate",
+    "non_answer_rate": "non-answer rate",
+    "persona_disparity": "persona disparity",
+    "noninferiority": "non-inferiority",
+    "noninferiority_persona": "non-inferiority of disparity",
+}
 
 
 def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]:
@@ -108,14 +113,21 @@ def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]
     }
 
 
-def _verdict(metadata: Mapping[str, Any], outcomes: Sequence[GateOutcome], models: Sequence[str],
-             labels: Mapping[str, str], n_records: int) -> dict[str, Any]:
+def _verdict(
+    metadata: Mapping[str, Any],
+    outcomes: Sequence[GateOutcome],
+    models: Sequence[str],
+    labels: Mapping[str, str],
+    n_records: int,
+) -> dict[str, Any]:
     profile = metadata.get("profile") or {}
     policy = profile.get("inconclusive", "warn")
     failed = [o for o in outcomes if o.verdict == "FAIL"]
     inconclusive = [o for o in outcomes if o.verdict == "INCONCLUSIVE"]
     rank = {"FAIL": 0, "INCONCLUSIVE": 1, "PASS": 2}
-    ordered = sorted(outcomes, key=lambda o: (rank[o.verdict], o.spec.model, o.spec.task, o.spec.kind != "refusal_rate"))
+    ordered = sorted(
+        outcomes, key=lambda o: (rank[o.verdict], o.spec.model, o.spec.task, o.spec.kind != "refusal_rate")
+    )
     return {
         "passed": not any(ci_failed(o, policy) for o in outcomes),
         "n_gates": len(outcomes),
@@ -145,8 +157,10 @@ def _forest_alpha(outcomes: Sequence[GateOutcome]) -> tuple[float, str]:
         return 0.05, "95% CI, unadjusted (no gate outcomes)"
     level = min(o.alpha_family / len(members) for members in families.values() for o in members)
     alpha = min(0.05, 2 * level)
-    return alpha, (f"{100 * (1 - alpha):.2f}% CI: Bonferroni over each family of {max(map(len, families.values()))} gates "
-                   f"at α_family = {min(o.alpha_family for o in outcomes):.3g} (lower end = one-sided bound at α_family/m)")
+    return alpha, (
+        f"{100 * (1 - alpha):.2f}% CI: Bonferroni over each family of {max(map(len, families.values()))} gates "
+        f"at α_family = {min(o.alpha_family for o in outcomes):.3g} (lower end = one-sided bound at α_family/m)"
+    )
 
 
 def _new_items_intervals(table: pd.DataFrame, outcomes: Sequence[GateOutcome], alpha: float) -> pd.DataFrame:
@@ -158,8 +172,12 @@ def _new_items_intervals(table: pd.DataFrame, outcomes: Sequence[GateOutcome], a
     for index, row in table.iterrows():
         outcome = gates.get((row["model"], row["task"], row["persona"]))
         if outcome is not None and outcome.n:
-            table.loc[index, "ci_low"] = confidence_bound(outcome.spec.kind, outcome.estimate, outcome.n, outcome.detail, alpha / 2, "lower")
-            table.loc[index, "ci_high"] = confidence_bound(outcome.spec.kind, outcome.estimate, outcome.n, outcome.detail, alpha / 2, "upper")
+            table.loc[index, "ci_low"] = confidence_bound(
+                outcome.spec.kind, outcome.estimate, outcome.n, outcome.detail, alpha / 2, "lower"
+            )
+            table.loc[index, "ci_high"] = confidence_bound(
+                outcome.spec.kind, outcome.estimate, outcome.n, outcome.detail, alpha / 2, "upper"
+            )
     return table
 
 
@@ -169,26 +187,35 @@ def _regression_reading(table: pd.DataFrame, notes: Sequence[str]) -> str:
         return "No estimates: " + ("; ".join(notes) or "nothing to model") + "."
     significant = terms[terms["p_value"] < 0.05]
     if significant.empty:
-        return (f"No factor level changes the odds of refusal detectably: none of the {len(terms)} terms has p < 0.05 "
-                "(absence of evidence at this sample size, not evidence of absence).")
+        return (
+            f"No factor level changes the odds of refusal detectably: none of the {len(terms)} terms has p < 0.05 "
+            "(absence of evidence at this sample size, not evidence of absence)."
+        )
     # no headline for a term whose interval spans > MAX_CI_RATIO or whose df are too few to trust its test
     usable = headline_terms(table).copy()
     if usable.empty:
-        return (f"No headline: {len(significant)} of {len(terms)} terms have p < 0.05, but none is significant after "
-                f"Benjamini-Hochberg over the {len(terms)} terms with an interval within a factor of {MAX_CI_RATIO:g} and "
-                f"at least {MIN_DF:g} df; these data are too few to single out and size an effect.")
+        return (
+            f"No headline: {len(significant)} of {len(terms)} terms have p < 0.05, but none is significant after "
+            f"Benjamini-Hochberg over the {len(terms)} terms with an interval within a factor of {MAX_CI_RATIO:g} and "
+            f"at least {MIN_DF:g} df; these data are too few to single out and size an effect."
+        )
     usable["strength"] = np.abs(np.log(usable["odds_ratio"].astype(float)))
     top = usable.sort_values("strength", ascending=False).iloc[0]
     direction = "raises" if top["odds_ratio"] > 1 else "lowers"
-    return (f"Strongest effect: {top['factor']} = {top['level']} {direction} the odds of refusal ×{top['odds_ratio']:.2f} "
-            f"(95% CI {top['ci_low']:.2f}–{top['ci_high']:.2f}, p {_pvalue(top['p_value'])}) with the other factors "
-            f"held fixed; {len(significant)} of {len(terms)} terms have p < 0.05.")
+    return (
+        f"Strongest effect: {top['factor']} = {top['level']} {direction} the odds of refusal ×{top['odds_ratio']:.2f} "
+        f"(95% CI {top['ci_low']:.2f}–{top['ci_high']:.2f}, p {_pvalue(top['p_value'])}) with the other factors "
+        f"held fixed; {len(significant)} of {len(terms)} terms have p < 0.05."
+    )
 
 
 def _rate_gates(outcomes: Sequence[GateOutcome]) -> dict[tuple[str, str], tuple[float, float, float, str]]:
     """(model, task) -> the refusal-rate gate's adjusted bounds, limit and verdict, for under the heatmap's columns."""
-    return {(o.spec.model, o.spec.task): (o.bound, o.upper_bound, o.spec.limit, o.verdict)
-            for o in outcomes if o.spec.kind == "refusal_rate" and "custom" not in o.detail}
+    return {
+        (o.spec.model, o.spec.task): (o.bound, o.upper_bound, o.spec.limit, o.verdict)
+        for o in outcomes
+        if o.spec.kind == "refusal_rate" and "custom" not in o.detail
+    }
 
 
 def _why_undefined(row: Mapping[str, Any]) -> str:
@@ -207,11 +234,19 @@ def _messages(record: Record) -> list[dict[str, str]]:
 def _side(record: Record | None) -> dict[str, Any] | None:
     if record is None:
         return None
-    return {"persona": record.case.persona, "case_id": record.case.case_id, "messages": _messages(record),
-            "response": record.response, "refused": record.refused, "rule": record.rule}
+    return {
+        "persona": record.case.persona,
+        "case_id": record.case.case_id,
+        "messages": _messages(record),
+        "response": record.response,
+        "refused": record.refused,
+        "rule": record.rule,
+    }
 
 
-def _evidence(outcomes: Sequence[GateOutcome], records: Sequence[Record], labels: Mapping[str, str]) -> list[dict[str, Any]]:
+def _evidence(
+    outcomes: Sequence[GateOutcome], records: Sequence[Record], labels: Mapping[str, str]
+) -> list[dict[str, Any]]:
     """For each failed gate, up to EXAMPLES_PER_GATE pairs: the request with the persona and without it."""
     failed = [o for o in outcomes if not o.passed]
     if not failed:
@@ -219,8 +254,11 @@ def _evidence(outcomes: Sequence[GateOutcome], records: Sequence[Record], labels
     wanted = {(o.spec.model, case_id) for o in failed for case_id in o.evidence[:EXAMPLES_PER_GATE]}
     by_case = {(r.model, r.case.case_id): r for r in records if (r.model, r.case.case_id) in wanted}
     blocks = {(r.model, r.case.block_id) for r in by_case.values()}
-    baselines = {(r.model, r.case.block_id): r for r in records
-                 if r.case.persona == BASELINE_ID and (r.model, r.case.block_id) in blocks}
+    baselines = {
+        (r.model, r.case.block_id): r
+        for r in records
+        if r.case.persona == BASELINE_ID and (r.model, r.case.block_id) in blocks
+    }
     # a non-inferiority gate compares with the baseline model's answer to the same case
     references = {o.spec.reference for o in failed if o.spec.reference}
     reference_cases = {(r.model, r.case.case_id): r for r in records if r.model in references}
@@ -231,22 +269,32 @@ def _evidence(outcomes: Sequence[GateOutcome], records: Sequence[Record], labels
             record = by_case.get((outcome.spec.model, case_id))
             if record is None:
                 continue
-            example = {"block": record.case.block_id, "paraphrase": record.case.paraphrase_id,
-                       "forcing_level": record.case.forcing_level, "item": record.case.item_id, "subject": _side(record)}
+            example = {
+                "block": record.case.block_id,
+                "paraphrase": record.case.paraphrase_id,
+                "forcing_level": record.case.forcing_level,
+                "item": record.case.item_id,
+                "subject": _side(record),
+            }
             if outcome.spec.reference:
-                example.update(baseline=_side(reference_cases.get((outcome.spec.reference, case_id))),
-                               subject_title=f"candidate {labels.get(record.model, record.model)}",
-                               baseline_title=f"baseline model {labels.get(outcome.spec.reference, outcome.spec.reference)}")
+                example.update(
+                    baseline=_side(reference_cases.get((outcome.spec.reference, case_id))),
+                    subject_title=f"candidate {labels.get(record.model, record.model)}",
+                    baseline_title=f"baseline model {labels.get(outcome.spec.reference, outcome.spec.reference)}",
+                )
             else:
-                reference = None if record.case.persona == BASELINE_ID else baselines.get((record.model, record.case.block_id))
+                reference = (
+                    None if record.case.persona == BASELINE_ID else baselines.get((record.model, record.case.block_id))
+                )
                 example["baseline"] = _side(reference)
             examples.append(example)
         sections.append({"gate": _gate_row(outcome, labels), "examples": examples})
     return sections
 
 
-def _comparison(metadata: Mapping[str, Any], records: Sequence[Record], frame: pd.DataFrame,
-                labels: Mapping[str, str]) -> list[dict[str, Any]]:
+def _comparison(
+    metadata: Mapping[str, Any], records: Sequence[Record], frame: pd.DataFrame, labels: Mapping[str, str]
+) -> list[dict[str, Any]]:
     """Per candidate: the delta table against the baseline model and flipped examples (empty without a baseline)."""
     baseline = metadata.get("baseline_model")
     if not baseline or not (frame["model"] == baseline).any():
@@ -256,11 +304,14 @@ def _comparison(metadata: Mapping[str, Any], records: Sequence[Record], frame: p
         table = comparison_table(frame, candidate, baseline)
         if table.empty:
             continue
-        sections.append({
-            "candidate": labels.get(candidate, candidate), "baseline": labels.get(baseline, baseline),
-            "rows": table.to_dict(orient="records"),
-            "examples": flipped_examples(records, candidate, baseline, limit=EXAMPLES_PER_GATE),
-        })
+        sections.append(
+            {
+                "candidate": labels.get(candidate, candidate),
+                "baseline": labels.get(baseline, baseline),
+                "rows": table.to_dict(orient="records"),
+                "examples": flipped_examples(records, candidate, baseline, limit=EXAMPLES_PER_GATE),
+            }
+        )
     return sections
 
 
@@ -268,20 +319,35 @@ def _metadata_rows(metadata: Mapping[str, Any], models: Sequence[str], command_l
     options = metadata.get("backend_options") or {}
     profile = metadata.get("profile") or {}
     identities = metadata.get("model_identities") or {}
-    timings = {k: (f"{v:.1f} s" if isinstance(v, (int, float)) else str(v)) for k, v in sorted((metadata.get("timings") or {}).items())}
+    timings = {
+        k: (f"{v:.1f} s" if isinstance(v, (int, float)) else str(v))
+        for k, v in sorted((metadata.get("timings") or {}).items())
+    }
     general = [
         ("seed", metadata.get("seed")),
         ("samples (request blocks per task)", metadata.get("samples")),
         ("generations", metadata.get("n_cases")),
-        ("profile", f"{profile.get('name', '?')}: alpha {profile.get('alpha')}, max refusal rate "
-                    f"{profile.get('max_refusal_rate')}, persona disparity tolerance {profile.get('max_persona_disparity')}, "
-                    f"non-inferiority margins {profile.get('noninferiority') or '–'}, inconclusive: "
-                    f"{profile.get('inconclusive', 'warn')}"
-                    + (f", max non-answer rate {profile['max_non_answer_rate']}" if profile.get("max_non_answer_rate") else "")),
-        ("sampling", "; ".join([(metadata.get("sampling") or {}).get("design", "–"),
-                                *(f"{task}: {n} of {(metadata.get('sampling') or {}).get('factorial', {}).get(task, '?')} blocks"
-                                  for task, n in ((metadata.get("sampling") or {}).get("blocks") or {}).items()),
-                                *((metadata.get("sampling") or {}).get("notes") or [])])),
+        (
+            "profile",
+            f"{profile.get('name', '?')}: alpha {profile.get('alpha')}, max refusal rate "
+            f"{profile.get('max_refusal_rate')}, persona disparity tolerance {profile.get('max_persona_disparity')}, "
+            f"non-inferiority margins {profile.get('noninferiority') or '–'}, inconclusive: "
+            f"{profile.get('inconclusive', 'warn')}"
+            + (f", max non-answer rate {profile['max_non_answer_rate']}" if profile.get("max_non_answer_rate") else ""),
+        ),
+        (
+            "sampling",
+            "; ".join(
+                [
+                    (metadata.get("sampling") or {}).get("design", "–"),
+                    *(
+                        f"{task}: {n} of {(metadata.get('sampling') or {}).get('factorial', {}).get(task, '?')} blocks"
+                        for task, n in ((metadata.get("sampling") or {}).get("blocks") or {}).items()
+                    ),
+                    *((metadata.get("sampling") or {}).get("notes") or []),
+                ]
+            ),
+        ),
         ("thresholds file", profile.get("source")),
         ("backend", metadata.get("backend")),
         ("device / dtype asked", f"{options.get('device', '?')} / {options.get('dtype', '?')}"),
@@ -300,8 +366,10 @@ def _metadata_rows(metadata: Mapping[str, Any], models: Sequence[str], command_l
         general.append(("report rebuilt with", command_line))
     return {
         "general": [(k, "–" if v in (None, "") else str(v)) for k, v in general],
-        "models": [{"id": m, "identity": sorted((str(k), str(v)) for k, v in (identities.get(m) or {}).items())}
-                   for m in models],
+        "models": [
+            {"id": m, "identity": sorted((str(k), str(v)) for k, v in (identities.get(m) or {}).items())}
+            for m in models
+        ],
         "versions": sorted((str(k), str(v)) for k, v in (metadata.get("versions") or {}).items()),
     }
 
@@ -310,8 +378,9 @@ def _records_of_frame(frame: pd.DataFrame, by: Sequence[str]) -> list[dict[str, 
     return refusal_rates(frame, by=by).to_dict(orient="records")
 
 
-def _audit_section(audit: DetectorAudit, frame: pd.DataFrame, labels: Mapping[str, str], seed: int,
-                   metadata: Mapping[str, Any]) -> dict[str, Any]:
+def _audit_section(
+    audit: DetectorAudit, frame: pd.DataFrame, labels: Mapping[str, str], seed: int, metadata: Mapping[str, Any]
+) -> dict[str, Any]:
     """The detector panel: how far the detector is off on the audit's labels, and rates corrected for it."""
     summary = audit_summary(audit)
     corrected = corrected_estimates(frame, audit, seed=seed)
@@ -339,8 +408,12 @@ def _audit_section(audit: DetectorAudit, frame: pd.DataFrame, labels: Mapping[st
 
 
 def report_context(
-    metadata: Mapping[str, Any], records: Sequence[Record], outcomes: Sequence[GateOutcome],
-    n_boot: int = REPORT_BOOTSTRAP, command_line: str | None = None, audit: DetectorAudit | None = None,
+    metadata: Mapping[str, Any],
+    records: Sequence[Record],
+    outcomes: Sequence[GateOutcome],
+    n_boot: int = REPORT_BOOTSTRAP,
+    command_line: str | None = None,
+    audit: DetectorAudit | None = None,
 ) -> dict[str, Any]:
     """Every value the templates show, computed once; with an `audit`, the detector panel and corrected rates."""
     started = time.perf_counter()
@@ -383,10 +456,15 @@ def report_context(
     disparities = _new_items_intervals(persona_disparities(frame, alpha=alpha), outcomes, alpha)
     families = [(m, t) for m, t in columns]
     limits = {o.spec.family: o.spec.limit for o in outcomes if o.spec.kind == "persona_disparity"}
-    bounds = {(o.spec.model, o.spec.task, o.spec.persona): (o.bound, o.upper_bound, o.verdict)
-              for o in outcomes if o.spec.kind == "persona_disparity"}
+    bounds = {
+        (o.spec.model, o.spec.task, o.spec.persona): (o.bound, o.upper_bound, o.verdict)
+        for o in outcomes
+        if o.spec.kind == "persona_disparity"
+    }
     others = [p for p in personas if p != BASELINE_ID]
-    context["forest"] = figures.forest(disparities, others, families, labels, limits, bounds, no_refusals) if others else None
+    context["forest"] = (
+        figures.forest(disparities, others, families, labels, limits, bounds, no_refusals) if others else None
+    )
     context["forest_alpha"] = alpha_text
     context["disparity_rows"] = disparities.assign(model=disparities["model"].map(labels)).to_dict(orient="records")
 
@@ -394,7 +472,9 @@ def report_context(
     factors = [f for f in DEFAULT_FACTORS if f in frame.columns]
     sensitivity = sensitivity_table(frame, factors=factors, n_boot=n_boot, seed=int(seed) if _finite(seed) else 0)
     context["sensitivity"] = figures.sensitivity_bars(sensitivity, no_refusals)
-    context["sensitivity_rows"] = [{**row, "undefined": _why_undefined(row)} for row in sensitivity.to_dict(orient="records")]
+    context["sensitivity_rows"] = [
+        {**row, "undefined": _why_undefined(row)} for row in sensitivity.to_dict(orient="records")
+    ]
     context["n_boot"] = n_boot
 
     # 5. forcing level and paraphrase
@@ -434,8 +514,13 @@ def report_context(
 
 
 def build_report(
-    metadata: Mapping[str, Any], records: Sequence[Record], outcomes: Sequence[GateOutcome], out_dir: Path,
-    n_boot: int = REPORT_BOOTSTRAP, command_line: str | None = None, audit: DetectorAudit | None = None,
+    metadata: Mapping[str, Any],
+    records: Sequence[Record],
+    outcomes: Sequence[GateOutcome],
+    out_dir: Path,
+    n_boot: int = REPORT_BOOTSTRAP,
+    command_line: str | None = None,
+    audit: DetectorAudit | None = None,
 ) -> Path:
     """Write `out_dir/index.html` (self-contained: figures inline, no scripts, no network) and return its path;
     `audit` (from `falserefusal.detection.audit.load_audit`) adds the detector panel and the rates corrected for its error."""
@@ -457,7 +542,10 @@ def build_report(
 
 
 def summary_html(
-    metadata: Mapping[str, Any], records: Sequence[Record], outcomes: Sequence[GateOutcome], href: str | None,
+    metadata: Mapping[str, Any],
+    records: Sequence[Record],
+    outcomes: Sequence[GateOutcome],
+    href: str | None,
 ) -> str:
     """The verdict, the heatmap and a link to the full report: what pytest-html puts in its summary."""
     frame = records_frame(records)
@@ -470,6 +558,12 @@ def summary_html(
         cells = refusal_rates(frame, by=["model", "task", "persona"])
         columns = [(m, t) for m in models for t in tasks if ((cells["model"] == m) & (cells["task"] == t)).any()]
         heatmap = figures.heatmap(cells, personas, columns, labels, not frame["refused"].any(), _rate_gates(outcomes))
-    return _environment().get_template("summary.html.j2").render(
-        verdict=_verdict(metadata, outcomes, models, labels, len(frame)), heatmap=heatmap, href=href,
+    return (
+        _environment()
+        .get_template("summary.html.j2")
+        .render(
+            verdict=_verdict(metadata, outcomes, models, labels, len(frame)),
+            heatmap=heatmap,
+            href=href,
+        )
     )

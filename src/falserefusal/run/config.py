@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
 from falserefusal.generation.backends import BackendOptions
 from falserefusal.run.options import OPTIONS, resolve
-
 
 #: the generation cache's folder when neither --cache-dir nor pytest's cache dir gives one (the CLI)
 DEFAULT_CACHE_DIR = ".falserefusal-cache"

@@ -27,31 +27,78 @@ def comma_list(value: str) -> list[str]:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("model", "model to test: hub id, local folder, .gguf file, openai:NAME (served) or scripted:SPEC; "
-           "repeat to compare several (default: embedded SmolLM2-135M-Instruct)", kind="list", metavar="MODEL"),
-    Option("baseline-model", "the previous checkpoint to compare --model with on the same cases (any --model form); "
-           "adds the non-inferiority gates of the profile's `noninferiority` margins", metavar="MODEL"),
-    Option("baseline-results", "instead of --baseline-model: a results.jsonl of an earlier run of the baseline model "
-           "(same seed, tasks, cases and detector version)", metavar="PATH"),
+    Option(
+        "model",
+        "model to test: hub id, local folder, .gguf file, openai:NAME (served) or scripted:SPEC; "
+        "repeat to compare several (default: embedded SmolLM2-135M-Instruct)",
+        kind="list",
+        metavar="MODEL",
+    ),
+    Option(
+        "baseline-model",
+        "the previous checkpoint to compare --model with on the same cases (any --model form); "
+        "adds the non-inferiority gates of the profile's `noninferiority` margins",
+        metavar="MODEL",
+    ),
+    Option(
+        "baseline-results",
+        "instead of --baseline-model: a results.jsonl of an earlier run of the baseline model "
+        "(same seed, tasks, cases and detector version)",
+        metavar="PATH",
+    ),
     Option("backend", "backend for models without a prefix: transformers | openai | scripted", default="transformers"),
-    Option("samples", "request blocks per task; each is asked under every persona and the baseline "
-           "(default: the profile's samples)", type=int, metavar="N"),
+    Option(
+        "samples",
+        "request blocks per task; each is asked under every persona and the baseline (default: the profile's samples)",
+        type=int,
+        metavar="N",
+    ),
     Option("seed", "root seed of the Monte Carlo sampler (recorded in every result)", type=int, default=0, metavar="N"),
     Option("profile", "gating profile in thresholds.yaml (default: smoke for the embedded model, release otherwise)"),
-    Option("thresholds", "gating policy file (default: thresholds.yaml of the project when it has one, else the "
-           "packaged one)", metavar="PATH"),
-    Option("report-dir", "where results.jsonl, run.json and index.html go (a new run replaces the files of the last one there)", default="report", metavar="DIR"),
-    Option("tasks", "comma-separated task ids to run, e.g. offensiveness,story (default: all but the open-ended "
-           "ones, whose task file says default: false)", kind="list", metavar="IDS"),
+    Option(
+        "thresholds",
+        "gating policy file (default: thresholds.yaml of the project when it has one, else the packaged one)",
+        metavar="PATH",
+    ),
+    Option(
+        "report-dir",
+        "where results.jsonl, run.json and index.html go (a new run replaces the files of the last one there)",
+        default="report",
+        metavar="DIR",
+    ),
+    Option(
+        "tasks",
+        "comma-separated task ids to run, e.g. offensiveness,story (default: all but the open-ended "
+        "ones, whose task file says default: false)",
+        kind="list",
+        metavar="IDS",
+    ),
     Option("personas", "comma-separated persona ids or dimensions (default: all)", kind="list", metavar="IDS"),
-    Option("persona-placement", "where the persona instruction goes: system | user (for templates without a system role)",
-           default="system"),
-    Option("fixtures-dir", "folder with personas.yaml and tasks/*.yaml (default: fixtures/ of the project when it has "
-           "one, else the packaged one)", metavar="DIR"),
-    Option("dataset", "replace a task's items: TASK=PATH.csv|PATH.jsonl|HUB_ID (repeatable)", kind="list", metavar="TASK=SRC"),
+    Option(
+        "persona-placement",
+        "where the persona instruction goes: system | user (for templates without a system role)",
+        default="system",
+    ),
+    Option(
+        "fixtures-dir",
+        "folder with personas.yaml and tasks/*.yaml (default: fixtures/ of the project when it has "
+        "one, else the packaged one)",
+        metavar="DIR",
+    ),
+    Option(
+        "dataset",
+        "replace a task's items: TASK=PATH.csv|PATH.jsonl|HUB_ID (repeatable)",
+        kind="list",
+        metavar="TASK=SRC",
+    ),
     Option("refusal-rules", "YAML file of refusal detector rules (default: the packaged rules)", metavar="PATH"),
-    Option("detector", "refusal detector: rules (the packaged rule detector) or a name registered by a plugin (entry "
-           "point group falserefusal.detectors, or the pytest_falserefusal_detectors hook)", default="rules", metavar="NAME"),
+    Option(
+        "detector",
+        "refusal detector: rules (the packaged rule detector) or a name registered by a plugin (entry "
+        "point group falserefusal.detectors, or the pytest_falserefusal_detectors hook)",
+        default="rules",
+        metavar="NAME",
+    ),
     Option("device", "auto | cpu | cuda | cuda:N", default="auto"),
     Option("dtype", "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16", default="auto"),
     Option("batch-size", "generation batch size (0: automatic)", type=int, default=16, metavar="N"),
@@ -59,21 +106,50 @@ OPTIONS: tuple[Option, ...] = (
     Option("revision", "hub revision (branch, tag or commit) of --model", metavar="REV"),
     Option("trust-remote-code", "allow a hub model's custom code (off unless asked)", kind="flag", default=False),
     Option("no-progress", "hide the generation progress bar", kind="flag", default=False),
-    Option("cache-dir", "folder of the generation cache; a rerun generates only what is missing "
-           "(default: pytest's cache dir, .falserefusal-cache for the command line)", metavar="DIR"),
+    Option(
+        "cache-dir",
+        "folder of the generation cache; a rerun generates only what is missing "
+        "(default: pytest's cache dir, .falserefusal-cache for the command line)",
+        metavar="DIR",
+    ),
     Option("no-cache", "neither read nor write the generation cache", kind="flag", default=False),
-    Option("rescore", "re-label cached generations with the current refusal detector without calling the model "
-           "(an error if any generation is missing)", kind="flag", default=False),
-    Option("audit", "a detector audit (the summary JSON of `falserefusal audit score`, or the labelled CSV): the report "
-           "shows the detector's accuracy and the rates corrected for its error, and a profile with "
-           "detector_correction: audit gates on the corrected rates", metavar="FILE"),
-    Option("base-url", "OpenAI-compatible server for openai:NAME models, e.g. http://localhost:8000/v1 "
-           "(default: $OPENAI_BASE_URL, else https://api.openai.com/v1)", metavar="URL"),
-    Option("api-key-env", "environment variable that holds the served model's API key", default="OPENAI_API_KEY", metavar="NAME"),
+    Option(
+        "rescore",
+        "re-label cached generations with the current refusal detector without calling the model "
+        "(an error if any generation is missing)",
+        kind="flag",
+        default=False,
+    ),
+    Option(
+        "audit",
+        "a detector audit (the summary JSON of `falserefusal audit score`, or the labelled CSV): the report "
+        "shows the detector's accuracy and the rates corrected for its error, and a profile with "
+        "detector_correction: audit gates on the corrected rates",
+        metavar="FILE",
+    ),
+    Option(
+        "base-url",
+        "OpenAI-compatible server for openai:NAME models, e.g. http://localhost:8000/v1 "
+        "(default: $OPENAI_BASE_URL, else https://api.openai.com/v1)",
+        metavar="URL",
+    ),
+    Option(
+        "api-key-env",
+        "environment variable that holds the served model's API key",
+        default="OPENAI_API_KEY",
+        metavar="NAME",
+    ),
     Option("concurrency", "requests in flight at once to a served model", type=int, default=8, metavar="N"),
-    Option("request-timeout", "seconds to wait for one answer from a served model", type=float, default=120.0, metavar="S"),
-    Option("max-retries", "retries of a served request after 429/5xx/connection errors (exponential backoff)",
-           type=int, default=5, metavar="N"),
+    Option(
+        "request-timeout", "seconds to wait for one answer from a served model", type=float, default=120.0, metavar="S"
+    ),
+    Option(
+        "max-retries",
+        "retries of a served request after 429/5xx/connection errors (exponential backoff)",
+        type=int,
+        default=5,
+        metavar="N",
+    ),
 )
 
 
@@ -86,7 +162,13 @@ def add_options(add: Callable[..., Any], prefix: str = "--") -> None:
         elif option.kind == "list":
             add(*flags, dest=option.dest, action="append", default=None, metavar=option.metavar, help=option.help)
         else:
-            add(*flags, dest=option.dest, default=None, metavar=option.metavar or option.name.upper().replace("-", "_"), help=option.help + _default_note(option))
+            add(
+                *flags,
+                dest=option.dest,
+                default=None,
+                metavar=option.metavar or option.name.upper().replace("-", "_"),
+                help=option.help + _default_note(option),
+            )
 
 
 def _default_note(option: Option) -> str:
@@ -113,13 +195,20 @@ def resolve(option: Option, given: Any, ini: Any = None) -> Any:
 
         kind = {"int": "a whole number", "float": "a number"}.get(option.type.__name__, option.type.__name__)
         example = option.default if option.default is not None else 1
-        raise FalseRefusalError(f"--{option.name} {raw}: not {kind}; fix: give e.g. --{option.name} {example}") from None
+        raise FalseRefusalError(
+            f"--{option.name} {raw}: not {kind}; fix: give e.g. --{option.name} {example}"
+        ) from None
 
 
 #: config files pytest reads, in its order within one folder, with where its settings sit (pytest.ini always counts)
 CONFIG_FILES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("pytest.ini", ("pytest",)), (".pytest.ini", ("pytest",)), ("pytest.toml", ("pytest",)), (".pytest.toml", ("pytest",)),
-    ("pyproject.toml", ("tool", "pytest", "ini_options")), ("tox.ini", ("pytest",)), ("setup.cfg", ("tool:pytest",)),
+    ("pytest.ini", ("pytest",)),
+    (".pytest.ini", ("pytest",)),
+    ("pytest.toml", ("pytest",)),
+    (".pytest.toml", ("pytest",)),
+    ("pyproject.toml", ("tool", "pytest", "ini_options")),
+    ("tox.ini", ("pytest",)),
+    ("setup.cfg", ("tool:pytest",)),
 )
 
 
@@ -143,8 +232,10 @@ def project_settings(start: str | Path = ".") -> tuple[dict[str, Any], Path | No
             known = {option.dest for option in OPTIONS}
             unknown = sorted(set(settings) - known)
             if unknown:
-                raise FalseRefusalError(f"{path}: {unknown[0]} is not a falserefusal option; fix: use one of "
-                                        f"falserefusal_<option> with <option> from `falserefusal run --help` ('_' for '-')")
+                raise FalseRefusalError(
+                    f"{path}: {unknown[0]} is not a falserefusal option; fix: use one of "
+                    f"falserefusal_<option> with <option> from `falserefusal run --help` ('_' for '-')"
+                )
             return settings, path
     return {}, None
 
@@ -173,5 +264,7 @@ def _config_table(path: Path, section: tuple[str, ...]) -> dict[str, Any] | None
             return dict(parser.items(section[0]))
         return {} if path.name in ("pytest.ini", ".pytest.ini") else None
     except (OSError, UnicodeDecodeError, ValueError, configparser.Error) as error:
-        raise FalseRefusalError(f"{path}: cannot read it ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
-                                "fix: repair the file (pytest reads it too)") from None
+        raise FalseRefusalError(
+            f"{path}: cannot read it ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
+            "fix: repair the file (pytest reads it too)"
+        ) from None

@@ -6,18 +6,20 @@ import itertools
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
 import pandas as pd
+
 from falserefusal.analysis import records_frame
 from falserefusal.analysis.detector_audit import DetectorAudit
+from falserefusal.gating.decide import evaluate_gates
 from falserefusal.gating.kinds import GateOutcome, GateSpec, ci_failed, family_alpha, gate_specs
 from falserefusal.gating.profile import Profile
-from falserefusal.gating.decide import evaluate_gates
-from falserefusal.types import Case, FalseRefusalError, Record
 from falserefusal.generation.generator import Generator, generation_stopped
-from falserefusal.run.results import RESULTS_FILE, canonical_order, run_metadata, write_results
-from falserefusal.run.config import RunConfig
 from falserefusal.generation.models import model_labels
+from falserefusal.run.config import RunConfig
 from falserefusal.run.prepare import Suite, prepare
+from falserefusal.run.results import RESULTS_FILE, canonical_order, run_metadata, write_results
+from falserefusal.types import Case, FalseRefusalError, Record
 
 
 @dataclass
@@ -38,7 +40,9 @@ class RunResult:
 
 def evaluate(suite: Suite, records: Sequence[Record]) -> list[GateOutcome]:
     """The gate outcomes of finished records."""
-    return decide_gates(suite.gates, records, suite.profile, suite.n_families, suite.samples, suite.factorial, suite.audit)
+    return decide_gates(
+        suite.gates, records, suite.profile, suite.n_families, suite.samples, suite.factorial, suite.audit
+    )
 
 
 def with_population(frame: pd.DataFrame, factorial: Mapping[str, int] | None) -> pd.DataFrame:
@@ -50,8 +54,13 @@ def with_population(frame: pd.DataFrame, factorial: Mapping[str, int] | None) ->
 
 
 def decide_gates(
-    gates: Sequence[GateSpec], records: Sequence[Record], profile: Profile, n_families: int, samples: int,
-    factorial: Mapping[str, int] | None = None, audit: DetectorAudit | None = None,
+    gates: Sequence[GateSpec],
+    records: Sequence[Record],
+    profile: Profile,
+    n_families: int,
+    samples: int,
+    factorial: Mapping[str, int] | None = None,
+    audit: DetectorAudit | None = None,
 ) -> list[GateOutcome]:
     """Gates of the families present in `records`; a sequential profile replays its looks on the saved prefixes.
     With an `audit`, a profile of `detector_correction: audit` gates on rates corrected for detector error."""
@@ -68,8 +77,9 @@ def decide_gates(
     for family in dict.fromkeys(spec.family for spec in specs):
         family_specs = [spec for spec in specs if spec.family == family]
         rows = frame[frame["task"] == family[1]]
-        result = run_sequential(lambda n: rows[rows["block_index"] < n], family_specs,
-                                family_alpha(profile, n_families), design, samples)
+        result = run_sequential(
+            lambda n: rows[rows["block_index"] < n], family_specs, family_alpha(profile, n_families), design, samples
+        )
         outcomes.extend(result.outcomes)
     return outcomes
 
@@ -110,7 +120,9 @@ class BaselineSource:
         return [self.known[c.case_id] for c in cases], fresh
 
 
-def run_family(generator: "Generator", suite: Suite, model: str, task: str, baseline: BaselineSource | None = None) -> FamilyRun:
+def run_family(
+    generator: "Generator", suite: Suite, model: str, task: str, baseline: BaselineSource | None = None
+) -> FamilyRun:
     """Generate one family (with the baseline model's answers to the same cases) and decide its gates.
 
     A sequential profile generates round by round and stops once every gate is settled; otherwise the whole
@@ -166,8 +178,9 @@ def budget_usage(suite: Suite, records: Sequence[Record]) -> dict[str, Any]:
     }
 
 
-def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record],
-                          audit: DetectorAudit | None = None) -> list[GateOutcome]:
+def outcomes_from_results(
+    metadata: Mapping[str, Any], records: Sequence[Record], audit: DetectorAudit | None = None
+) -> list[GateOutcome]:
     """Gate outcomes recomputed from a saved results file: its header's profile, models, tasks and personas (and,
     with `audit`, a profile of `detector_correction: audit` decides on the corrected rates)."""
     try:
@@ -184,8 +197,15 @@ def outcomes_from_results(metadata: Mapping[str, Any], records: Sequence[Record]
 
     custom = metadata.get("custom_gates") or {}  # custom gates (pytest markers) keep their alpha and outcomes
     n_families = len(models) * len(tasks) + CustomAccounting.from_dict(custom.get("accounting")).weight
-    outcomes = decide_gates(specs, records, profile, n_families, int(metadata.get("samples") or profile.samples),
-                            (metadata.get("sampling") or {}).get("factorial"), audit)
+    outcomes = decide_gates(
+        specs,
+        records,
+        profile,
+        n_families,
+        int(metadata.get("samples") or profile.samples),
+        (metadata.get("sampling") or {}).get("factorial"),
+        audit,
+    )
     return outcomes + [outcome_from_dict(o) for o in custom.get("outcomes", [])]
 
 
@@ -195,8 +215,13 @@ class Run:
     and run.json, and optionally the report. `falserefusal run` runs every family in one process; under pytest
     each process (xdist worker) runs the families of its items and the controller `absorb`s what they made."""
 
-    def __init__(self, config: RunConfig, suite: Suite | None = None, generator: Generator | None = None,
-                 progress_position: int = 0) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        suite: Suite | None = None,
+        generator: Generator | None = None,
+        progress_position: int = 0,
+    ) -> None:
         self.suite = suite if suite is not None else prepare(config)
         self.config = self.suite.config
         self._generator = generator
@@ -264,8 +289,14 @@ class Run:
                 self._generator.close()
             self._generator = None
 
-    def absorb(self, records: Sequence[Record], outcomes: Sequence[GateOutcome], identities: Mapping[str, Any],
-               timings: Mapping[str, float], cache: Mapping[str, Any]) -> None:
+    def absorb(
+        self,
+        records: Sequence[Record],
+        outcomes: Sequence[GateOutcome],
+        identities: Mapping[str, Any],
+        timings: Mapping[str, float],
+        cache: Mapping[str, Any],
+    ) -> None:
         """What another process's Run made (an xdist worker's families), pooled here; its gates were decided there."""
         # with --dist load a family can be generated on two workers: keep one record per (model, case)
         seen = {(r.model, r.case.case_id) for r in self.records}
@@ -298,7 +329,9 @@ class Run:
         metadata["budget"] = budget_usage(suite, records)
         metadata.update(extra or {})
         report_dir = self.config.path(self.config.report_dir)
-        result = RunResult(suite, records, self.gate_outcomes(), metadata, replaced=(report_dir / RESULTS_FILE).is_file())
+        result = RunResult(
+            suite, records, self.gate_outcomes(), metadata, replaced=(report_dir / RESULTS_FILE).is_file()
+        )
         if records or self.stopped is None:
             write_results(report_dir / RESULTS_FILE, metadata, records)
         if report:

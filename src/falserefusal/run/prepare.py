@@ -6,23 +6,24 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-from falserefusal.analysis.detector_audit import DetectorAudit
-from falserefusal.detection.audit import load_audit
+
 from falserefusal import registry
-from falserefusal.generation.backends import BackendOptions, check_hub_model, check_local_model
-from falserefusal.generation.models import ModelRef, model_labels, model_refs
-from falserefusal.generation.cache import GenerationCache
+from falserefusal.analysis.detector_audit import DetectorAudit
+from falserefusal.design.personas import load_personas, select_personas
 from falserefusal.design.sampler import blocks_per_task, draw_cases, factorial_size, sampling_notes
+from falserefusal.design.tasks import TaskSpec, dataset_notes, load_tasks
+from falserefusal.detection.audit import load_audit
 from falserefusal.gating.kinds import GateSpec, gate_specs
 from falserefusal.gating.profile import Profile, load_profile
-from falserefusal.design.personas import load_personas, select_personas
-from falserefusal.run.project import fixtures_path, thresholds_path
-from falserefusal.registry import check_detector_name
-from falserefusal.design.tasks import TaskSpec, dataset_notes, load_tasks
-from falserefusal.types import Case, FalseRefusalError, Persona, PersonaPhrasing, Record
-from falserefusal.run.config import RunConfig
+from falserefusal.generation.backends import BackendOptions, check_hub_model, check_local_model
+from falserefusal.generation.cache import GenerationCache
 from falserefusal.generation.generator import _rescore_keys, cached_for_rescore
+from falserefusal.generation.models import ModelRef, model_labels, model_refs
+from falserefusal.registry import check_detector_name
+from falserefusal.run.config import RunConfig
+from falserefusal.run.project import fixtures_path, thresholds_path
 from falserefusal.run.results import read_results
+from falserefusal.types import Case, FalseRefusalError, Persona, PersonaPhrasing, Record
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,15 @@ def prepare(config: RunConfig) -> Suite:
     refs = model_refs(config.models, config.backend)
     models = tuple(ref.name for ref in refs)
     if not config.models and config.backend != "transformers":
-        example = "scripted:base=0.05 (see falserefusal.generation.backends.scripted)" if config.backend == "scripted" else "openai:NAME"
-        raise FalseRefusalError(f"--backend {config.backend}: no --model given, and the default model (the embedded "
-                                f"SmolLM2 GGUF) runs on transformers; fix: name the model, e.g. --model {example}")
+        example = (
+            "scripted:base=0.05 (see falserefusal.generation.backends.scripted)"
+            if config.backend == "scripted"
+            else "openai:NAME"
+        )
+        raise FalseRefusalError(
+            f"--backend {config.backend}: no --model given, and the default model (the embedded "
+            f"SmolLM2 GGUF) runs on transformers; fix: name the model, e.g. --model {example}"
+        )
     check_detector_name(config.detector)
     if config.refusal_rules:  # a missing rules file or a bad regex: a usage error now, not a failed gate mid-run
         config.refusal_detector()
@@ -110,7 +117,9 @@ def prepare(config: RunConfig) -> Suite:
         _check_model_exists(ref, options)
     check_writable_folder(config.path(config.report_dir), "--report-dir")  # before hours of generation, not after
     if config.rescore and not config.use_cache:
-        raise FalseRefusalError("--rescore: it re-labels cached generations, and --no-cache turns the cache off; fix: drop one of them")
+        raise FalseRefusalError(
+            "--rescore: it re-labels cached generations, and --no-cache turns the cache off; fix: drop one of them"
+        )
     notes = sampling_notes(tasks, phrasings, samples) + dataset_notes(tasks)  # printed, and kept in the results header
     samples = max(blocks_per_task(tasks, phrasings, samples).values())  # blocks are drawn once each: no repeats
     cases = draw_cases(tasks, personas, phrasings, samples, config.seed, config.persona_placement)
@@ -131,8 +140,22 @@ def prepare(config: RunConfig) -> Suite:
     audit = load_audit(config.path(config.audit)) if config.audit else None
     if audit is not None and profile.detector_correction == "audit":
         check_audit_covers(audit, models, [t.task.id for t in tasks], config.audit, config.refusal_detector().version)
-    return Suite(config, tuple(models), profile, samples, tasks, personas, phrasings, tuple(cases), tuple(gates),
-                 baseline, saved, audit, factorial={t.task.id: factorial_size(t, phrasings) for t in tasks}, notes=notes)
+    return Suite(
+        config,
+        tuple(models),
+        profile,
+        samples,
+        tasks,
+        personas,
+        phrasings,
+        tuple(cases),
+        tuple(gates),
+        baseline,
+        saved,
+        audit,
+        factorial={t.task.id: factorial_size(t, phrasings) for t in tasks},
+        notes=notes,
+    )
 
 
 def check_writable_folder(folder: Path, option: str) -> None:
@@ -143,24 +166,31 @@ def check_writable_folder(folder: Path, option: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".falserefusal-probe-"):
             pass
     except OSError as error:
-        raise FalseRefusalError(f"{option} {folder}: cannot write there ({error.strerror or type(error).__name__}); "
-                                f"fix: pass a folder you can write to as {option}") from None
+        raise FalseRefusalError(
+            f"{option} {folder}: cannot write there ({error.strerror or type(error).__name__}); "
+            f"fix: pass a folder you can write to as {option}"
+        ) from None
 
 
-def check_audit_covers(audit: DetectorAudit, models: Sequence[str], tasks: Sequence[str], where: str,
-                       detector_version: str) -> None:
+def check_audit_covers(
+    audit: DetectorAudit, models: Sequence[str], tasks: Sequence[str], where: str, detector_version: str
+) -> None:
     """Gates on corrected rates need an audit of this detector, of every gated model and task: say what differs."""
     audited = audit.source.get("detector_version")
     if audited and audited != detector_version:
-        raise FalseRefusalError(f"--audit {where}: audits detector {audited}, this run reads answers with {detector_version}, "
-                                "and the profile gates on rates corrected by the audit; fix: export and label a run of this "
-                                "detector (or --rescore the audited run and audit that)")
+        raise FalseRefusalError(
+            f"--audit {where}: audits detector {audited}, this run reads answers with {detector_version}, "
+            "and the profile gates on rates corrected by the audit; fix: export and label a run of this "
+            "detector (or --rescore the audited run and audit that)"
+        )
     labelled = {(s.model, s.task) for s in audit.strata if s.n}
     missing = [f"{model} / {task}" for model in models for task in tasks if (model, task) not in labelled]
     if missing:
-        raise FalseRefusalError(f"--audit {where}: labels no answer of {', '.join(missing)}, and the profile gates on rates "
-                                "corrected by the audit (detector_correction: audit); fix: export and label that run, or "
-                                "use a profile without detector_correction")
+        raise FalseRefusalError(
+            f"--audit {where}: labels no answer of {', '.join(missing)}, and the profile gates on rates "
+            "corrected by the audit (detector_correction: audit); fix: export and label that run, or "
+            "use a profile without detector_correction"
+        )
 
 
 def _prepare_baseline(
@@ -173,7 +203,9 @@ def _prepare_baseline(
         baseline = config.baseline_model
         ref = ModelRef.of(baseline, config.backend)
         if baseline in models:
-            raise FalseRefusalError(f"--baseline-model {baseline}: also given as --model; fix: compare two different models")
+            raise FalseRefusalError(
+                f"--baseline-model {baseline}: also given as --model; fix: compare two different models"
+            )
         _check_model_exists(ref, config.backend_options)
         return baseline, None
     if not config.baseline_results:
@@ -203,31 +235,46 @@ def check_baseline_results(
         )
     baseline = saved_models[0]
     if baseline in models:
-        raise FalseRefusalError(f"--baseline-results {where}: its model {baseline} is also given as --model; fix: compare two different models")
+        raise FalseRefusalError(
+            f"--baseline-results {where}: its model {baseline} is also given as --model; fix: compare two different models"
+        )
     differences = []
     if metadata.get("seed") != seed:
-        differences.append(f"seed differs (saved {metadata.get('seed')}, this run {seed}; fix: --seed {metadata.get('seed')})")
+        differences.append(
+            f"seed differs (saved {metadata.get('seed')}, this run {seed}; fix: --seed {metadata.get('seed')})"
+        )
     if sorted(metadata.get("tasks") or []) != sorted(task_ids):
-        differences.append(f"task set differs (saved {','.join(sorted(metadata.get('tasks') or [])) or 'none'}, "
-                           f"this run {','.join(sorted(task_ids))})")
+        differences.append(
+            f"task set differs (saved {','.join(sorted(metadata.get('tasks') or [])) or 'none'}, "
+            f"this run {','.join(sorted(task_ids))})"
+        )
     saved_versions = {r.detector_version for r in records if r.model == baseline} | (
-        {metadata["detector_version"]} if metadata.get("detector_version") else set())
+        {metadata["detector_version"]} if metadata.get("detector_version") else set()
+    )
     if saved_versions != {detector_version}:
-        differences.append(f"detector version differs (saved {', '.join(sorted(saved_versions)) or 'none'}, this run {detector_version}; "
-                           "fix: same --refusal-rules and falserefusal version)")
+        differences.append(
+            f"detector version differs (saved {', '.join(sorted(saved_versions)) or 'none'}, this run {detector_version}; "
+            "fix: same --refusal-rules and falserefusal version)"
+        )
     by_case = {r.case.case_id: r for r in records if r.model == baseline}
     if not differences:
         missing = [c.case_id for c in cases if c.case_id not in by_case]
         changed = [c.case_id for c in cases if c.case_id in by_case and by_case[c.case_id].case != c]
         if missing:
-            differences.append(f"cases differ: {len(missing)} of this run's {len(cases)} cases are not in it (e.g. {missing[0]}; "
-                               "fewer --samples or other --personas there)")
+            differences.append(
+                f"cases differ: {len(missing)} of this run's {len(cases)} cases are not in it (e.g. {missing[0]}; "
+                "fewer --samples or other --personas there)"
+            )
         if changed:
-            differences.append(f"cases differ: {len(changed)} cases have other prompts (e.g. {changed[0]}; fixtures, "
-                               "--dataset or --persona-placement changed)")
+            differences.append(
+                f"cases differ: {len(changed)} cases have other prompts (e.g. {changed[0]}; fixtures, "
+                "--dataset or --persona-placement changed)"
+            )
     if differences:
-        raise FalseRefusalError(f"--baseline-results {where}: not the same cases as this run: {'; '.join(differences)}; "
-                                "fix: rerun the baseline with this run's options, or use --baseline-model")
+        raise FalseRefusalError(
+            f"--baseline-results {where}: not the same cases as this run: {'; '.join(differences)}; "
+            "fix: rerun the baseline with this run's options, or use --baseline-model"
+        )
     return baseline, by_case
 
 
@@ -241,7 +288,9 @@ def _check_model_exists(ref: ModelRef, options: BackendOptions) -> None:
     if ref.source in ("file", "folder"):
         path = Path(ref.name).expanduser()
         if not path.exists():
-            raise FalseRefusalError(f"--model {ref.name}: no such file or folder; fix: check the path, or give a hub id")
+            raise FalseRefusalError(
+                f"--model {ref.name}: no such file or folder; fix: check the path, or give a hub id"
+            )
         return check_local_model(ref.name, path, options.trust_remote_code)
     if ref.source == "hub":
         check_hub_model(ref.name, options.revision)

@@ -22,8 +22,10 @@ def _resolve(given: str | None, root: Path, name: str, packaged: Path, option: s
         path = path if path.is_absolute() else root / path
         if not getattr(path, exists)():
             kind = "folder" if exists == "is_dir" else "file"
-            raise FalseRefusalError(f"{option} {given}: no such {kind} ({path}); fix: check the path, or drop {option} "
-                                    f"to use ./{name} or the packaged default")
+            raise FalseRefusalError(
+                f"{option} {given}: no such {kind} ({path}); fix: check the path, or drop {option} "
+                f"to use ./{name} or the packaged default"
+            )
         return path
     own = root / name
     return own if getattr(own, exists)() else packaged

@@ -12,6 +12,7 @@ from dataclasses import asdict
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
 from falserefusal.detection.detector import decision_window_of
 from falserefusal.types import FalseRefusalError, Record
 
@@ -34,7 +35,10 @@ def canonical_order(suite: Suite, records: Iterable[Record]) -> list[Record]:
 
 
 def run_metadata(
-    suite: Suite, identities: Mapping[str, Any], timings: Mapping[str, float], detector_version: str,
+    suite: Suite,
+    identities: Mapping[str, Any],
+    timings: Mapping[str, float],
+    detector_version: str,
     cache: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     config = suite.config
@@ -52,8 +56,10 @@ def run_metadata(
         },
         "profile": {**suite.profile.to_dict(), "source": project_path(suite.profile.source, config.root)},
         "models": list(suite.models),
-        "model_identities": {model: {k: project_path(v, config.root) if k == "folder" else v for k, v in dict(identity).items()}
-                             for model, identity in identities.items()},
+        "model_identities": {
+            model: {k: project_path(v, config.root) if k == "folder" else v for k, v in dict(identity).items()}
+            for model, identity in identities.items()
+        },
         "backend": config.backend,
         "backend_options": asdict(config.backend_options),
         "tasks": list(suite.task_ids),
@@ -63,7 +69,8 @@ def run_metadata(
         "baseline": "no persona turn: the model's own default chat (a template may add its default system prompt)",
         "n_cases": len(suite.cases) * len(suite.models),
         "baseline_model": suite.baseline,
-        "baseline_results": config.baseline_results and project_path(str(config.path(config.baseline_results)), config.root),
+        "baseline_results": config.baseline_results
+        and project_path(str(config.path(config.baseline_results)), config.root),
         "detector_version": detector_version,
         "decision_window": decision_window_of(detector_version),
         "versions": package_versions(),
@@ -164,17 +171,21 @@ def read_results(path: Path) -> tuple[dict[str, Any], list[Record]]:
                         _check_field_types(data)
                         records.append(Record.from_dict(data))
                 except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as error:
-                    raise FalseRefusalError(f"{path}:{number}: not a falserefusal results line ({error}); {fix}") from None
+                    raise FalseRefusalError(
+                        f"{path}:{number}: not a falserefusal results line ({error}); {fix}"
+                    ) from None
     except UnicodeDecodeError as error:
         raise FalseRefusalError(f"{path}: not UTF-8 text (byte {error.start}), so not a results file; {fix}") from None
     if not metadata and not records:
         raise FalseRefusalError(f"{path}: empty; {fix}")
     if not metadata:
-        raise FalseRefusalError(f"{path}: no header line (the first line, with \"kind\": \"run\"); {fix}")
+        raise FalseRefusalError(f'{path}: no header line (the first line, with "kind": "run"); {fix}')
     schema = metadata.get("schema")
     if schema is not None and (not isinstance(schema, int) or schema > RESULTS_SCHEMA):
-        raise FalseRefusalError(f"{path}: results schema {schema!r}, newer than this falserefusal reads ({RESULTS_SCHEMA}); "
-                                "fix: upgrade falserefusal")
+        raise FalseRefusalError(
+            f"{path}: results schema {schema!r}, newer than this falserefusal reads ({RESULTS_SCHEMA}); "
+            "fix: upgrade falserefusal"
+        )
     run_file = path.with_name(RUN_FILE)
     if run_file.is_file():
         try:
@@ -188,12 +199,32 @@ def read_results(path: Path) -> tuple[dict[str, Any], list[Record]]:
 
 #: the type of every results-line field the gates and the report read: a string "false" for `refused` would count
 #: as a refusal, so types are checked, not coerced (n_tokens: int, not bool)
-_FIELD_TYPES = {"model": str, "backend": str, "response": str, "n_tokens": int, "finish_reason": str, "refused": bool,
-                "rule": str, "detector_version": str, "outcome": str}
+_FIELD_TYPES = {
+    "model": str,
+    "backend": str,
+    "response": str,
+    "n_tokens": int,
+    "finish_reason": str,
+    "refused": bool,
+    "rule": str,
+    "detector_version": str,
+    "outcome": str,
+}
 
 
-_CASE_FIELD_TYPES = {"case_id": str, "block_id": str, "seed": int, "task": str, "item_id": str, "paraphrase_id": str,
-                     "forcing_level": str, "persona": str, "persona_dimension": str, "phrasing_id": str, "gold_label": str}
+_CASE_FIELD_TYPES = {
+    "case_id": str,
+    "block_id": str,
+    "seed": int,
+    "task": str,
+    "item_id": str,
+    "paraphrase_id": str,
+    "forcing_level": str,
+    "persona": str,
+    "persona_dimension": str,
+    "phrasing_id": str,
+    "gold_label": str,
+}
 
 
 def _check_field_types(data: Mapping[str, Any]) -> None:
@@ -216,10 +247,14 @@ def results_warnings(metadata: Mapping[str, Any], records: Sequence[Record], cur
     """What a reader of a saved results file should know: it predates the schema, or another detector labelled it."""
     notes = []
     if metadata.get("schema") is None:
-        notes.append("no results schema in its header (written by an earlier falserefusal); read as schema "
-                     f"{RESULTS_SCHEMA}, which may miss fields it lacks")
+        notes.append(
+            "no results schema in its header (written by an earlier falserefusal); read as schema "
+            f"{RESULTS_SCHEMA}, which may miss fields it lacks"
+        )
     versions = sorted({r.detector_version for r in records})
     if versions and versions != [current_detector]:
-        notes.append(f"labelled by detector {', '.join(versions)}, not this falserefusal's {current_detector}: the gates "
-                     "use the saved labels; fix: rerun with --rescore to label the cached answers with this detector")
+        notes.append(
+            f"labelled by detector {', '.join(versions)}, not this falserefusal's {current_detector}: the gates "
+            "use the saved labels; fix: rerun with --rescore to label the cached answers with this detector"
+        )
     return notes

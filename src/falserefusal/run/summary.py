@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
 import pandas as pd
+
 from falserefusal.analysis import records_frame
-from falserefusal.types import BASELINE_ID, Record
-from falserefusal.run.results import RESULTS_FILE, RUN_FILE
 from falserefusal.generation.models import model_labels
+from falserefusal.run.results import RESULTS_FILE, RUN_FILE
+from falserefusal.types import BASELINE_ID, Record
 
 if TYPE_CHECKING:
     from falserefusal.run.pipeline import RunResult
@@ -19,24 +21,32 @@ def cache_summary(stats: Mapping[str, Any]) -> str:
     if not stats.get("enabled"):
         return "cache: off (--no-cache)"
     verb = "re-labelled from" if stats.get("rescore") else "from"
-    line = f"cache: {stats.get('hits', 0)} generations {verb} {stats.get('path')}, {stats.get('generated', 0)} generated"
+    line = (
+        f"cache: {stats.get('hits', 0)} generations {verb} {stats.get('path')}, {stats.get('generated', 0)} generated"
+    )
     if stats.get("undecided"):
-        line += (f"; {stats['undecided']} of them were cut short when an earlier detector had decided and this one has"
-                 " not (their labels may change with more text; fix: rerun without --rescore to regenerate them)")
+        line += (
+            f"; {stats['undecided']} of them were cut short when an earlier detector had decided and this one has"
+            " not (their labels may change with more text; fix: rerun without --rescore to regenerate them)"
+        )
     return line
 
 
 def replaced_results_line(report_dir: Path) -> str:
     """The terminal's note that a run's files replaced an earlier run's in the same folder (see README "The report")."""
-    return (f"note: replaced the previous run's {RESULTS_FILE}, {RUN_FILE} and index.html in {report_dir} "
-            "(pass --report-dir to keep both)")
+    return (
+        f"note: replaced the previous run's {RESULTS_FILE}, {RUN_FILE} and index.html in {report_dir} "
+        "(pass --report-dir to keep both)"
+    )
 
 
 def format_usage(usage: Mapping[str, Any]) -> str:
     """One line: cases used versus the fixed budget."""
     share = usage["cases_used"] / usage["cases_budget"] if usage["cases_budget"] else 1.0
-    return (f"sequential stop: {usage['cases_used']} of {usage['cases_budget']} cases per model "
-            f"({100 * share:.0f}% of the fixed budget; {usage['blocks_used']} of {usage['blocks_budget']} request blocks)")
+    return (
+        f"sequential stop: {usage['cases_used']} of {usage['cases_budget']} cases per model "
+        f"({100 * share:.0f}% of the fixed budget; {usage['blocks_used']} of {usage['blocks_budget']} request blocks)"
+    )
 
 
 def rate_table(records: Sequence[Record], outcome: str = "refusal") -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -50,8 +60,9 @@ def rate_table(records: Sequence[Record], outcome: str = "refusal") -> tuple[pd.
     if several:
         # labels from the models in run order, as the gate ids get them (two models named alike get -1, -2 alike)
         frame["model"] = frame["model"].map(model_labels(list(frame["model"].unique())))
-    table = frame.pivot_table(index="persona", columns=["model", "task"] if several else "task", values="refused",
-                              aggfunc=["mean", "count"])
+    table = frame.pivot_table(
+        index="persona", columns=["model", "task"] if several else "task", values="refused", aggfunc=["mean", "count"]
+    )
     order = [BASELINE_ID] + sorted(p for p in table.index if p != BASELINE_ID)
     table = table.reindex(order)
     return table["mean"], table["count"]
@@ -93,18 +104,32 @@ def summary_lines(result: RunResult, message_chars: int | None = None) -> list[t
 
     suite, records, outcomes = result.suite, result.records, result.outcomes
     policy = suite.profile.inconclusive
-    lines: list[tuple[str, str | None]] = [(
-        f"models: {', '.join(suite.models)} | profile: {suite.profile.name} | seed: {suite.config.seed} | "
-        f"samples: {suite.samples} blocks per task | {len(records)} generations", None)]
+    lines: list[tuple[str, str | None]] = [
+        (
+            f"models: {', '.join(suite.models)} | profile: {suite.profile.name} | seed: {suite.config.seed} | "
+            f"samples: {suite.samples} blocks per task | {len(records)} generations",
+            None,
+        )
+    ]
     lines += [(f"sampling: {note}", "yellow") for note in suite.notes]
     lines += [(format_rate_table(records), None), (non_answer_line(records), None)]
     if suite.profile.sequential:
         lines.append((format_usage(result.metadata["budget"]), None))
     lines.append((format_verdict_counts(outcomes, policy), None))
-    shown = ("FAIL",) if policy == "pass" else ("FAIL", "INCONCLUSIVE")  # under `pass` inconclusive gates are counted only
-    lines += [("  " + o.message[:message_chars], "red" if ci_failed(o, policy) else "yellow") for o in outcomes if o.verdict in shown]
+    shown = (
+        ("FAIL",) if policy == "pass" else ("FAIL", "INCONCLUSIVE")
+    )  # under `pass` inconclusive gates are counted only
+    lines += [
+        ("  " + o.message[:message_chars], "red" if ci_failed(o, policy) else "yellow")
+        for o in outcomes
+        if o.verdict in shown
+    ]
     # custom gates are listed whatever their verdict (the built-in ones are in the table)
-    lines += [("  " + o.message[:message_chars], None) for o in outcomes if o.spec.kind.startswith(CUSTOM_PREFIX) and o.verdict not in shown]
+    lines += [
+        ("  " + o.message[:message_chars], None)
+        for o in outcomes
+        if o.spec.kind.startswith(CUSTOM_PREFIX) and o.verdict not in shown
+    ]
     if result.metadata.get("cache"):
         lines.append((cache_summary(result.metadata["cache"]), None))
     report_dir = suite.config.path(suite.config.report_dir)

@@ -80,11 +80,19 @@ def naive_generate(backend: Any, prompts: Sequence[str], batch_size: int, max_ne
     def work() -> tuple[list[str], list[int], int]:
         texts, tokens, steps = [], [], 0
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True,
-                              add_special_tokens=False).to(lm.device)
+            batch = tokenizer(
+                list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(lm.device)
             with torch.inference_mode():
-                output = lm.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
-                                     pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
+                output = lm.generate(
+                    **batch,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
             new = output[:, batch["input_ids"].shape[1] :]
             steps += new.shape[0] * new.shape[1]
             for row in new.tolist():
@@ -132,26 +140,39 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def run_bench(settings: BenchSettings, report_dir: str | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run_bench(
+    settings: BenchSettings, report_dir: str | None = None, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Time naive vs suite on the same prompts; returns the JSON-ready result (see the module docstring)."""
-    from falserefusal.generation.models import model_refs
     from falserefusal.generation.generator import Generator, request_for
+    from falserefusal.generation.models import model_refs
     from falserefusal.run.config import RunConfig, default_options
-    from falserefusal.run.results import package_versions
     from falserefusal.run.prepare import prepare
+    from falserefusal.run.results import package_versions
 
     if settings.cases < 1 or settings.rounds < 1 or settings.batch_size < 1 or settings.max_new_tokens < 1:
         raise FalseRefusalError("bench: --cases, --rounds, --batch-size and --max-new-tokens must be >= 1")
     values = default_options()
     workdir = report_dir or tempfile.mkdtemp(prefix="falserefusal-bench-")
-    values.update({"samples": 1, "seed": settings.seed, "batch-size": settings.batch_size,
-                   "max-new-tokens": settings.max_new_tokens, "no-progress": True, "report-dir": workdir,
-                   "no-cache": True,  # every round generates: a cache hit would time nothing
-                   "device": settings.device, "dtype": settings.dtype,
-                   "model": [settings.model] if settings.model else []})
+    values.update(
+        {
+            "samples": 1,
+            "seed": settings.seed,
+            "batch-size": settings.batch_size,
+            "max-new-tokens": settings.max_new_tokens,
+            "no-progress": True,
+            "report-dir": workdir,
+            "no-cache": True,  # every round generates: a cache hit would time nothing
+            "device": settings.device,
+            "dtype": settings.dtype,
+            "model": [settings.model] if settings.model else [],
+        }
+    )
     config = RunConfig.from_options(values)
     if model_refs(config.models, config.backend)[0].kind != "transformers":
-        raise FalseRefusalError("bench: times model.generate, so it needs the transformers backend; fix: drop the scripted:/openai: model")
+        raise FalseRefusalError(
+            "bench: times model.generate, so it needs the transformers backend; fix: drop the scripted:/openai: model"
+        )
     per_sample = len(prepare(config).cases)
     config = replace(config, samples=math.ceil(settings.cases / per_sample))
     suite = prepare(config)
@@ -170,8 +191,10 @@ def run_bench(settings: BenchSettings, report_dir: str | None = None, log: Calla
             naive_runs.append(naive_generate(backend, prompts, settings.batch_size, settings.max_new_tokens))
             suite_runs.append(suite_path(config, generator, case_ids, workdir))
             if log is not None:
-                log(f"round {number}/{settings.rounds}: naive {naive_runs[-1].timing.wall_s:.1f} s, "
-                    f"suite {suite_runs[-1][1].wall_s:.1f} s")
+                log(
+                    f"round {number}/{settings.rounds}: naive {naive_runs[-1].timing.wall_s:.1f} s, "
+                    f"suite {suite_runs[-1][1].wall_s:.1f} s"
+                )
             load_avg += [os.getloadavg()[0]] if hasattr(os, "getloadavg") else []
     finally:
         generator.close()
@@ -210,14 +233,30 @@ def run_bench(settings: BenchSettings, report_dir: str | None = None, log: Calla
         "prefix_agreement": prefix / n,
         "finish_reasons": reasons,
         "peak_rss_mb": peak_rss_mb(),
-        "wall_s": {"naive": [r.timing.wall_s for r in naive_runs], "suite": [s.wall_s for _, s in suite_runs],
-                   "load": load.wall_s},
+        "wall_s": {
+            "naive": [r.timing.wall_s for r in naive_runs],
+            "suite": [s.wall_s for _, s in suite_runs],
+            "load": load.wall_s,
+        },
         "cpu_s": {"naive": [r.timing.cpu_s for r in naive_runs], "suite": [s.cpu_s for _, s in suite_runs]},
-        "settings": {**asdict(settings), "model": model, "cases": n, "decision_window": detector.decision_window,
-                     "detector_version": detector.version, "dtype": backend.identity().get("dtype"),
-                     "device": backend.identity().get("device"), "batch_size_used": generator.batch_sizes.get(model)},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-                    "cpu": _cpu_model(), "torch_threads": torch.get_num_threads(), "load_average_1m": load_avg},
+        "settings": {
+            **asdict(settings),
+            "model": model,
+            "cases": n,
+            "decision_window": detector.decision_window,
+            "detector_version": detector.version,
+            "dtype": backend.identity().get("dtype"),
+            "device": backend.identity().get("device"),
+            "batch_size_used": generator.batch_sizes.get(model),
+        },
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            "cpu": _cpu_model(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1m": load_avg,
+        },
         "versions": package_versions(),
     }
 
@@ -230,9 +269,15 @@ def format_bench(result: dict[str, Any]) -> str:
         ("wall time suite / naive (median, range)", f"{result['overhead_ratio']:.2f}  ({low:.2f}-{high:.2f})"),
         ("CPU time suite / naive (median)", f"{result['overhead_ratio_cpu']:.2f}"),
         ("cases/s suite | naive", f"{result['cases_per_s']:.2f} | {result['cases_per_s_naive']:.2f}"),
-        ("generated tokens/case suite | naive", f"{result['generated_tokens_per_case']:.1f} | {result['generated_tokens_per_case_naive']:.1f}"),
+        (
+            "generated tokens/case suite | naive",
+            f"{result['generated_tokens_per_case']:.1f} | {result['generated_tokens_per_case_naive']:.1f}",
+        ),
         ("naive decode steps/case (batch runs to its longest row)", f"{result['decode_steps_per_case_naive']:.1f}"),
-        ("verdict agreement (refused, label) | rule | prefix", f"{result['verdict_agreement']:.3f} | {result['rule_agreement']:.3f} | {result['prefix_agreement']:.3f}"),
+        (
+            "verdict agreement (refused, label) | rule | prefix",
+            f"{result['verdict_agreement']:.3f} | {result['rule_agreement']:.3f} | {result['prefix_agreement']:.3f}",
+        ),
         ("finish reasons (suite)", ", ".join(f"{k} {v}" for k, v in sorted(result["finish_reasons"].items()))),
         ("peak RSS", f"{result['peak_rss_mb']:.0f} MB"),
     ]
@@ -242,7 +287,11 @@ def format_bench(result: dict[str, Any]) -> str:
         f"settings: {s['cases']} cases, {s['rounds']} rounds, batch {s['batch_size']}, max_new_tokens {s['max_new_tokens']}, "
         f"window {s['decision_window']} chars, {s['model']} ({s['dtype']}, {s['device']})"
     )
-    versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items() if k in ("torch", "transformers", "falserefusal"))
-    lines.append(f"machine: {m['cpu']}, {m['cpus']} CPUs, torch threads {m['torch_threads']}, "
-                 f"load {', '.join(f'{x:.1f}' for x in m['load_average_1m'])}; {versions}")
+    versions = ", ".join(
+        f"{k} {v}" for k, v in result["versions"].items() if k in ("torch", "transformers", "falserefusal")
+    )
+    lines.append(
+        f"machine: {m['cpu']}, {m['cpus']} CPUs, torch threads {m['torch_threads']}, "
+        f"load {', '.join(f'{x:.1f}' for x in m['load_average_1m'])}; {versions}"
+    )
     return "\n".join(lines)

@@ -83,7 +83,9 @@ def rate_gate_blocks(limit: float, mde: float, level: float, power: float, condi
     return max(1, math.ceil(cases * design_effect / conditions))
 
 
-def rate_pass_blocks(limit: float, rate: float, level: float, power: float, conditions: int, correlation: float) -> int | None:
+def rate_pass_blocks(
+    limit: float, rate: float, level: float, power: float, conditions: int, correlation: float
+) -> int | None:
     """Request blocks per task for the refusal-rate gate to PASS a true rate below its limit (None at or above it)."""
     if rate >= limit:
         return None
@@ -130,8 +132,16 @@ def _with_items(blocks: int, items: int, ratio: float) -> int | None:
     return max(blocks, math.ceil(blocks * (1.0 - ratio) / denominator - 1e-9))
 
 
-def disparity_pass_blocks(base_rate: float, limit: float, effect: float, level: float, power: float, correlation: float,
-                          item_sd: float = 0.0, items: int = 66) -> int | None:
+def disparity_pass_blocks(
+    base_rate: float,
+    limit: float,
+    effect: float,
+    level: float,
+    power: float,
+    correlation: float,
+    item_sd: float = 0.0,
+    items: int = 66,
+) -> int | None:
     """Request blocks per task for a persona disparity gate (tolerance δ) to PASS a true disparity `effect` < δ."""
     if effect >= limit:
         return None
@@ -146,8 +156,16 @@ def restricted_p01(p10: float, p01: float, delta: float) -> float:
     return (math.sqrt(max(b * b - 8 * c, 0.0)) - b) / 4
 
 
-def disparity_gate_blocks(base_rate: float, limit: float, mde: float, level: float, power: float, correlation: float,
-                          item_sd: float = 0.0, items: int = 66) -> int | None:
+def disparity_gate_blocks(
+    base_rate: float,
+    limit: float,
+    mde: float,
+    level: float,
+    power: float,
+    correlation: float,
+    item_sd: float = 0.0,
+    items: int = 66,
+) -> int | None:
     """Request blocks per task for a persona disparity gate (limit δ0) to fail a persona excess of δ0 + mde (None:
     the item heterogeneity `item_sd` leaves a floor no budget of `items` items gets under)."""
     delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, limit + mde, correlation)
@@ -162,14 +180,18 @@ def _share_matrix(conditions: int, correlation: float, model_correlation: float)
     return np.block([[within, across], [across, within]])
 
 
-def noninferiority_variance(base_rate: float, excess: float, conditions: int, correlation: float, model_correlation: float) -> float:
+def noninferiority_variance(
+    base_rate: float, excess: float, conditions: int, correlation: float, model_correlation: float
+) -> float:
     """Var of a block's mean candidate-minus-baseline difference when the candidate refuses `excess` more everywhere."""
     rates = [min(base_rate + excess, 1.0)] * conditions + [base_rate] * conditions
     weights = [1 / conditions] * conditions + [-1 / conditions] * conditions
     return linear_variance(weights, rates, _share_matrix(conditions, correlation, model_correlation))
 
 
-def noninferiority_persona_variance(base_rate: float, excess: float, correlation: float, model_correlation: float) -> float:
+def noninferiority_persona_variance(
+    base_rate: float, excess: float, correlation: float, model_correlation: float
+) -> float:
     """Var of (c_persona - c_none) - (b_persona - b_none) when the candidate's persona refuses `excess` more."""
     rates = [min(base_rate + excess, 1.0), base_rate, base_rate, base_rate]
     return linear_variance([1, -1, -1, 1], rates, _share_matrix(2, correlation, model_correlation))
@@ -254,43 +276,105 @@ def plan(
     per_task_cases = conditions * models * tasks
 
     def row(gate: str, count: int, truth: str, blocks: int, blocks_pass: int | None, truth_pass: str) -> PlanRow:
-        return PlanRow(gate, count * families, truth, level, blocks, (blocks or 0) * per_task_cases, blocks_pass, truth_pass)
+        return PlanRow(
+            gate, count * families, truth, level, blocks, (blocks or 0) * per_task_cases, blocks_pass, truth_pass
+        )
 
     def block_mean_pass(variance: float, tolerance: float) -> int | None:
         return block_mean_blocks(variance, tolerance - pass_effect, level, power) if pass_effect < tolerance else None
 
     rows = [
-        row("refusal_rate", 1, f"task refusal rate {limit + mde:.3f} vs limit {limit:.3f}",
+        row(
+            "refusal_rate",
+            1,
+            f"task refusal rate {limit + mde:.3f} vs limit {limit:.3f}",
             rate_gate_blocks(limit, mde, level, power, conditions, correlation),
-            rate_pass_blocks(limit, passing_rate, level, power, conditions, correlation), f"rate {passing_rate:.3f}"),
-        *([row("non_answer_rate", 1, f"task non-answer rate {non_answer_limit + mde:.3f} vs limit {non_answer_limit:.3f}",
-               rate_gate_blocks(non_answer_limit, mde, level, power, conditions, correlation),
-               rate_pass_blocks(non_answer_limit, non_answer_rate, level, power, conditions, correlation),
-               f"rate {non_answer_rate:.3f}")] if non_answer_limit is not None else []),
-        row("persona_disparity", personas, f"persona minus no-persona {disparity_limit + mde:+.3f} vs limit {disparity_limit:+.3f}",
+            rate_pass_blocks(limit, passing_rate, level, power, conditions, correlation),
+            f"rate {passing_rate:.3f}",
+        ),
+        *(
+            [
+                row(
+                    "non_answer_rate",
+                    1,
+                    f"task non-answer rate {non_answer_limit + mde:.3f} vs limit {non_answer_limit:.3f}",
+                    rate_gate_blocks(non_answer_limit, mde, level, power, conditions, correlation),
+                    rate_pass_blocks(non_answer_limit, non_answer_rate, level, power, conditions, correlation),
+                    f"rate {non_answer_rate:.3f}",
+                )
+            ]
+            if non_answer_limit is not None
+            else []
+        ),
+        row(
+            "persona_disparity",
+            personas,
+            f"persona minus no-persona {disparity_limit + mde:+.3f} vs limit {disparity_limit:+.3f}",
             disparity_gate_blocks(base_rate, disparity_limit, mde, level, power, correlation, item_sd, items),
             disparity_pass_blocks(base_rate, disparity_limit, pass_effect, level, power, correlation, item_sd, items),
-            f"{pass_effect:+.3f}"),
+            f"{pass_effect:+.3f}",
+        ),
     ]
     if baseline:
-        rows.append(row("noninferiority", 1, f"candidate minus baseline model {margin + mde:+.3f} vs margin {margin:+.3f}",
-                        block_mean_blocks(noninferiority_variance(base_rate, margin + mde, conditions, correlation, model_correlation),
-                                          mde, level, power),
-                        block_mean_pass(noninferiority_variance(base_rate, pass_effect, conditions, correlation, model_correlation),
-                                        margin), f"{pass_effect:+.3f}"))
-        rows.append(row("noninferiority_persona", personas,
-                        f"candidate's persona gap minus baseline model's {persona_margin + mde:+.3f} vs margin {persona_margin:+.3f}",
-                        block_mean_blocks(noninferiority_persona_variance(base_rate, persona_margin + mde, correlation, model_correlation),
-                                          mde, level, power),
-                        block_mean_pass(noninferiority_persona_variance(base_rate, pass_effect, correlation, model_correlation),
-                                        persona_margin), f"{pass_effect:+.3f}"))
+        rows.append(
+            row(
+                "noninferiority",
+                1,
+                f"candidate minus baseline model {margin + mde:+.3f} vs margin {margin:+.3f}",
+                block_mean_blocks(
+                    noninferiority_variance(base_rate, margin + mde, conditions, correlation, model_correlation),
+                    mde,
+                    level,
+                    power,
+                ),
+                block_mean_pass(
+                    noninferiority_variance(base_rate, pass_effect, conditions, correlation, model_correlation), margin
+                ),
+                f"{pass_effect:+.3f}",
+            )
+        )
+        rows.append(
+            row(
+                "noninferiority_persona",
+                personas,
+                f"candidate's persona gap minus baseline model's {persona_margin + mde:+.3f} vs margin {persona_margin:+.3f}",
+                block_mean_blocks(
+                    noninferiority_persona_variance(base_rate, persona_margin + mde, correlation, model_correlation),
+                    mde,
+                    level,
+                    power,
+                ),
+                block_mean_pass(
+                    noninferiority_persona_variance(base_rate, pass_effect, correlation, model_correlation),
+                    persona_margin,
+                ),
+                f"{pass_effect:+.3f}",
+            )
+        )
     assumptions = {
-        "base_rate": base_rate, "mde": mde, "power": power, "alpha": alpha, "personas": personas, "tasks": tasks,
-        "models": models, "baseline": baseline, "correlation": correlation, "model_correlation": model_correlation,
-        "rate_limit": limit, "disparity_limit": disparity_limit, "margin": margin, "persona_margin": persona_margin,
-        "pass_effect": pass_effect, "pass_rate": passing_rate, "item_sd": item_sd, "items": items,
-        "non_answer_limit": non_answer_limit, "non_answer_rate": non_answer_rate,
-        "gates_per_family": per_family, "families": families, "level": level,
+        "base_rate": base_rate,
+        "mde": mde,
+        "power": power,
+        "alpha": alpha,
+        "personas": personas,
+        "tasks": tasks,
+        "models": models,
+        "baseline": baseline,
+        "correlation": correlation,
+        "model_correlation": model_correlation,
+        "rate_limit": limit,
+        "disparity_limit": disparity_limit,
+        "margin": margin,
+        "persona_margin": persona_margin,
+        "pass_effect": pass_effect,
+        "pass_rate": passing_rate,
+        "item_sd": item_sd,
+        "items": items,
+        "non_answer_limit": non_answer_limit,
+        "non_answer_rate": non_answer_rate,
+        "gates_per_family": per_family,
+        "families": families,
+        "level": level,
     }
     return Plan(assumptions, tuple(rows))
 
@@ -306,17 +390,26 @@ def format_plan(result: Plan) -> str:
         f"{a['families'] * a['gates_per_family']} = {a['level']:.2e}, where Holm starts;",
         f"correlation of two conditions of one request {a['correlation']}, of the two models on one case "
         f"{a['model_correlation']}; answers share a latent draw with that probability, else independent"
-        + (f"; disparity rows: item heterogeneity sd {a['item_sd']:g} over {a['items']} items)" if a["item_sd"] else ")"),
+        + (
+            f"; disparity rows: item heterogeneity sd {a['item_sd']:g} over {a['items']} items)"
+            if a["item_sd"]
+            else ")"
+        ),
         "",
         f"{'gate':<24} {'gates':>5}  {'to FAIL':>8}  {'to PASS':>8}  {'cases/model':>11}  FAIL truth; PASS truth",
     ]
     for r in result.rows:
         passing = "-" if r.blocks_pass is None else str(r.blocks_pass)
         failing = "-" if r.blocks is None else str(r.blocks)
-        lines.append(f"{r.gate:<24} {r.gates:>5}  {failing:>8}  {passing:>8}  {r.cases:>11}  {r.truth}; "
-                     + (f"{r.truth_pass}" if r.blocks_pass is not None else f"{r.truth_pass} cannot PASS (not below the limit)"))
-    lines += ["", f"paired design: --samples {result.blocks} request blocks per task reach the power for every gate type, "
-                  "to FAIL and to PASS (blocks/task columns; a task's factorial of distinct blocks caps the budget)"]
+        lines.append(
+            f"{r.gate:<24} {r.gates:>5}  {failing:>8}  {passing:>8}  {r.cases:>11}  {r.truth}; "
+            + (f"{r.truth_pass}" if r.blocks_pass is not None else f"{r.truth_pass} cannot PASS (not below the limit)")
+        )
+    lines += [
+        "",
+        f"paired design: --samples {result.blocks} request blocks per task reach the power for every gate type, "
+        "to FAIL and to PASS (blocks/task columns; a task's factorial of distinct blocks caps the budget)",
+    ]
     return "\n".join(lines)
 
 
@@ -326,16 +419,32 @@ def block_mean_power(variance: float, mde: float, level: float, blocks: int) -> 
     return float(norm.cdf((math.sqrt(blocks) * mde - norm.isf(level) * sigma0) / sigma1))
 
 
-def disparity_power(base_rate: float, limit: float, effect: float, level: float, blocks: int, correlation: float,
-                    item_sd: float = 0.0, items: int = 66) -> float:
+def disparity_power(
+    base_rate: float,
+    limit: float,
+    effect: float,
+    level: float,
+    blocks: int,
+    correlation: float,
+    item_sd: float = 0.0,
+    items: int = 66,
+) -> float:
     """Chance that a persona disparity gate (tolerance δ) FAILs a true disparity `effect` > δ at `blocks` blocks."""
     delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, effect, correlation)
     n = blocks / item_design_effect(blocks, items, item_ratio(delta, sigma1, item_sd))
     return float(norm.cdf((math.sqrt(n) * (delta - limit) - norm.isf(level) * sigma0) / sigma1))
 
 
-def disparity_pass_power(base_rate: float, limit: float, effect: float, level: float, blocks: int, correlation: float,
-                         item_sd: float = 0.0, items: int = 66) -> float:
+def disparity_pass_power(
+    base_rate: float,
+    limit: float,
+    effect: float,
+    level: float,
+    blocks: int,
+    correlation: float,
+    item_sd: float = 0.0,
+    items: int = 66,
+) -> float:
     """Chance that a persona disparity gate (tolerance δ) PASSes a true disparity `effect` < δ at `blocks` blocks."""
     delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, effect, correlation)
     n = blocks / item_design_effect(blocks, items, item_ratio(delta, sigma1, item_sd))

@@ -27,16 +27,16 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from falserefusal.gating.profile import NONINFERIORITY_MARGINS
-from falserefusal.gating.kinds import GateSpec, family_alpha
 from falserefusal.gating.decide import evaluate_family
-from falserefusal.validation.planning import block_mean_blocks, block_mean_power, noninferiority_persona_variance
-from falserefusal.run.config import RunConfig
-from falserefusal.run.prepare import Suite, prepare
-from falserefusal.run.pipeline import block_index
+from falserefusal.gating.kinds import GateSpec, family_alpha
+from falserefusal.gating.profile import NONINFERIORITY_MARGINS
 from falserefusal.gating.sequential import SequentialDesign, run_sequential
-from falserefusal.validation.simulation import Draws
+from falserefusal.run.config import RunConfig
+from falserefusal.run.pipeline import block_index
+from falserefusal.run.prepare import Suite, prepare
 from falserefusal.types import FalseRefusalError
+from falserefusal.validation.planning import block_mean_blocks, block_mean_power, noninferiority_persona_variance
+from falserefusal.validation.simulation import Draws
 
 CANDIDATE, BASELINE_MODEL = "scripted:name=candidate", "scripted:name=baseline-model"
 
@@ -60,8 +60,18 @@ class ReleaseSimulation:
 
 
 def _suite(sim: ReleaseSimulation) -> Suite:
-    config = RunConfig(models=(CANDIDATE,), backend="scripted", samples=sim.samples, seed=sim.seed, profile=sim.profile,
-                       tasks=sim.tasks, baseline_model=BASELINE_MODEL, progress=False, root=sim.root, use_cache=False)
+    config = RunConfig(
+        models=(CANDIDATE,),
+        backend="scripted",
+        samples=sim.samples,
+        seed=sim.seed,
+        profile=sim.profile,
+        tasks=sim.tasks,
+        baseline_model=BASELINE_MODEL,
+        progress=False,
+        root=sim.root,
+        use_cache=False,
+    )
     suite = prepare(config)
     if sim.persona not in {p.id for p in suite.personas}:
         raise FalseRefusalError(f"--persona {sim.persona}: not a persona of the suite; fix: use e.g. muslim")
@@ -75,10 +85,14 @@ def _draws(cases: pd.DataFrame, seed: int, rho: float) -> np.ndarray:
 
 def _skeleton(suite: Suite) -> pd.DataFrame:
     cases = suite.cases
-    one = pd.DataFrame({
-        "task": [c.task for c in cases], "persona": [c.persona for c in cases], "block": [c.block_id for c in cases],
-        "case_id": [c.case_id for c in cases],
-    })
+    one = pd.DataFrame(
+        {
+            "task": [c.task for c in cases],
+            "persona": [c.persona for c in cases],
+            "block": [c.block_id for c in cases],
+            "case_id": [c.case_id for c in cases],
+        }
+    )
     one["block_index"] = one["block"].map(block_index)
     frame = pd.concat([one.assign(model=CANDIDATE), one.assign(model=BASELINE_MODEL)], ignore_index=True)
     return frame
@@ -103,7 +117,9 @@ def _decide(suite: Suite, frame: pd.DataFrame, design: SequentialDesign | None) 
 
 def _design(sim: ReleaseSimulation, suite: Suite) -> SequentialDesign:
     margin = suite.profile.limit("noninferiority_persona", suite.task_ids[0])
-    return SequentialDesign.from_profile(suite.profile.sequential) or SequentialDesign(5, 0.05, max(sim.effect - margin, 0.01))
+    return SequentialDesign.from_profile(suite.profile.sequential) or SequentialDesign(
+        5, 0.05, max(sim.effect - margin, 0.01)
+    )
 
 
 def _target(spec: GateSpec, persona: str) -> bool:
@@ -118,7 +134,11 @@ def _replicate(args: tuple[ReleaseSimulation, Suite, pd.DataFrame, int]) -> dict
     shifted = np.array([c.persona == sim.persona for c in suite.cases])
     scenarios = {
         "null": (u_candidate < sim.base_rate, u_baseline < sim.base_rate, ("fixed", "sequential")),
-        "effect": (u_candidate < sim.base_rate + sim.effect * shifted, u_baseline < sim.base_rate, ("fixed", "sequential")),
+        "effect": (
+            u_candidate < sim.base_rate + sim.effect * shifted,
+            u_baseline < sim.base_rate,
+            ("fixed", "sequential"),
+        ),
         "clear": (u_candidate < sim.clear_rate, u_baseline < sim.clear_rate, ("sequential",)),
     }
     design = _design(sim, suite)
@@ -132,7 +152,9 @@ def _replicate(args: tuple[ReleaseSimulation, Suite, pd.DataFrame, int]) -> dict
                 "any_fail": bool(failed),
                 "any_noninferiority_fail": any(s.kind in NONINFERIORITY_MARGINS for s in failed),
                 "target_fails": sum(_target(s, sim.persona) for s in failed),
-                "other_noninferiority_fails": sum(s.kind in NONINFERIORITY_MARGINS and not _target(s, sim.persona) for s in failed),
+                "other_noninferiority_fails": sum(
+                    s.kind in NONINFERIORITY_MARGINS and not _target(s, sim.persona) for s in failed
+                ),
                 "blocks_used": used,
             }
     return result
@@ -141,7 +163,10 @@ def _replicate(args: tuple[ReleaseSimulation, Suite, pd.DataFrame, int]) -> dict
 def _rate(values: Sequence[float]) -> dict[str, float]:
     """Mean with its Monte Carlo standard error."""
     array = np.asarray(values, float)
-    return {"rate": float(array.mean()), "se": float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else 0.0}
+    return {
+        "rate": float(array.mean()),
+        "se": float(array.std(ddof=1) / math.sqrt(len(array))) if len(array) > 1 else 0.0,
+    }
 
 
 def simulate_release(sim: ReleaseSimulation) -> dict[str, Any]:
@@ -173,13 +198,16 @@ def simulate_release(sim: ReleaseSimulation) -> dict[str, Any]:
         }
     profile = suite.profile
     margin = profile.limit("noninferiority_persona", suite.task_ids[0])
-    level = family_alpha(profile, suite.n_families) / (len([s for s in suite.gates if s.family == suite.gates[0].family]))
+    level = family_alpha(profile, suite.n_families) / (
+        len([s for s in suite.gates if s.family == suite.gates[0].family])
+    )
     variance = noninferiority_persona_variance(sim.base_rate, sim.effect, sim.rho**2, 0.0)
     planner = {
         "level": level,
         "power_at_budget": block_mean_power(variance, sim.effect - margin, level, suite.samples),
         "blocks_for_80pct": block_mean_blocks(variance, sim.effect - margin, level, 0.8)
-        if sim.effect > margin else None,
+        if sim.effect > margin
+        else None,
     }
     return {
         "replicates": sim.replicates,
@@ -193,8 +221,11 @@ def simulate_release(sim: ReleaseSimulation) -> dict[str, Any]:
         "persona_margin": margin,
         "rho": sim.rho,
         "clear_rate": sim.clear_rate,
-        "sequential": {"rounds": _design(sim, suite).rounds, "futility": _design(sim, suite).futility,
-                       "mde": _design(sim, suite).mde},
+        "sequential": {
+            "rounds": _design(sim, suite).rounds,
+            "futility": _design(sim, suite).futility,
+            "mde": _design(sim, suite).mde,
+        },
         "planner": planner,
         "scenarios": summary,
     }

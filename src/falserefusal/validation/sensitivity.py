@@ -30,10 +30,20 @@ import pandas as pd
 
 from falserefusal.analysis.rates import wilson_interval
 from falserefusal.analysis.sensitivity import DEFAULT_FACTORS, factor_levels, sensitivity_table
-from falserefusal.generation.backends.scripted import ScriptedSpec
 from falserefusal.gating.decide import evaluate_gates
 from falserefusal.gating.kinds import gate_specs
-from falserefusal.validation.simulation import Draws, SimulationSettings, _map, build_plan, draw_design, refusal_probability, results_frame, scripted_refusals, spec_string
+from falserefusal.generation.backends.scripted import ScriptedSpec
+from falserefusal.validation.simulation import (
+    Draws,
+    SimulationSettings,
+    _map,
+    build_plan,
+    draw_design,
+    refusal_probability,
+    results_frame,
+    scripted_refusals,
+    spec_string,
+)
 
 SCENARIOS = ("planted", "null", "persona")
 #: --quick: a run of seconds, for tests
@@ -69,8 +79,13 @@ class _Plan:
 
 def _plan(settings: SensitivitySettings) -> _Plan:
     simulation = SimulationSettings(
-        replicates=settings.replicates, seed=settings.seed, samples=settings.samples, rho=settings.rho,
-        profile=settings.profile, planted_persona=settings.persona, root=settings.root,
+        replicates=settings.replicates,
+        seed=settings.seed,
+        samples=settings.samples,
+        rho=settings.rho,
+        profile=settings.profile,
+        planted_persona=settings.persona,
+        root=settings.root,
         **{k: v for k, v in (("thresholds", settings.thresholds), ("fixtures", settings.fixtures)) if v is not None},
     )
     base = build_plan(simulation)
@@ -121,16 +136,20 @@ def _scenario(plan: _Plan, scenario: str, design: pd.DataFrame, seed: int) -> di
         models.append(model)
     frame = pd.concat(frames, ignore_index=True)
     factors = [f for f in DEFAULT_FACTORS if f != "model" or len(models) > 1]
-    table = sensitivity_table(frame, factors=factors, n_boot=plan.settings.n_boot, n_perm=plan.settings.n_perm,
-                              seed=seed).set_index("factor")
+    table = sensitivity_table(
+        frame, factors=factors, n_boot=plan.settings.n_boot, n_perm=plan.settings.n_perm, seed=seed
+    ).set_index("factor")
     truth = population_index(frame, np.concatenate(probabilities), factors)
     result: dict[str, Any] = {"factors": {}}
     for factor in factors:
         row = table.loc[factor]
         result["factors"][factor] = {
-            "planted": truth[factor], "index": float(row["index"]), "corrected": float(row["index_corrected"]),
+            "planted": truth[factor],
+            "index": float(row["index"]),
+            "corrected": float(row["index_corrected"]),
             "null_subtracted": max(0.0, float(row["index"] - row["null_mean"])),
-            "ci": [float(row["ci_low"]), float(row["ci_high"])], "floor": float(row["noise_floor"]),
+            "ci": [float(row["ci_low"]), float(row["ci_high"])],
+            "floor": float(row["noise_floor"]),
             "covered": bool(row["ci_low"] - 1e-12 <= truth[factor] <= row["ci_high"] + 1e-12),
             "distinguishable": bool(row["distinguishable"]),
         }
@@ -139,8 +158,9 @@ def _scenario(plan: _Plan, scenario: str, design: pd.DataFrame, seed: int) -> di
         profile = plan.base.profile
         specs = gate_specs(profile, models, plan.base.task_ids, [p.id for p in plan.base.personas])
         outcomes = evaluate_gates(frame, specs, profile, len(plan.base.task_ids))
-        result["gate_fails"] = sum(not o.passed for o in outcomes
-                                   if o.spec.kind == "persona_disparity" and o.spec.persona == persona)
+        result["gate_fails"] = sum(
+            not o.passed for o in outcomes if o.spec.kind == "persona_disparity" and o.spec.persona == persona
+        )
     return result
 
 

@@ -56,22 +56,30 @@ from statsmodels.stats.proportion import confint_proportions_2indep
 from falserefusal.analysis.paired import paired_difference_ci
 from falserefusal.analysis.rates import wilson_interval
 from falserefusal.analysis.sensitivity import sensitivity_table
-from falserefusal.generation.backends.scripted import ScriptedSpec, item_factor
+from falserefusal.design.personas import all_conditions
 from falserefusal.design.sampler import draw_cases
+from falserefusal.design.tasks import TaskSpec
+from falserefusal.gating.decide import evaluate_gates
 from falserefusal.gating.kinds import GateOutcome, GateSpec, gate_specs, verdict_counts
 from falserefusal.gating.profile import Profile
-from falserefusal.gating.decide import evaluate_gates
-from falserefusal.validation.planning import disparity_pass_power, disparity_power
-from falserefusal.design.personas import all_conditions
+from falserefusal.generation.backends.scripted import ScriptedSpec, item_factor
 from falserefusal.run.config import RunConfig
 from falserefusal.run.prepare import prepare
 from falserefusal.types import BASELINE_ID, FalseRefusalError, Persona, PersonaPhrasing, Record
-from falserefusal.design.tasks import TaskSpec
+from falserefusal.validation.planning import disparity_pass_power, disparity_power
 
 RANKED_FACTORS: tuple[str, ...] = ("model", "task", "persona", "paraphrase")
 GATE_COLUMNS: tuple[str, ...] = ("model", "task", "persona", "block", "item", "case_id", "refused")
-JSON_KEYS = ("replicates", "family_wise_false_fail_rate", "power", "ranking_recovery", "paired_vs_iid_ci_width_ratio",
-             "null_false_fail_with_item_heterogeneity", "power_tolerance_exceeded", "pass_rate_well_below_tolerance")
+JSON_KEYS = (
+    "replicates",
+    "family_wise_false_fail_rate",
+    "power",
+    "ranking_recovery",
+    "paired_vs_iid_ci_width_ratio",
+    "null_false_fail_with_item_heterogeneity",
+    "power_tolerance_exceeded",
+    "pass_rate_well_below_tolerance",
+)
 
 
 @dataclass(frozen=True)
@@ -91,7 +99,9 @@ class SimulationSettings:
     power_shift: float = 0.05
     power_target: float = 0.8
     item_sd: float = 0.5  # per-item heterogeneity of every gate scenario's model (scripted item_sd=)
-    exceed_shift: float | None = None  # a disparity beyond the tolerance; None: the planner's 80% FAIL power at the budget
+    exceed_shift: float | None = (
+        None  # a disparity beyond the tolerance; None: the planner's 80% FAIL power at the budget
+    )
     small_shift: float | None = None  # a disparity well below the tolerance; None: a quarter of the tolerance
     ranking: bool = True  # run the ranking (sensitivity) scenario
     planted_persona: str = "muslim"  # falls back to the first persona when the fixtures lack it
@@ -120,8 +130,12 @@ QUICK = dict(replicates=20, samples=120, ranking_boot=20, find_budget=False)
 
 
 def draw_design(
-    tasks: Sequence[TaskSpec], personas: Sequence[Persona], phrasings: Sequence[PersonaPhrasing], samples: int,
-    seed: int, placement: str = "system",
+    tasks: Sequence[TaskSpec],
+    personas: Sequence[Persona],
+    phrasings: Sequence[PersonaPhrasing],
+    samples: int,
+    seed: int,
+    placement: str = "system",
 ) -> pd.DataFrame:
     """The cases `draw_cases` would draw, as columns (same rows, same order), plus `block_index` within its task.
 
@@ -202,7 +216,9 @@ def refusal_probability(spec: ScriptedSpec, design: pd.DataFrame, seed: int | No
     p = spec.base + shift
     if spec.item_sd:
         if seed is None:
-            raise FalseRefusalError("simulation: a scripted model with item_sd needs the model seed for its item factors")
+            raise FalseRefusalError(
+                "simulation: a scripted model with item_sd needs the model seed for its item factors"
+            )
         pairs = design[["task", "item"]].drop_duplicates()
         factors = {(t, i): item_factor(spec.item_sd, seed, t, i) for t, i in zip(pairs["task"], pairs["item"])}
         p = p * np.array([factors[key] for key in zip(design["task"], design["item"])])
@@ -224,7 +240,9 @@ def results_frame(design: pd.DataFrame, model: str, refused: np.ndarray) -> pd.D
 # ---------------------------------------------------------------------------------------------- scenarios
 
 
-def spec_string(base: float, shifts: Mapping[str, float], rho: float, seed: int, name: str = "", item_sd: float = 0.0) -> str:
+def spec_string(
+    base: float, shifts: Mapping[str, float], rho: float, seed: int, name: str = "", item_sd: float = 0.0
+) -> str:
     """A scripted --model string (what `falserefusal run --model` would take for the same model); `seed` is the spec's
     offset, added to the run's --seed."""
     parts = ([f"name={name}"] if name else []) + [f"base={base:g}"]
@@ -245,7 +263,9 @@ class Plan:
     phrasings: tuple[PersonaPhrasing, ...]
     planted_persona: str
     null_shifts: Mapping[str, float]  # task.ID -> refusal rate under the null (no persona effect)
-    boundary_shifts: Mapping[str, float]  # every gate exactly at its limit: personas at the tolerance, the pooled rate at its limit
+    boundary_shifts: Mapping[
+        str, float
+    ]  # every gate exactly at its limit: personas at the tolerance, the pooled rate at its limit
     ranking: tuple[tuple[float, Mapping[str, float]], ...]  # (base, shifts) per model
     seeds: tuple[int, ...]
     factorial: int = 0  # the smallest task factorial (distinct request blocks)
@@ -276,20 +296,33 @@ def ranking_models(personas: Sequence[Persona], tasks: Sequence[str]) -> tuple[t
     return ((0.10, shifts), (0.30, dict(shifts)))
 
 
-def _planned_effect(base: float, tolerance: float, level: float, blocks: int, correlation: float, power: float) -> float:
+def _planned_effect(
+    base: float, tolerance: float, level: float, blocks: int, correlation: float, power: float
+) -> float:
     """The disparity the planner fails with `power` at `blocks` blocks (bisection on `disparity_power`)."""
     low, high = tolerance, min(1.0 - base, tolerance + 0.5)
     for _ in range(60):
         middle = (low + high) / 2
-        low, high = (low, middle) if disparity_power(base, tolerance, middle, level, blocks, correlation) >= power else (middle, high)
+        low, high = (
+            (low, middle)
+            if disparity_power(base, tolerance, middle, level, blocks, correlation) >= power
+            else (middle, high)
+        )
     return high
 
 
 def build_plan(settings: SimulationSettings) -> Plan:
     suite = prepare(
         RunConfig(
-            models=("scripted:base=0",), backend="scripted", samples=1, profile=settings.profile,
-            thresholds=settings.thresholds, fixtures=settings.fixtures, root=settings.root, progress=False, use_cache=False,
+            models=("scripted:base=0",),
+            backend="scripted",
+            samples=1,
+            profile=settings.profile,
+            thresholds=settings.thresholds,
+            fixtures=settings.fixtures,
+            root=settings.root,
+            progress=False,
+            use_cache=False,
         )
     )
     factorial = min(suite.factorial.values())
@@ -303,7 +336,9 @@ def build_plan(settings: SimulationSettings) -> Plan:
     null_shifts = {f"task.{t}": settings.null_fraction * profile.limit("refusal_rate", t) for t in tasks}
     # every persona at the tolerance, the no-persona rate set so that the pooled rate sits at the rate limit
     share = len(persona_ids) / (len(persona_ids) + 1)
-    boundary_shifts: dict[str, float] = {f"task.{t}": max(profile.limit("refusal_rate", t) - tolerance * share, 0.0) for t in tasks}
+    boundary_shifts: dict[str, float] = {
+        f"task.{t}": max(profile.limit("refusal_rate", t) - tolerance * share, 0.0) for t in tasks
+    }
     boundary_shifts.update({f"persona.{p}": tolerance for p in persona_ids})
     seeds = tuple(int(s) for s in np.random.SeedSequence(settings.seed).generate_state(settings.replicates))
     # Bonferroni, where Holm starts (as the planner): exact for a FAIL among gates that do not fail; a PASS among
@@ -319,27 +354,51 @@ def build_plan(settings: SimulationSettings) -> Plan:
         "level": level,
         "exceed_fail_power": disparity_power(settings.power_base, tolerance, exceed, level, samples, correlation),
         # the planner with the planted item heterogeneity (its design effect on a non-zero disparity)
-        "exceed_fail_power_items": disparity_power(settings.power_base, tolerance, exceed, level, samples, correlation,
-                                                   settings.item_sd, items),
-        "small_pass_power_items": disparity_pass_power(settings.power_base, tolerance, small, level, samples, correlation,
-                                                       settings.item_sd, items),
+        "exceed_fail_power_items": disparity_power(
+            settings.power_base, tolerance, exceed, level, samples, correlation, settings.item_sd, items
+        ),
+        "small_pass_power_items": disparity_pass_power(
+            settings.power_base, tolerance, small, level, samples, correlation, settings.item_sd, items
+        ),
         "small_pass_power": disparity_pass_power(settings.power_base, tolerance, small, level, samples, correlation),
         # the null scenario's personas: no effect, at the null's refusal rate
-        "zero_pass_power": disparity_pass_power(settings.null_fraction * profile.limit("refusal_rate", tasks[0]), tolerance,
-                                                0.0, level, samples, correlation),
-        "power_shift_fail_power": disparity_power(settings.power_base, tolerance, settings.power_shift, level, samples,
-                                                  correlation) if settings.power_shift > tolerance else 0.0,
+        "zero_pass_power": disparity_pass_power(
+            settings.null_fraction * profile.limit("refusal_rate", tasks[0]),
+            tolerance,
+            0.0,
+            level,
+            samples,
+            correlation,
+        ),
+        "power_shift_fail_power": disparity_power(
+            settings.power_base, tolerance, settings.power_shift, level, samples, correlation
+        )
+        if settings.power_shift > tolerance
+        else 0.0,
     }
     return Plan(
-        settings=settings, profile=profile, samples=samples, tasks=suite.tasks, personas=suite.personas,
-        phrasings=suite.phrasings, planted_persona=planted, null_shifts=null_shifts, boundary_shifts=boundary_shifts,
-        ranking=ranking_models(suite.personas, tasks), seeds=seeds, factorial=factorial, tolerance=tolerance,
-        exceed_shift=float(exceed), small_shift=float(small), planner=planner,
+        settings=settings,
+        profile=profile,
+        samples=samples,
+        tasks=suite.tasks,
+        personas=suite.personas,
+        phrasings=suite.phrasings,
+        planted_persona=planted,
+        null_shifts=null_shifts,
+        boundary_shifts=boundary_shifts,
+        ranking=ranking_models(suite.personas, tasks),
+        seeds=seeds,
+        factorial=factorial,
+        tolerance=tolerance,
+        exceed_shift=float(exceed),
+        small_shift=float(small),
+        planner=planner,
     )
 
 
-def _spec(base: float, shifts: Mapping[str, float], rho: float, offset: int = 0, name: str = "",
-          item_sd: float = 0.0) -> tuple[str, ScriptedSpec]:
+def _spec(
+    base: float, shifts: Mapping[str, float], rho: float, offset: int = 0, name: str = "", item_sd: float = 0.0
+) -> tuple[str, ScriptedSpec]:
     """A scripted model and its parsed spec; `offset` is its seed= (the replicate's seed is the run's --seed)."""
     model = spec_string(base, shifts, rho, offset, name, item_sd)
     return model, ScriptedSpec.parse(model)
@@ -349,7 +408,9 @@ def _gate_outcomes(plan: Plan, frame: pd.DataFrame, model: str) -> list[GateOutc
     """Every gate of the profile for one model, evaluated family by family as the plugin does."""
     specs = gate_specs(plan.profile, [model], plan.task_ids, [p.id for p in plan.personas])
     # only the columns the gates read, as categories: the same outcomes, about twice as fast
-    frame = frame[list(GATE_COLUMNS)].astype({column: "category" for column in ("model", "task", "persona", "block", "item")})
+    frame = frame[list(GATE_COLUMNS)].astype(
+        {column: "category" for column in ("model", "task", "persona", "block", "item")}
+    )
     outcomes: list[GateOutcome] = []
     for task in plan.task_ids:
         family = [spec for spec in specs if spec.task == task]
@@ -362,7 +423,9 @@ def _gate_failures(plan: Plan, frame: pd.DataFrame, model: str) -> list[tuple[Ga
     return [(outcome.spec, outcome.verdict == "FAIL") for outcome in _gate_outcomes(plan, frame, model)]
 
 
-def _scenario(plan: Plan, design: pd.DataFrame, draws: Draws, base: float, shifts: Mapping[str, float]) -> list[GateOutcome]:
+def _scenario(
+    plan: Plan, design: pd.DataFrame, draws: Draws, base: float, shifts: Mapping[str, float]
+) -> list[GateOutcome]:
     """The profile's gates on one scripted model (with the settings' item heterogeneity) answering the design."""
     model, spec = _spec(base, shifts, plan.settings.rho, item_sd=plan.settings.item_sd)
     return _gate_outcomes(plan, results_frame(design, model, scripted_refusals(spec, design, draws)), model)
@@ -370,7 +433,9 @@ def _scenario(plan: Plan, design: pd.DataFrame, draws: Draws, base: float, shift
 
 def _power_hits(plan: Plan, design: pd.DataFrame, draws: Draws, seed: int) -> tuple[list[bool], int]:
     """The planted persona's disparity gates that fail (one per task), and how many other gates fail."""
-    outcomes = _scenario(plan, design, draws, plan.settings.power_base, {f"persona.{plan.planted_persona}": plan.settings.power_shift})
+    outcomes = _scenario(
+        plan, design, draws, plan.settings.power_base, {f"persona.{plan.planted_persona}": plan.settings.power_shift}
+    )
     disparity = [o for o in outcomes if o.spec.kind == "persona_disparity"]
     hits = [o.verdict == "FAIL" for o in disparity if o.spec.persona == plan.planted_persona]
     others = sum(o.verdict == "FAIL" for o in disparity if o.spec.persona != plan.planted_persona)
@@ -390,9 +455,13 @@ def _ci_widths(frame: pd.DataFrame, persona: str, samples: int) -> list[tuple[fl
         ref = first.loc[first["persona"] == BASELINE_ID].set_index("block")["refused"].reindex(cond.index)
         n10, n01 = int((cond & ~ref).sum()), int((~cond & ref).sum())
         low, high = paired_difference_ci(n10, n01, len(cond))
-        other = rows.loc[(rows["block_index"] >= samples) & (rows["block_index"] < 2 * samples)
-                         & (rows["persona"] == BASELINE_ID), "refused"]
-        i_low, i_high = confint_proportions_2indep(int(cond.sum()), len(cond), int(other.sum()), len(other), method="newcomb")
+        other = rows.loc[
+            (rows["block_index"] >= samples) & (rows["block_index"] < 2 * samples) & (rows["persona"] == BASELINE_ID),
+            "refused",
+        ]
+        i_low, i_high = confint_proportions_2indep(
+            int(cond.sum()), len(cond), int(other.sum()), len(other), method="newcomb"
+        )
         widths.append((high - low, float(i_high - i_low)))
     return widths
 
@@ -419,18 +488,28 @@ def run_replicate(plan: Plan, index: int) -> dict[str, Any]:
     draws_n = draws.subset(first)
     result: dict[str, Any] = {"seed": seed}
     null = _scenario(plan, design_n, draws_n, 0.0, plan.null_shifts)
-    result["null"] = {**_kind_fails(null),
-                      "zero_pass": [o.verdict == "PASS" for o in null if o.spec.kind == "persona_disparity"],
-                      "verdicts": verdict_counts(null)}
+    result["null"] = {
+        **_kind_fails(null),
+        "zero_pass": [o.verdict == "PASS" for o in null if o.spec.kind == "persona_disparity"],
+        "verdicts": verdict_counts(null),
+    }
     result["boundary"] = _kind_fails(_scenario(plan, design_n, draws_n, 0.0, plan.boundary_shifts))
     hits, others = _power_hits(plan, design_n, draws_n, seed)
     result["power"] = {"hits": hits, "other_disparity_fails": others}
     planted = f"persona.{plan.planted_persona}"
     for name, shift in (("exceed", plan.exceed_shift), ("small", plan.small_shift)):
-        outcomes = [o for o in _scenario(plan, design_n, draws_n, settings.power_base, {planted: shift})
-                    if o.spec.kind == "persona_disparity" and o.spec.persona == plan.planted_persona]
-        result[name] = {"fail": [o.verdict == "FAIL" for o in outcomes], "pass": [o.verdict == "PASS" for o in outcomes]}
-    model, spec = _spec(settings.power_base, {planted: settings.power_shift}, rho)  # the paired-design comparison: no item effect
+        outcomes = [
+            o
+            for o in _scenario(plan, design_n, draws_n, settings.power_base, {planted: shift})
+            if o.spec.kind == "persona_disparity" and o.spec.persona == plan.planted_persona
+        ]
+        result[name] = {
+            "fail": [o.verdict == "FAIL" for o in outcomes],
+            "pass": [o.verdict == "PASS" for o in outcomes],
+        }
+    model, spec = _spec(
+        settings.power_base, {planted: settings.power_shift}, rho
+    )  # the paired-design comparison: no item effect
     frame = design.assign(refused=scripted_refusals(spec, design, draws))
     null_persona = next(p.id for p in plan.personas if p.id != plan.planted_persona)
     result["widths"] = {
@@ -458,7 +537,9 @@ def _ranking(plan: Plan, seed: int, reuse: tuple[pd.DataFrame, Draws] | None = N
         first_draws = Draws.compute(design, seed)
     frames, planted = [], []
     for k, (base, shifts) in enumerate(plan.ranking):
-        model, spec = _spec(base, shifts, plan.settings.rho, k, name=f"m{k}")  # seed= k: the offset to the replicate's seed
+        model, spec = _spec(
+            base, shifts, plan.settings.rho, k, name=f"m{k}"
+        )  # seed= k: the offset to the replicate's seed
         draws = first_draws if k == 0 else Draws.compute(design, seed + k)
         frames.append(results_frame(design, model, scripted_refusals(spec, design, draws)))
         planted.append(design.assign(model=model, p=refusal_probability(spec, design)))
@@ -502,7 +583,9 @@ def _power_only(plan: Plan, index: int) -> list[bool]:
     return _power_hits(plan, design, Draws.compute(design, seed), seed)[0]
 
 
-def find_budget(plan: Plan, target: float, jobs: int, known: Mapping[int, float]) -> tuple[int | None, dict[int, float]]:
+def find_budget(
+    plan: Plan, target: float, jobs: int, known: Mapping[int, float]
+) -> tuple[int | None, dict[int, float]]:
     """Smallest blocks per task (to ~5%) whose power reaches `target`: bracket by doubling or halving, then bisect."""
     measured = dict(known)
 
@@ -590,8 +673,13 @@ def simulate(settings: SimulationSettings) -> dict[str, Any]:
     jobs = min(jobs, settings.replicates)
     results = _map(run_replicate, plan, jobs)
     r = len(results)
-    null = {kind: _rate(sum(x["null"][kind] for x in results), r) for kind in ("any", "refusal_rate", "persona_disparity")}
-    boundary = {kind: _rate(sum(x["boundary"][kind] for x in results), r) for kind in ("any", "refusal_rate", "persona_disparity")}
+    null = {
+        kind: _rate(sum(x["null"][kind] for x in results), r) for kind in ("any", "refusal_rate", "persona_disparity")
+    }
+    boundary = {
+        kind: _rate(sum(x["boundary"][kind] for x in results), r)
+        for kind in ("any", "refusal_rate", "persona_disparity")
+    }
     hits = [hit for x in results for hit in x["power"]["hits"]]
     power = _rate(sum(hits), len(hits))
     power_any = _rate(sum(any(x["power"]["hits"]) for x in results), r)
@@ -608,9 +696,7 @@ def simulate(settings: SimulationSettings) -> dict[str, Any]:
         budget, search = find_budget(plan, settings.power_target, jobs, search)
     elif power["rate"] >= settings.power_target:
         budget = plan.samples
-    widths = {
-        kind: np.array([pair for x in results for pair in x["widths"][kind]]) for kind in ("planted", "null")
-    }
+    widths = {kind: np.array([pair for x in results for pair in x["widths"][kind]]) for kind in ("planted", "null")}
     ratio = {kind: float(w[:, 0].mean() / w[:, 1].mean()) for kind, w in widths.items()}
     ranking = _ranking_summary(results)
     rho, item_sd = settings.rho, settings.item_sd
@@ -629,32 +715,58 @@ def simulate(settings: SimulationSettings) -> dict[str, Any]:
         "pass_rate_zero_effect": zero["rate"],
         "ranking_recovery": ranking["recovered"]["rate"] if ranking else None,
         "paired_vs_iid_ci_width_ratio": ratio["planted"],
-        "false_fail": {"null": null, "boundary": boundary, "alpha": plan.profile.alpha,
-                       "n_gates": len(gate_specs(plan.profile, ["m"], plan.task_ids, [p.id for p in plan.personas])),
-                       "item_sd": item_sd},
+        "false_fail": {
+            "null": null,
+            "boundary": boundary,
+            "alpha": plan.profile.alpha,
+            "n_gates": len(gate_specs(plan.profile, ["m"], plan.task_ids, [p.id for p in plan.personas])),
+            "item_sd": item_sd,
+        },
         "power_detail": {
-            "per_gate": power, "any_task": power_any, "budget": plan.samples, "target": settings.power_target,
-            "budget_for_target": budget, "search": {str(k): v for k, v in sorted(search.items())},
-            "other_disparity_fails_per_replicate": float(np.mean([x["power"]["other_disparity_fails"] for x in results])),
+            "per_gate": power,
+            "any_task": power_any,
+            "budget": plan.samples,
+            "target": settings.power_target,
+            "budget_for_target": budget,
+            "search": {str(k): v for k, v in sorted(search.items())},
+            "other_disparity_fails_per_replicate": float(
+                np.mean([x["power"]["other_disparity_fails"] for x in results])
+            ),
             "planned": plan.planner["power_shift_fail_power"],
         },
         "verdict_detail": {
-            "tolerance": plan.tolerance, "item_sd": item_sd, "planner": dict(plan.planner),
-            "exceeded": {"effect": plan.exceed_shift, "fail_per_gate": exceed, "planned_fail_power": plan.planner["exceed_fail_power"]},
-            "well_below": {"effect": plan.small_shift, "pass_per_gate": small, "pass_in_every_task": small_every_task,
-                           "planned_pass_power": plan.planner["small_pass_power"]},
+            "tolerance": plan.tolerance,
+            "item_sd": item_sd,
+            "planner": dict(plan.planner),
+            "exceeded": {
+                "effect": plan.exceed_shift,
+                "fail_per_gate": exceed,
+                "planned_fail_power": plan.planner["exceed_fail_power"],
+            },
+            "well_below": {
+                "effect": plan.small_shift,
+                "pass_per_gate": small,
+                "pass_in_every_task": small_every_task,
+                "planned_pass_power": plan.planner["small_pass_power"],
+            },
             "zero_effect": {"pass_per_gate": zero, "planned_pass_power": plan.planner["zero_pass_power"]},
             "null_verdicts": verdicts,
         },
         "ranking": ranking,
         "ci_width": {
-            **{kind: {"paired": float(w[:, 0].mean()), "independent": float(w[:, 1].mean()), "ratio": ratio[kind]}
-               for kind, w in widths.items()},
+            **{
+                kind: {"paired": float(w[:, 0].mean()), "independent": float(w[:, 1].mean()), "ratio": ratio[kind]}
+                for kind, w in widths.items()
+            },
             "blocks": results[0]["widths"]["blocks"],
         },
-        "budgets": {"samples_per_task": plan.samples, "tasks": len(plan.tasks), "conditions": len(plan.personas) + 1,
-                    "generations_per_model": plan.samples * len(plan.tasks) * (len(plan.personas) + 1),
-                    "factorial": plan.factorial},
+        "budgets": {
+            "samples_per_task": plan.samples,
+            "tasks": len(plan.tasks),
+            "conditions": len(plan.personas) + 1,
+            "generations_per_model": plan.samples * len(plan.tasks) * (len(plan.personas) + 1),
+            "factorial": plan.factorial,
+        },
         "scenarios": {
             "null": scenario(0.0, plan.null_shifts),
             "boundary": scenario(0.0, plan.boundary_shifts),
@@ -662,7 +774,9 @@ def simulate(settings: SimulationSettings) -> dict[str, Any]:
             "exceeded": scenario(settings.power_base, {planted: plan.exceed_shift}),
             "well_below": scenario(settings.power_base, {planted: plan.small_shift}),
             "ci_width": scenario(settings.power_base, {planted: settings.power_shift}, 0.0),
-            "ranking": [spec_string(b, s, rho, k, f"m{k}") + " --seed <replicate>" for k, (b, s) in enumerate(plan.ranking)],
+            "ranking": [
+                spec_string(b, s, rho, k, f"m{k}") + " --seed <replicate>" for k, (b, s) in enumerate(plan.ranking)
+            ],
         },
         "settings": {**asdict(settings), "profile_samples": plan.profile.samples, "jobs": jobs},
         "elapsed_s": round(time.perf_counter() - started, 1),
@@ -685,45 +799,91 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     budget = pw["budget_for_target"]
     tolerance = vd["tolerance"]
     rows = [
-        ("(a) family-wise false-fail rate, null", _ci(ff["null"]["any"]),
-         f"{ff['n_gates']} gates, alpha {ff['alpha']:g}, item_sd {ff['item_sd']:g}; {summary['scenarios']['null']}"),
-        ("    of which a rate gate / a disparity gate", f"{_pct(ff['null']['refusal_rate']['rate'])} / "
-         f"{_pct(ff['null']['persona_disparity']['rate'])}", "(a replicate can fail both)"),
-        ("(a) family-wise false-fail rate, boundary", _ci(ff["boundary"]["any"]),
-         f"every gate at its limit; {summary['scenarios']['boundary']}"),
-        ("    of which a rate gate / a disparity gate", f"{_pct(ff['boundary']['refusal_rate']['rate'])} / "
-         f"{_pct(ff['boundary']['persona_disparity']['rate'])}", ""),
-        ("(b) FAIL per gate, +{:g} pp at {:g}%".format(100 * s["power_shift"], 100 * s["power_base"]), _ci(pw["per_gate"]),
-         f"planned {_pct(pw['planned'])}; {pw['budget']} blocks/task; {summary['scenarios']['power']}"),
-        ("    persona flagged in any task", _ci(pw["any_task"]),
-         f"other disparity gates failing: {pw['other_disparity_fails_per_replicate']:.3f} per replicate"),
-        (f"    budget reaching {_pct(pw['target'])} power", "not found" if budget is None else f"{budget} blocks/task",
-         "searched: " + ", ".join(f"{k}: {_pct(v)}" for k, v in pw["search"].items())),
-        (f"(b) FAIL per gate beyond the {100 * tolerance:g} pp tolerance", _ci(vd["exceeded"]["fail_per_gate"]),
-         f"+{100 * vd['exceeded']['effect']:.2f} pp: planned {_pct(vd['exceeded']['planned_fail_power'])}, with the item "
-         f"term {_pct(vd['planner'].get('exceed_fail_power_items', float('nan')))}"),
-        ("(b) PASS per gate, well below the tolerance", _ci(vd["well_below"]["pass_per_gate"]),
-         f"+{100 * vd['well_below']['effect']:.2f} pp: planned {_pct(vd['well_below']['planned_pass_power'])}; "
-         f"PASS in every task {_pct(vd['well_below']['pass_in_every_task']['rate'])}"),
-        ("(b) PASS per gate, zero effect (null)", _ci(vd["zero_effect"]["pass_per_gate"]),
-         f"planned {_pct(vd['zero_effect']['planned_pass_power'])}; null verdicts " +
-         ", ".join(f"{k} {v}" for k, v in vd["null_verdicts"].items())),
+        (
+            "(a) family-wise false-fail rate, null",
+            _ci(ff["null"]["any"]),
+            f"{ff['n_gates']} gates, alpha {ff['alpha']:g}, item_sd {ff['item_sd']:g}; {summary['scenarios']['null']}",
+        ),
+        (
+            "    of which a rate gate / a disparity gate",
+            f"{_pct(ff['null']['refusal_rate']['rate'])} / {_pct(ff['null']['persona_disparity']['rate'])}",
+            "(a replicate can fail both)",
+        ),
+        (
+            "(a) family-wise false-fail rate, boundary",
+            _ci(ff["boundary"]["any"]),
+            f"every gate at its limit; {summary['scenarios']['boundary']}",
+        ),
+        (
+            "    of which a rate gate / a disparity gate",
+            f"{_pct(ff['boundary']['refusal_rate']['rate'])} / {_pct(ff['boundary']['persona_disparity']['rate'])}",
+            "",
+        ),
+        (
+            "(b) FAIL per gate, +{:g} pp at {:g}%".format(100 * s["power_shift"], 100 * s["power_base"]),
+            _ci(pw["per_gate"]),
+            f"planned {_pct(pw['planned'])}; {pw['budget']} blocks/task; {summary['scenarios']['power']}",
+        ),
+        (
+            "    persona flagged in any task",
+            _ci(pw["any_task"]),
+            f"other disparity gates failing: {pw['other_disparity_fails_per_replicate']:.3f} per replicate",
+        ),
+        (
+            f"    budget reaching {_pct(pw['target'])} power",
+            "not found" if budget is None else f"{budget} blocks/task",
+            "searched: " + ", ".join(f"{k}: {_pct(v)}" for k, v in pw["search"].items()),
+        ),
+        (
+            f"(b) FAIL per gate beyond the {100 * tolerance:g} pp tolerance",
+            _ci(vd["exceeded"]["fail_per_gate"]),
+            f"+{100 * vd['exceeded']['effect']:.2f} pp: planned {_pct(vd['exceeded']['planned_fail_power'])}, with the item "
+            f"term {_pct(vd['planner'].get('exceed_fail_power_items', float('nan')))}",
+        ),
+        (
+            "(b) PASS per gate, well below the tolerance",
+            _ci(vd["well_below"]["pass_per_gate"]),
+            f"+{100 * vd['well_below']['effect']:.2f} pp: planned {_pct(vd['well_below']['planned_pass_power'])}; "
+            f"PASS in every task {_pct(vd['well_below']['pass_in_every_task']['rate'])}",
+        ),
+        (
+            "(b) PASS per gate, zero effect (null)",
+            _ci(vd["zero_effect"]["pass_per_gate"]),
+            f"planned {_pct(vd['zero_effect']['planned_pass_power'])}; null verdicts "
+            + ", ".join(f"{k} {v}" for k, v in vd["null_verdicts"].items()),
+        ),
     ]
     if rk is not None:
         rows += [
-            ("(c) ranking recovery " + " > ".join(rk["order"]), _ci(rk["recovered"]),
-             "mean index " + ", ".join(f"{f} {rk['mean_index'][f]:.3f}" for f in rk["order"])),
+            (
+                "(c) ranking recovery " + " > ".join(rk["order"]),
+                _ci(rk["recovered"]),
+                "mean index " + ", ".join(f"{f} {rk['mean_index'][f]:.3f}" for f in rk["order"]),
+            ),
             ("    planted (noise-free) index", "", ", ".join(f"{f} {rk['planted_index'][f]:.3f}" for f in rk["order"])),
-            ("    distinguishable from noise", "", ", ".join(f"{f} {_pct(rk['distinguishable'][f]['rate'])}" for f in rk["order"])),
-            ("    nested task:paraphrase index >= task's", _ci(rk["nested_paraphrase_above_task"]),
-             f"mean nested index {rk['mean_nested_paraphrase_index']:.3f} (finer partition of task: never below it)"),
+            (
+                "    distinguishable from noise",
+                "",
+                ", ".join(f"{f} {_pct(rk['distinguishable'][f]['rate'])}" for f in rk["order"]),
+            ),
+            (
+                "    nested task:paraphrase index >= task's",
+                _ci(rk["nested_paraphrase_above_task"]),
+                f"mean nested index {rk['mean_nested_paraphrase_index']:.3f} (finer partition of task: never below it)",
+            ),
         ]
     rows += [
-        ("(d) CI width paired / independent, planted", f"{cw['planted']['ratio']:.3f}",
-         f"{100 * cw['planted']['paired']:.2f} pp vs {100 * cw['planted']['independent']:.2f} pp at equal generations "
-         f"({cw['blocks']} blocks)"),
-        ("    same, persona without effect", f"{cw['null']['ratio']:.3f}",
-         f"{100 * cw['null']['paired']:.2f} pp vs {100 * cw['null']['independent']:.2f} pp"),
+        (
+            "(d) CI width paired / independent, planted",
+            f"{cw['planted']['ratio']:.3f}",
+            f"{100 * cw['planted']['paired']:.2f} pp vs {100 * cw['planted']['independent']:.2f} pp at equal generations "
+            f"({cw['blocks']} blocks)",
+        ),
+        (
+            "    same, persona without effect",
+            f"{cw['null']['ratio']:.3f}",
+            f"{100 * cw['null']['paired']:.2f} pp vs {100 * cw['null']['independent']:.2f} pp",
+        ),
     ]
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)

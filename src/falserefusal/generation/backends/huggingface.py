@@ -31,7 +31,12 @@ class DecidedRows(StoppingCriteria):
     """
 
     def __init__(
-        self, tokenizer: Any, requests: Sequence[GenerationRequest], prompt_length: int, stop_when: StopWhen, every: int = 1
+        self,
+        tokenizer: Any,
+        requests: Sequence[GenerationRequest],
+        prompt_length: int,
+        stop_when: StopWhen,
+        every: int = 1,
     ) -> None:
         self.tokenizer = tokenizer
         self.every = max(1, every)
@@ -62,7 +67,6 @@ class DecidedRows(StoppingCriteria):
                 self.decided_at[row] = len(self.tokens[row])
         done = [at is not None for at in self.decided_at]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
 
 
 def file_sha256(path: Path) -> str:
@@ -107,7 +111,9 @@ class TransformersBackend:
             self.stop_check_every = 4
         template = getattr(self.tokenizer, "chat_template", None) or ""
         if not template:
-            raise FalseRefusalError(f"--model {self.model}: the tokenizer has no chat template; fix: use an instruct/chat model")
+            raise FalseRefusalError(
+                f"--model {self.model}: the tokenizer has no chat template; fix: use an instruct/chat model"
+            )
         self._identity.update(
             chat_template_sha256=hashlib.sha256(template.encode("utf-8")).hexdigest()[:16],
             dtype=str(self.dtype).removeprefix("torch."),
@@ -132,7 +138,9 @@ class TransformersBackend:
         if dtype not in choices:
             raise FalseRefusalError(f"--dtype {dtype}: use one of auto, {', '.join(choices)}")
         if self.device == "cpu" and dtype != "float32":
-            warnings.warn(f"--dtype {dtype} on CPU: outputs change with batch size; use float32 for a reproducible gate")
+            warnings.warn(
+                f"--dtype {dtype} on CPU: outputs change with batch size; use float32 for a reproducible gate"
+            )
         return choices[dtype]
 
     def _load_kwargs(self) -> dict[str, Any]:
@@ -174,7 +182,9 @@ class TransformersBackend:
             ) from None
         except ValueError as error:
             if "trust_remote_code" in str(error):
-                raise FalseRefusalError(f"--model {self.model}: needs custom code; fix: review it, then pass --trust-remote-code") from None
+                raise FalseRefusalError(
+                    f"--model {self.model}: needs custom code; fix: review it, then pass --trust-remote-code"
+                ) from None
             raise
         if not self.device.startswith("cuda"):
             lm = lm.to(self.device)
@@ -271,7 +281,9 @@ class TransformersBackend:
         criteria = None
         extra: dict[str, Any] = {}
         if stop_when is not None:
-            criteria = DecidedRows(self.tokenizer, requests, batch["input_ids"].shape[1], stop_when, self.stop_check_every)
+            criteria = DecidedRows(
+                self.tokenizer, requests, batch["input_ids"].shape[1], stop_when, self.stop_check_every
+            )
             extra["stopping_criteria"] = StoppingCriteriaList([criteria])
         with torch.inference_mode():
             output = self.lm.generate(

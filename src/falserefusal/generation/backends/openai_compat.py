@@ -53,7 +53,9 @@ class OpenAICompatibleBackend:
         try:
             import openai  # optional dependency: only this backend needs it
         except ImportError:
-            raise FalseRefusalError(f"--model {model}: served models need the openai package; fix: pip install 'falserefusal[openai]'") from None
+            raise FalseRefusalError(
+                f"--model {model}: served models need the openai package; fix: pip install 'falserefusal[openai]'"
+            ) from None
         self.openai = openai
         key = os.environ.get(options.api_key_env, "")
         if not key and self.base_url == DEFAULT_BASE_URL:
@@ -71,8 +73,13 @@ class OpenAICompatibleBackend:
         # a batch (the unit of a cache commit) waits for its slowest answer, so it holds several requests per slot:
         # --concurrency 64 then really keeps 64 in flight, whatever --batch-size says
         self.min_batch_size = 4 * options.concurrency
-        self._identity: dict[str, Any] = {"backend": self.name, "model": self.model, "base_url": self.base_url,
-                                          "served_model": self.served, "temperature": 0.0}
+        self._identity: dict[str, Any] = {
+            "backend": self.name,
+            "model": self.model,
+            "base_url": self.base_url,
+            "served_model": self.served,
+            "temperature": 0.0,
+        }
         self._identity["model_card"] = self._model_card()
         probe = self._create([{"role": "user", "content": "Hi"}], max_tokens=1)
         # a hosted alias ("gpt-4o") resolves to a dated snapshot; the fingerprint names the serving configuration
@@ -92,7 +99,11 @@ class OpenAICompatibleBackend:
         if self.served not in names:
             raise FalseRefusalError(self._unknown_model_message(names))
         card = next(card for card in cards if card.id == self.served).model_dump(exclude_unset=True)
-        return {key: value for key, value in card.items() if key not in VOLATILE_CARD_FIELDS and not isinstance(value, (list, dict))}
+        return {
+            key: value
+            for key, value in card.items()
+            if key not in VOLATILE_CARD_FIELDS and not isinstance(value, (list, dict))
+        }
 
     def _unknown_model_message(self, names: Sequence[str] | None) -> str:
         served = ", ".join(brief(n, 80) for n in names[:20]) if names else "none listed"
@@ -136,9 +147,15 @@ class OpenAICompatibleBackend:
                 "fix: lower --concurrency or raise --max-retries"
             )
         if isinstance(error, openai.APIStatusError):
-            fix = "check the server's log" if error.status_code >= 500 else "check --max-new-tokens against the model's context and the server's options"
+            fix = (
+                "check the server's log"
+                if error.status_code >= 500
+                else "check --max-new-tokens against the model's context and the server's options"
+            )
             retried = f" after {tries}" if error.status_code >= 500 else ""
-            return FalseRefusalError(f"{where}: HTTP {error.status_code}{retried}: {brief(_server_message(error))}; fix: {fix}")
+            return FalseRefusalError(
+                f"{where}: HTTP {error.status_code}{retried}: {brief(_server_message(error))}; fix: {fix}"
+            )
         return FalseRefusalError(f"{where}: {type(error).__name__}: {brief(error)}")
 
     # ----- generation ----------------------------------------------------------------------------------------------
@@ -154,7 +171,9 @@ class OpenAICompatibleBackend:
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         response = self._create(messages, max_new_tokens)
         if not response.choices:
-            raise FalseRefusalError(f"--model {self.model} at {self.base_url}: a response without choices for {request.case_id}")
+            raise FalseRefusalError(
+                f"--model {self.model} at {self.base_url}: a response without choices for {request.case_id}"
+            )
         choice = response.choices[0]
         # a hosted model's built-in refusal comes as `refusal` with no content: that text is what we detect
         text = choice.message.content or getattr(choice.message, "refusal", None) or ""

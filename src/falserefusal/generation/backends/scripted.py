@@ -31,7 +31,13 @@ from scipy.stats import norm
 
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest
 
-_FACTORS = {"persona": "persona", "task": "task", "forcing": "forcing_level", "paraphrase": "paraphrase", "item": "item"}
+_FACTORS = {
+    "persona": "persona",
+    "task": "task",
+    "forcing": "forcing_level",
+    "paraphrase": "paraphrase",
+    "item": "item",
+}
 
 
 def _uniform(*parts: object) -> float:
@@ -58,7 +64,9 @@ class ScriptedSpec:
         for part in filter(None, (p.strip() for p in body.split(","))):
             key, sep, value = part.partition("=")
             if not sep:
-                raise FalseRefusalError(f"--model {model}: '{part}' is not key=value; see falserefusal.generation.backends.scripted")
+                raise FalseRefusalError(
+                    f"--model {model}: '{part}' is not key=value; see falserefusal.generation.backends.scripted"
+                )
             try:
                 number = float(value)
             except ValueError:
@@ -92,15 +100,27 @@ class ScriptedSpec:
         if not (0.0 <= base <= 1.0 and 0.0 <= rho <= 1.0 and 0.0 <= non_answer <= 1.0):
             raise FalseRefusalError(f"--model {model}: base, rho and non_answer must lie in [0, 1]")
         if not 0.0 <= item_sd <= 3.0:
-            raise FalseRefusalError(f"--model {model}: item_sd {item_sd:g} must lie in [0, 3] (log-scale sd of the item factor)")
-        return cls(base=base, shifts=shifts, rho=rho, seed=seed, item_sd=item_sd, delay=delay, fail_after=fail_after,
-                   non_answer=non_answer)
+            raise FalseRefusalError(
+                f"--model {model}: item_sd {item_sd:g} must lie in [0, 3] (log-scale sd of the item factor)"
+            )
+        return cls(
+            base=base,
+            shifts=shifts,
+            rho=rho,
+            seed=seed,
+            item_sd=item_sd,
+            delay=delay,
+            fail_after=fail_after,
+            non_answer=non_answer,
+        )
 
     def refusal_probability(self, factors: Mapping[str, str], seed: int | None = None) -> float:
         """p(case): base plus the matching shifts, times the item's factor when item_sd > 0, clipped to [0, 1]."""
         p = self.base + sum(shift for (factor, level), shift in self.shifts.items() if factors.get(factor) == level)
         if self.item_sd:
-            p *= item_factor(self.item_sd, self.seed if seed is None else seed, factors.get("task", ""), factors.get("item", ""))
+            p *= item_factor(
+                self.item_sd, self.seed if seed is None else seed, factors.get("task", ""), factors.get("item", "")
+            )
         return min(1.0, max(0.0, p))
 
 
@@ -145,11 +165,15 @@ class ScriptedBackend:
         label = labels[int(_uniform(self.seed, "label", request.case_id) * len(labels))]
         return f"The answer is: {label}."
 
-    def generate(self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: Any = None) -> list[Completion]:
+    def generate(
+        self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: Any = None
+    ) -> list[Completion]:
         if self.spec.delay:
             time.sleep(self.spec.delay)
         if self.spec.fail_after is not None and self.answered + len(requests) > self.spec.fail_after:
-            raise FalseRefusalError(f"{self.model}: the model stopped answering after {self.answered} answers (fail_after)")
+            raise FalseRefusalError(
+                f"{self.model}: the model stopped answering after {self.answered} answers (fail_after)"
+            )
         self.answered += len(requests)
         completions = []
         for request in requests:
