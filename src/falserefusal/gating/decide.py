@@ -47,7 +47,7 @@ def holm_levels(pvalues: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _with_correction(tested: _Tested, spec: GateSpec, correction: CorrectedEstimates | None) -> _Tested:
-    """The gate's test on the rates corrected for detector error (profile detector_correction: audit), where it has them."""
+    """The gate's test on rates corrected for detector error (profile detector_correction: audit), where it has them."""
     corrected = correction.gate_test(spec.kind, spec.model, spec.task, spec.persona, spec.limit) if correction else None
     if corrected is None:
         return tested
@@ -133,7 +133,7 @@ def evaluate_gates(
     frame: pd.DataFrame,
     specs: Sequence[GateSpec],
     profile: Profile,
-    n_families: int | None = None,
+    n_families: float | None = None,
     audit: DetectorAudit | None = None,
 ) -> list[GateOutcome]:
     """Every family of gates; `n_families` is fixed from the run's configuration so workers agree. With an `audit` and
