@@ -114,9 +114,9 @@ def make_detector(name: str | None = None, rules: str | Path | None = None) -> A
         detector = detector if wrapped is None else wrapped
     missing = [a for a in ("detect", "is_decided") if not callable(getattr(detector, a, None))]
     if missing or not isinstance(getattr(detector, "version", None), str):
-        lacks = missing + ([] if isinstance(getattr(detector, "version", None), str) else ["a version string"])
         raise FalseRefusalError(
-            f"detector {name or BUILTIN_DETECTOR} ({type(detector).__name__}): lacks {', '.join(lacks)}; "
+            f"detector {name or BUILTIN_DETECTOR} ({type(detector).__name__}): lacks "
+            f"{', '.join(missing + ([] if isinstance(getattr(detector, 'version', None), str) else ['a version string']))}; "
             "fix: give it detect(text, labels), is_decided(text, labels) and version"
         )
     return detector if callable(getattr(detector, "detect_many", None)) else _OneByOne(detector)

@@ -63,7 +63,7 @@ def _check_counts(n10: float, n01: float, n: float, where: str) -> None:
         raise FalseRefusalError(f"{where}: need n10, n01 >= 0 and n10 + n01 <= n, got n10={n10}, n01={n01}, n={n}")
 
 
-def _restricted_p01(n10: int, n01: int, n: int, delta: float) -> float:
+def _restricted_p01(n10: float, n01: float, n: float, delta: float) -> float:
     """Restricted MLE of p01 given p10 - p01 = delta (Tango 1998, eq. 3), kept inside the parameter space."""
     a = 2.0 * n
     b = -n10 - n01 + (2.0 * n - n10 + n01) * delta
@@ -73,7 +73,7 @@ def _restricted_p01(n10: int, n01: int, n: int, delta: float) -> float:
     return min(max(root, max(0.0, -delta)), (1.0 - delta) / 2.0)
 
 
-def tango_statistic(n10: int, n01: int, n: int, delta: float) -> float:
+def tango_statistic(n10: float, n01: float, n: float, delta: float) -> float:
     """Tango's score statistic T(delta); ±inf when the restricted variance is 0, NaN when T is 0/0."""
     numerator = n10 - n01 - n * delta
     q = _restricted_p01(n10, n01, n, delta)

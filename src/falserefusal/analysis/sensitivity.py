@@ -52,7 +52,7 @@ therefore reports, beside ι̂:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, TypeAlias
 
 import numpy as np
 import pandas as pd
@@ -82,7 +82,7 @@ SENSITIVITY_COLUMNS = (
 )
 
 
-ArrayLike = Sequence[float] | np.ndarray | pd.Series
+ArrayLike: TypeAlias = Sequence[float] | np.ndarray | pd.Series
 
 
 def _as_arrays(y: ArrayLike, levels: Sequence[object] | np.ndarray | pd.Series) -> tuple[np.ndarray, np.ndarray, int]:

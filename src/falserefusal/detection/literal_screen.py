@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-try:  # Python 3.11+
+try:  # Python 3.11+ (typeshed has no stubs for the private re._constants / re._parser)
     from re import _constants as _sre  # type: ignore[attr-defined]
-    from re import _parser as _sre_parse
+    from re import _parser as _sre_parse  # type: ignore[attr-defined]
 except ImportError:  # Python 3.10
-    import sre_constants as _sre  # type: ignore[no-redef]
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
+    import sre_constants as _sre
+    import sre_parse as _sre_parse
 
 _REPEATS = {_sre.MAX_REPEAT, _sre.MIN_REPEAT} | (
     {_sre.POSSESSIVE_REPEAT} if hasattr(_sre, "POSSESSIVE_REPEAT") else set()
@@ -83,7 +83,7 @@ class LiteralScreen:
         return self.unscreened.union(*map(self.chunks.__getitem__, text.translate(self.to_chunks).split()))
 
 
-class _ChunkTable(dict):  # type: ignore[type-arg]
+class _ChunkTable(dict):
     """Chunk -> the patterns with a literal in it, worked out on first look-up (hits are plain dict look-ups)."""
 
     def __init__(self, by_literal: Mapping[str, frozenset[int]]) -> None:

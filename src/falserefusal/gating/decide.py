@@ -47,7 +47,7 @@ def holm_levels(pvalues: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _with_correction(tested: _Tested, spec: GateSpec, correction: CorrectedEstimates | None) -> _Tested:
-    """The gate's test on rates corrected for detector error (profile detector_correction: audit), where it has them."""
+    """The gate's test on the rates corrected for detector error (profile detector_correction: audit), where it has them."""
     corrected = correction.gate_test(spec.kind, spec.model, spec.task, spec.persona, spec.limit) if correction else None
     if corrected is None:
         return tested

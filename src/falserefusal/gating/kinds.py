@@ -132,7 +132,7 @@ def gate_specs(
     return specs
 
 
-def family_alpha(profile: Profile, n_families: int) -> float:
+def family_alpha(profile: Profile, n_families: float) -> float:
     """Bonferroni across families, Holm within: the suite's family-wise error stays at most alpha."""
     return profile.alpha / max(1, n_families)
 

@@ -110,8 +110,8 @@ class Generator:
             keys = [CacheKey.of(kind, model, identity, request, decoding) for request in requests]
             completions = {}
             if self.cache is not None:
-                found = self.cache.get(keys)
-                completions = {i: found[key.key] for i, key in enumerate(keys) if key.key in found}
+                stored = self.cache.get(keys)
+                completions = {i: stored[key.key] for i, key in enumerate(keys) if key.key in stored}
             from_cache = set(completions)
             self.cache_counts["hits"] += len(from_cache)
             size = options.batch_size or self._auto_batch_size(model, backend, requests)
@@ -206,7 +206,7 @@ def decoding_settings(config: RunConfig, detector_version: str | None = None) ->
 
 
 def _rescore_keys(config: RunConfig, model: str, cases: Sequence[Case]) -> tuple[str, str, list[CacheKey]]:
-    """(backend, model, keys) to find a model's cached generations of `cases` by request only, whatever its identity."""
+    """(backend, model, keys) to find a model's cached generations of `cases` by request alone, whatever its identity."""
     kind = ModelRef.of(model, config.backend).kind
     return kind, model, [CacheKey.of(kind, model, {}, request_for(case), decoding_settings(config)) for case in cases]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -19,6 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from falserefusal.types import FORCING_LEVELS
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 FAIL_COLOR = "#c0392b"
 PASS_COLOR = "#1e8449"  # the page's PASS green
@@ -30,7 +33,12 @@ DISTINGUISHABLE_COLOR = "#2c3e50"
 NO_REFUSALS = "no refusals"
 
 # text stays text (smaller, selectable); a fixed hash salt and no date keep the SVG identical between rebuilds
-_RC = {"svg.fonttype": "none", "svg.hashsalt": "falserefusal", "font.size": 9, "font.family": "DejaVu Sans"}
+_RC: dict[RcKeyType, Any] = {
+    "svg.fonttype": "none",
+    "svg.hashsalt": "falserefusal",
+    "font.size": 9,
+    "font.family": "DejaVu Sans",
+}
 
 
 def data_uri(figure: Figure) -> str:
@@ -237,7 +245,7 @@ def forest_figure(
 
 
 def _forest_legend() -> list[Line2D]:
-    bar = {"linewidth": 4.0, "solid_capstyle": "butt", "markersize": 6}
+    bar: dict[str, Any] = {"linewidth": 4.0, "solid_capstyle": "butt", "markersize": 6}
     return [
         Line2D([], [], color=PASS_COLOR, marker="<", **bar, label="PASS: upper bound ◁ left of the limit"),
         Line2D([], [], color=FAIL_COLOR, marker=">", **bar, label="FAIL: lower bound ▷ right of the limit"),

@@ -1,4 +1,4 @@
-"""The one run path: per (model, task) family, generate and decide its gates once; the CLI, plugin and bench call it."""
+"""The one run path: per (model, task) family generate and decide its gates once; the CLI, the plugin and the bench call it."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def decide_gates(
     gates: Sequence[GateSpec],
     records: Sequence[Record],
     profile: Profile,
-    n_families: int,
+    n_families: float,
     samples: int,
     factorial: Mapping[str, int] | None = None,
     audit: DetectorAudit | None = None,

@@ -139,6 +139,7 @@ def prepare(config: RunConfig) -> Suite:
     gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas], baseline)
     audit = load_audit(config.path(config.audit)) if config.audit else None
     if audit is not None and profile.detector_correction == "audit":
+        assert config.audit is not None  # the audit was loaded from it
         check_audit_covers(audit, models, [t.task.id for t in tasks], config.audit, config.refusal_detector().version)
     return Suite(
         config,
@@ -236,8 +237,7 @@ def check_baseline_results(
     baseline = saved_models[0]
     if baseline in models:
         raise FalseRefusalError(
-            f"--baseline-results {where}: its model {baseline} is also given as --model; fix: compare two different "
-            "models"
+            f"--baseline-results {where}: its model {baseline} is also given as --model; fix: compare two different models"
         )
     differences = []
     if metadata.get("seed") != seed:
@@ -254,8 +254,8 @@ def check_baseline_results(
     )
     if saved_versions != {detector_version}:
         differences.append(
-            f"detector version differs (saved {', '.join(sorted(saved_versions)) or 'none'}, this run "
-            f"{detector_version}; fix: same --refusal-rules and falserefusal version)"
+            f"detector version differs (saved {', '.join(sorted(saved_versions)) or 'none'}, this run {detector_version}; "
+            "fix: same --refusal-rules and falserefusal version)"
         )
     by_case = {r.case.case_id: r for r in records if r.model == baseline}
     if not differences:

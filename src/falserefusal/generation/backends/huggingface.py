@@ -139,8 +139,7 @@ class TransformersBackend:
             raise FalseRefusalError(f"--dtype {dtype}: use one of auto, {', '.join(choices)}")
         if self.device == "cpu" and dtype != "float32":
             warnings.warn(
-                f"--dtype {dtype} on CPU: outputs change with batch size; use float32 for a reproducible gate",
-                stacklevel=2,
+                f"--dtype {dtype} on CPU: outputs change with batch size; use float32 for a reproducible gate"
             )
         return choices[dtype]
 
@@ -179,8 +178,7 @@ class TransformersBackend:
         except OSError as error:
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             raise FalseRefusalError(
-                f"--model {self.model}: cannot load ({first}); fix: check the id, your network/HF_TOKEN, or pass a "
-                "local folder or .gguf"
+                f"--model {self.model}: cannot load ({first}); fix: check the id, your network/HF_TOKEN, or pass a local folder or .gguf"
             ) from None
         except ValueError as error:
             if "trust_remote_code" in str(error):
@@ -189,7 +187,8 @@ class TransformersBackend:
                 ) from None
             raise
         if not self.device.startswith("cuda"):
-            lm = lm.to(self.device)
+            # transformers wraps PreTrainedModel.to, and its stubs lose the bound self
+            lm = lm.to(self.device)  # type: ignore[arg-type]
         return tokenizer, lm
 
     def _load_gguf(self, path: Path) -> tuple[Any, Any]:
@@ -211,7 +210,8 @@ class TransformersBackend:
         except OSError as error:  # a read-only cache only costs load time
             log.warning("cannot cache converted model at %s: %s", converted, error)
         if not self.device.startswith("cuda"):
-            lm = lm.to(self.device)
+            # transformers wraps PreTrainedModel.to, and its stubs lose the bound self
+            lm = lm.to(self.device)  # type: ignore[arg-type]
         return tokenizer, lm
 
     @staticmethod

@@ -60,8 +60,7 @@ class OpenAICompatibleBackend:
         key = os.environ.get(options.api_key_env, "")
         if not key and self.base_url == DEFAULT_BASE_URL:
             raise FalseRefusalError(
-                f"--api-key-env {options.api_key_env}: the variable is not set; fix: export "
-                f"{options.api_key_env}=<your key>"
+                f"--api-key-env {options.api_key_env}: the variable is not set; fix: export {options.api_key_env}=<your key>"
             )
         self.client = openai.OpenAI(
             base_url=self.base_url,
@@ -109,10 +108,7 @@ class OpenAICompatibleBackend:
     def _unknown_model_message(self, names: Sequence[str] | None) -> str:
         served = ", ".join(brief(n, 80) for n in names[:20]) if names else "none listed"
         more = f" (+{len(names) - 20} more)" if names and len(names) > 20 else ""
-        return (
-            f"--model {self.model}: {self.base_url} does not serve '{self.served}'; fix: use openai:NAME with one of: "
-            f"{served}{more}"
-        )
+        return f"--model {self.model}: {self.base_url} does not serve '{self.served}'; fix: use openai:NAME with one of: {served}{more}"
 
     def explain(self, error: Exception) -> FalseRefusalError:
         """One line for a failure that survived the SDK's retries: what happened and which option fixes it."""
@@ -143,8 +139,7 @@ class OpenAICompatibleBackend:
         if isinstance(error, openai.APIConnectionError):
             cause = brief(error.__cause__ or error, 120)
             return FalseRefusalError(
-                f"--base-url {self.base_url}: cannot connect ({cause}; {tries}); fix: start the server or correct "
-                "--base-url"
+                f"--base-url {self.base_url}: cannot connect ({cause}; {tries}); fix: start the server or correct --base-url"
             )
         if isinstance(error, openai.RateLimitError):
             return FalseRefusalError(
@@ -167,7 +162,13 @@ class OpenAICompatibleBackend:
     def _create(self, messages: list[dict[str, str]], max_tokens: int) -> Any:
         try:
             return self.client.chat.completions.create(
-                model=self.served, messages=messages, temperature=0.0, max_tokens=max_tokens, n=1, stream=False
+                model=self.served,
+                # openai's stubs want per-role TypedDicts; plain {"role", "content"} dicts are what it sends
+                messages=messages,  # type: ignore[arg-type]
+                temperature=0.0,
+                max_tokens=max_tokens,
+                n=1,
+                stream=False,
             )
         except self.openai.APIError as error:
             raise self.explain(error) from None
