@@ -175,7 +175,7 @@ def forest_figure(
     families: Sequence[tuple[str, str]],
     model_labels: Mapping[str, str],
     limits: Mapping[tuple[str, str], float],
-    bounds: Mapping[tuple[str, str, str], tuple[float, float, str]],
+    bounds: Mapping[tuple[str, str, str | None], tuple[float, float, str]],
     no_refusals: bool,
 ) -> Figure:
     """Risk difference (persona minus baseline, pp) per persona, one panel per model x task, one shared x axis.
@@ -262,7 +262,7 @@ def forest(
     families: Sequence[tuple[str, str]],
     model_labels: Mapping[str, str],
     limits: Mapping[tuple[str, str], float],
-    bounds: Mapping[tuple[str, str, str], tuple[float, float, str]],
+    bounds: Mapping[tuple[str, str, str | None], tuple[float, float, str]],
     no_refusals: bool,
 ) -> str:
     """`forest_figure` as an SVG data URI."""
