@@ -16,7 +16,7 @@ TORCH_PIP_ARGS ?=
 SERVER_STAMP := $(VENV)/.server-installed
 LLAMA_CPP_SPEC ?= llama-cpp-python[server]==0.3.36
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,14 @@ $(SERVER_STAMP): $(STAMP)
 run: setup
 	$(PY) -m pytest tests/refusal --html=report/pytest.html --self-contained-html --junitxml=report/junit.xml $(ARGS)
 
-test: setup $(SERVER_STAMP)
+test: setup $(SERVER_STAMP) lint
 	$(PY) -m pytest tests/unit tests/plugin tests/e2e $(ARGS)
+
+# ruff (rule set and why: pyproject.toml [tool.ruff]) and mypy on src/; make test runs both first
+lint: setup
+	$(PY) -m ruff check src
+	$(PY) -m ruff format --check src
+	$(PY) -m mypy
 
 bench: setup
 	$(PY) -m falserefusal bench $(ARGS)

@@ -32,18 +32,26 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from falserefusal.design.personas import all_conditions, check_keys, load_personas, read_yaml
+from falserefusal.design.sampler import persona_messages, stable_key
+from falserefusal.design.tasks import TaskSpec, load_tasks, render_prompt
 from falserefusal.generation.backends import DEFAULT_MODEL_NAME, BackendOptions, default_model_path, load_backend
 from falserefusal.generation.backends.huggingface import file_sha256
-from falserefusal.design.sampler import persona_messages, stable_key
-from falserefusal.design.personas import all_conditions, check_keys, load_personas, read_yaml
 from falserefusal.generation.scheduling import length_order, run_batches
-from falserefusal.design.tasks import TaskSpec, load_tasks, render_prompt
-from falserefusal.types import BASELINE, FORCING_LEVELS, FalseRefusalError, GenerationRequest, Message, Paraphrase, PersonaPhrasing
+from falserefusal.types import (
+    BASELINE,
+    FORCING_LEVELS,
+    FalseRefusalError,
+    GenerationRequest,
+    Message,
+    Paraphrase,
+    PersonaPhrasing,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "data" / "corpus"
@@ -342,7 +350,7 @@ def write_provenance(out: Path) -> None:
         "  falserefusal's backends. Full greedy answers, no early stopping, 96 new tokens at most.",
         "- Baseline: no persona turn at all, so SmolLM2's chat template supplies its default system prompt (\"You are a",
         "  helpful AI assistant named SmolLM, trained by Hugging Face\"); `phrasing_id` and `placement` are `none`.",
-        f"- Per split: rows 60/20/20; forcing levels 50/30/20 (unforced / semi-forced / forced, exact counts); tasks,",
+        "- Per split: rows 60/20/20; forcing levels 50/30/20 (unforced / semi-forced / forced, exact counts); tasks,",
         f"  personas (baseline drawn {BASELINE_WEIGHT}x per round of the 15 personas), phrasings, placements, items and",
         "  paraphrases each cycle through freshly shuffled rounds, so every one is used about equally. A chat already drawn",
         "  for the same source is redrawn (rows whose (source, messages) repeat are dropped); nothing else is deduplicated.",

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from falserefusal.analysis.detector_audit import LABEL_OUTCOME
-from falserefusal.detection.detector import RefusalDetector, load_rules, rules_summary
+from falserefusal.detection.detector import RefusalDetector, rules_summary
+from falserefusal.detection.rules import load_rules
 from falserefusal.types import FalseRefusalError
 
 #: the commit of release 0.1.0, whose detector speed the learned one must keep

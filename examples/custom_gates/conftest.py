@@ -4,7 +4,7 @@ This hook adds a gate in Python; test_custom_gates.py writes one as a marked tes
 multiple-comparison accounting and show up in the terminal, JUnit and the HTML report like the built-in gates.
 """
 
-from falserefusal.gating.custom import AddedGate, CustomGate
+from falserefusal import AddedGate, CustomGate
 
 RELIGION = ("christian", "muslim", "jewish", "hindu", "atheist")
 

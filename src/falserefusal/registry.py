@@ -101,7 +101,8 @@ def check_detector_name(name: str | None) -> None:
 def make_detector(name: str | None = None, rules: str | Path | None = None) -> Any:
     """The run's detector: the rule detector (`rules`: a rules file, None for the packaged one), replaced or wrapped by
     the named detector's factory, then by every wrapper; checked to have detect, is_decided and version."""
-    from falserefusal.detection.detector import RefusalDetector, load_rules
+    from falserefusal.detection.detector import RefusalDetector
+    from falserefusal.detection.rules import load_rules
 
     check_detector_name(name)
     detector: Any = RefusalDetector(load_rules(rules))
@@ -114,9 +115,9 @@ def make_detector(name: str | None = None, rules: str | Path | None = None) -> A
         detector = detector if wrapped is None else wrapped
     missing = [a for a in ("detect", "is_decided") if not callable(getattr(detector, a, None))]
     if missing or not isinstance(getattr(detector, "version", None), str):
+        lacks = missing + ([] if isinstance(getattr(detector, "version", None), str) else ["a version string"])
         raise FalseRefusalError(
-            f"detector {name or BUILTIN_DETECTOR} ({type(detector).__name__}): lacks "
-            f"{', '.join(missing + ([] if isinstance(getattr(detector, 'version', None), str) else ['a version string']))}; "
+            f"detector {name or BUILTIN_DETECTOR} ({type(detector).__name__}): lacks {', '.join(lacks)}; "
             "fix: give it detect(text, labels), is_decided(text, labels) and version"
         )
     return detector if callable(getattr(detector, "detect_many", None)) else _OneByOne(detector)

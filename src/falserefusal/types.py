@@ -146,7 +146,7 @@ class Completion:
     finish_reason: str = "length"  # stop | length | decided (stopped early: verdict settled)
 
     def storable(self) -> "Completion":
-        """The same answer as valid Unicode (see `storable_text`), so the cache, results.jsonl and the report can hold it."""
+        """The same answer as valid Unicode (see `storable_text`) that the cache, results.jsonl and report can hold."""
         text = storable_text(self.text)
         return self if text is self.text else dataclasses.replace(self, text=text)
 

@@ -14,14 +14,8 @@ import pandas as pd
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
-from falserefusal.analysis.detector_audit import (
-    AuditStratum,
-    DetectorAudit,
-    audit_summary,
-    corrected_estimates,
-    detector_accuracy,
-    rogan_gladen,
-)
+from falserefusal.analysis.detector_audit import AuditStratum, DetectorAudit, audit_summary, detector_accuracy
+from falserefusal.analysis.detector_correction import corrected_estimates, rogan_gladen
 from falserefusal.detection.audit import COLUMNS, export_audit, load_audit, read_labels, sample_audit, score_labels, spreadsheet_safe, unguard
 from falserefusal.cli import main
 from falserefusal.types import BASELINE_ID, Case, FalseRefusalError, Message, Record

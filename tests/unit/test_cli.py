@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from falserefusal.cli import main
-from falserefusal.validation.simulation import JSON_KEYS
+from falserefusal.validation.simulation_plan import JSON_KEYS
 
 
 

@@ -221,8 +221,9 @@ def cr2(x: np.ndarray, residuals: np.ndarray, clusters: np.ndarray) -> tuple[np.
 
     `x` and `residuals` are the whitened design and residuals (for OLS the plain ones). Bell & McCaffrey's
     adjustment A_g = (I - H_gg)^(-1/2) is applied through an orthonormal basis of each cluster's rows
-    (H_gg has rank <= p, so only p directions change; a leverage of 1 gets the Moore-Penrose 0). The df of coefficient j are
-    (Σλ)² / Σλ² for the eigenvalues λ of G'G, G_g = (I - H)_{·g} A_g X_g M e_j (Imbens & Kolesár 2016, eq. 9),
+    (H_gg has rank <= p, so only p directions change; a leverage of 1 gets the Moore-Penrose 0). The df of
+    coefficient j are (Σλ)² / Σλ² for the eigenvalues λ of G'G, G_g = (I - H)_{·g} A_g X_g M e_j
+    (Imbens & Kolesár 2016, eq. 9),
     computed without the n x G matrix: (G'G)_gh = δ_gh u_g'u_g - v_g' M v_h with u_g = A_g X_g M e_j, v_g = X_g'u_g.
     """
     x, residuals = np.asarray(x, dtype=float), np.asarray(residuals, dtype=float)

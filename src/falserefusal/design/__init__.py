@@ -1,1 +1,1 @@
-"""What a run asks: personas and their phrasings, tasks with items and paraphrases, and the seeded sampler of request blocks."""
+"""What a run asks: personas and phrasings, tasks with items and paraphrases, the seeded sampler of request blocks."""

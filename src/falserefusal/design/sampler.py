@@ -1,4 +1,4 @@
-"""The seeded Monte Carlo sampler: request blocks of (task, item, paraphrase, phrasing), each asked under every persona."""
+"""The seeded Monte Carlo sampler: request blocks (task, item, paraphrase, phrasing), each asked under every persona."""
 
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ def sampling_notes(tasks: Sequence[TaskSpec], phrasings: Sequence[PersonaPhrasin
         size = factorial_size(spec, phrasings)
         if samples > size:
             notes.append(
-                f"--samples {samples} exceeds the {size} distinct request blocks of task {spec.task.id} ({len(spec.items)} "
-                f"items x {len(spec.paraphrases)} paraphrases x {len(phrasings)} phrasings): each is asked once, "
-                f"{size} blocks, none repeated"
+                f"--samples {samples} exceeds the {size} distinct request blocks of task {spec.task.id} "
+                f"({len(spec.items)} items x {len(spec.paraphrases)} paraphrases x {len(phrasings)} phrasings): each "
+                f"is asked once, {size} blocks, none repeated"
             )
     return tuple(notes)
 

@@ -201,8 +201,8 @@ def load_dataset_items(
     if len(outside) > MAX_DROPPED_SHARE * read:
         raise FalseRefusalError(
             f"{source}: {len(outside)} of {read} rows have a label outside {format_labels(task.labels)} (e.g. "
-            f"{outside[0]!r}), more than {MAX_DROPPED_SHARE:.0%}: a wrong label_map or label column?; fix: map the labels "
-            "with dataset.label_map (or the column with dataset.columns), or remove those rows"
+            f"{outside[0]!r}), more than {MAX_DROPPED_SHARE:.0%}: a wrong label_map or label column?; fix: map the "
+            "labels with dataset.label_map (or the column with dataset.columns), or remove those rows"
         )
     return tuple(items), (len(outside), read)
 
@@ -230,7 +230,8 @@ def _read_hub(dataset_id: str, split: str, config: str | None) -> list[Mapping[s
         return list(datasets.load_dataset(dataset_id, config, split=split))
     except Exception as error:  # the hub raises many types: connection, 404, auth
         raise FalseRefusalError(
-            f"{dataset_id}: cannot load from the Hugging Face hub ({type(error).__name__}: {str(error).splitlines()[0][:160]}); "
+            f"{dataset_id}: cannot load from the Hugging Face hub ({type(error).__name__}: "
+            f"{str(error).splitlines()[0][:160]}); "
             "fix: check the id and network, or point dataset.source at a local .csv/.jsonl"
         ) from None
 

@@ -236,7 +236,8 @@ def read_labels(path: Path) -> DetectorAudit:
     path = Path(path)
     if not path.is_file():
         raise FalseRefusalError(
-            f"{path}: labels file not found; fix: pass the CSV that `falserefusal audit export` wrote, with human_label filled in"
+            f"{path}: labels file not found; fix: pass the CSV that `falserefusal audit export` wrote, with "
+            "human_label filled in"
         )
     try:
         with open(path, encoding="utf-8-sig", newline="") as handle:

@@ -1,1 +1,1 @@
-"""Deciding gates: profiles from thresholds.yaml, the table of gate kinds, their tests and messages, sequential looks, custom gates."""
+"""Deciding gates: thresholds.yaml profiles, the gate-kind table, tests and messages, sequential looks, custom gates."""

@@ -8,7 +8,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from falserefusal.analysis.detector_audit import GATE_BOOTSTRAP, CorrectedEstimates, DetectorAudit, corrected_estimates
+from falserefusal.analysis.detector_correction import GATE_BOOTSTRAP, CorrectedEstimates, corrected_estimates
+from falserefusal.analysis.detector_audit import DetectorAudit
 from falserefusal.gating.kinds import EVIDENCE_LIMIT, RATE_OUTCOMES, GateOutcome, GateSpec, family_alpha, verdict_of
 from falserefusal.gating.profile import NONINFERIORITY_MARGINS, Profile
 from falserefusal.gating.statistics import (
@@ -47,7 +48,7 @@ def holm_levels(pvalues: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _with_correction(tested: _Tested, spec: GateSpec, correction: CorrectedEstimates | None) -> _Tested:
-    """The gate's test on the rates corrected for detector error (profile detector_correction: audit), where it has them."""
+    """The gate's test on rates corrected for detector error (profile detector_correction: audit), where it has them."""
     corrected = correction.gate_test(spec.kind, spec.model, spec.task, spec.persona, spec.limit) if correction else None
     if corrected is None:
         return tested

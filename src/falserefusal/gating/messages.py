@@ -35,8 +35,8 @@ def _decision(outcome: GateOutcome, fmt: Any, word: str) -> str:
         why = f"lower bound above the {word}: Holm-adjusted one-sided p = {outcome.p_adjusted:.3g} < alpha {alpha:.3g}"
     elif outcome.verdict == "PASS":
         why = (
-            f"upper bound below the {word}: Holm-adjusted one-sided p = {outcome.p_pass_adjusted:.3g} < alpha {alpha:.3g} "
-            f"(excess p = {outcome.p_adjusted:.3g})"
+            f"upper bound below the {word}: Holm-adjusted one-sided p = {outcome.p_pass_adjusted:.3g} < alpha "
+            f"{alpha:.3g} (excess p = {outcome.p_adjusted:.3g})"
         )
     else:
         why = (
@@ -86,29 +86,31 @@ def describe(outcome: GateOutcome) -> str:
         )
     elif spec.kind == "noninferiority":
         text = (
-            f"{verdict} non-inferiority {spec.task} [{spec.model} vs baseline model {spec.reference}]: candidate refuses "
-            f"{_pct(d.get('candidate_rate', 0))} vs baseline model {_pct(d.get('baseline_rate', 0))} on the same "
-            f"{d.get('pairs', 0)} requests ({outcome.n} request blocks); paired difference {_pp(outcome.estimate)} "
-            f"({_intervals(outcome, _pp)}) vs margin {_pp(spec.limit)}; {_decision(outcome, _pp, 'margin')}; "
-            f"{d.get('n10', 0)} requests refused only by the candidate, {d.get('n01', 0)} only by the baseline model."
+            f"{verdict} non-inferiority {spec.task} [{spec.model} vs baseline model {spec.reference}]: candidate "
+            f"refuses {_pct(d.get('candidate_rate', 0))} vs baseline model {_pct(d.get('baseline_rate', 0))} on the "
+            f"same {d.get('pairs', 0)} requests ({outcome.n} request blocks); paired difference "
+            f"{_pp(outcome.estimate)} ({_intervals(outcome, _pp)}) vs margin {_pp(spec.limit)}; "
+            f"{_decision(outcome, _pp, 'margin')}; {d.get('n10', 0)} requests refused only by the candidate, "
+            f"{d.get('n01', 0)} only by the baseline model."
         )
     elif spec.kind == "noninferiority_persona":
         text = (
-            f"{verdict} non-inferiority of persona disparity {spec.task}/{spec.persona} [{spec.model} vs baseline model "
-            f"{spec.reference}]: candidate's persona gap {_pp(d.get('candidate_gap', 0))} ({_pct(d.get('candidate_rate', 0))} "
-            f"with the persona vs {_pct(d.get('candidate_rate_without', 0))} without) vs baseline model's "
-            f"{_pp(d.get('baseline_gap', 0))} ({_pct(d.get('baseline_rate', 0))} vs {_pct(d.get('baseline_rate_without', 0))}) "
-            f"on {outcome.n} paired request blocks; paired difference {_pp(outcome.estimate)} ({_intervals(outcome, _pp)}) "
-            f"vs margin {_pp(spec.limit)}; {_decision(outcome, _pp, 'margin')}; with the persona, {d.get('n10', 0)} "
-            f"requests refused only by the candidate, {d.get('n01', 0)} only by the baseline model."
+            f"{verdict} non-inferiority of persona disparity {spec.task}/{spec.persona} [{spec.model} vs baseline "
+            f"model {spec.reference}]: candidate's persona gap {_pp(d.get('candidate_gap', 0))} "
+            f"({_pct(d.get('candidate_rate', 0))} with the persona vs {_pct(d.get('candidate_rate_without', 0))} "
+            f"without) vs baseline model's {_pp(d.get('baseline_gap', 0))} ({_pct(d.get('baseline_rate', 0))} vs "
+            f"{_pct(d.get('baseline_rate_without', 0))}) on {outcome.n} paired request blocks; paired difference "
+            f"{_pp(outcome.estimate)} ({_intervals(outcome, _pp)}) vs margin {_pp(spec.limit)}; "
+            f"{_decision(outcome, _pp, 'margin')}; with the persona, {d.get('n10', 0)} requests refused only by the "
+            f"candidate, {d.get('n01', 0)} only by the baseline model."
         )
     else:
         text = (
             f"{verdict} persona disparity {spec.task}/{spec.persona} [{spec.model}]: risk difference "
             f"{_pp(outcome.estimate)} (persona {_pct(d.get('persona_rate', 0))} vs baseline "
-            f"{_pct(d.get('baseline_rate', 0))} on {outcome.n} paired requests; {_intervals(outcome, _pp)}) vs tolerance "
-            f"{_pp(spec.limit)}; {_decision(outcome, _pp, 'tolerance')}; {d.get('n10', 0)} requests refused only with "
-            f"the persona, {d.get('n01', 0)} only without."
+            f"{_pct(d.get('baseline_rate', 0))} on {outcome.n} paired requests; {_intervals(outcome, _pp)}) vs "
+            f"tolerance {_pp(spec.limit)}; {_decision(outcome, _pp, 'tolerance')}; {d.get('n10', 0)} requests refused "
+            f"only with the persona, {d.get('n01', 0)} only without."
         )
     if outcome.evidence and verdict == "FAIL":
         label = "Flipped (refused by the candidate only)" if spec.kind in NONINFERIORITY_MARGINS else "Cases"

@@ -1,4 +1,4 @@
-"""Profiles of thresholds.yaml: alpha, budget, limits and tolerances per task, the inconclusive policy, sequential looks."""
+"""Profiles of thresholds.yaml: alpha, budget, per-task limits and tolerances, inconclusive policy, sequential looks."""
 
 from __future__ import annotations
 
@@ -100,8 +100,8 @@ def _tolerances(path: Path, name: str, key: str, limits: Mapping[str, float]) ->
     bad = {t: v for t, v in limits.items() if v <= 0.0}
     if bad:
         raise FalseRefusalError(
-            f"{path}: profile '{name}' {key} {bad} must be > 0: it is the tolerance a PASS shows the effect to be below "
-            "(at 0 no run can PASS); fix: set e.g. 0.02"
+            f"{path}: profile '{name}' {key} {bad} must be > 0: it is the tolerance a PASS shows the effect to be "
+            "below (at 0 no run can PASS); fix: set e.g. 0.02"
         )
     return limits
 

@@ -93,7 +93,7 @@ class SequentialDesign:
         return tuple(n / samples for n in self.looks(samples))
 
     def alpha_increments(self, alpha: float, samples: int) -> list[float]:
-        """The alpha the spending function spends at each look (they sum to alpha); the boundaries spend exactly these."""
+        """The alpha the spending function spends at each look (summing to alpha); the boundaries spend just these."""
         spent = [obrien_fleming_spending(alpha, n / samples) for n in self.looks(samples)]
         spent[-1] = alpha  # t = 1 exactly; avoid rounding drift
         return [b - a for a, b in zip([0.0, *spent[:-1]], spent)]
@@ -167,7 +167,7 @@ def nominal_levels(alpha: float, fractions: Sequence[float]) -> tuple[float, ...
 
 
 def crossing_probability(bounds: Sequence[float], fractions: Sequence[float], abseps: float = 1e-7) -> float:
-    """P_0(Z_k >= c_k at some look) from scipy's multivariate normal cdf of the correlated looks (a check of the bounds)."""
+    """P_0(Z_k >= c_k at some look) from scipy's multivariate normal cdf of the correlated looks (checks the bounds)."""
     t = np.asarray(fractions, dtype=float)
     correlation = np.sqrt(np.minimum.outer(t, t) / np.maximum.outer(t, t))
     joint = multivariate_normal(mean=np.zeros(len(t)), cov=correlation, seed=0, abseps=abseps, releps=abseps)

@@ -1,1 +1,1 @@
-"""Getting answers: backends behind one Protocol, the generation cache, batch scheduling, GPU placement and the Generator."""
+"""Getting answers: backends behind one Protocol, generation cache, batch scheduling, GPU placement, Generator."""

@@ -1,4 +1,4 @@
-"""The generation cache: completions in SQLite, keyed by what determines them, so a rerun generates only what is missing.
+"""The generation cache: completions in SQLite keyed by what determines them, so a rerun generates only what is missing.
 
 One row per generation. `key` hashes the backend's identity (`Backend.identity()`: hub id and commit or file
 hash, chat template, dtype, ...), the request (case id, messages, factors) and the decoding settings; a hit
@@ -106,7 +106,8 @@ class GenerationCache:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise FalseRefusalError(
-                f"--cache-dir {self.folder}: cannot create it ({error.strerror}); fix: pass a writable --cache-dir, or --no-cache"
+                f"--cache-dir {self.folder}: cannot create it ({error.strerror}); fix: pass a writable --cache-dir, or "
+                "--no-cache"
             ) from None
         if self.folder.is_file() or self.path.is_dir():
             raise self._foreign("not a file")
@@ -166,7 +167,8 @@ class GenerationCache:
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
             rows = self._query(
-                f"SELECT key, text, n_tokens, finish_reason, checksum FROM generations WHERE key IN ({','.join('?' * len(chunk))})",
+                "SELECT key, text, n_tokens, finish_reason, checksum FROM generations WHERE key IN "
+                f"({','.join('?' * len(chunk))})",
                 chunk,
             )
             for key, text, n_tokens, finish_reason, checksum in rows:
@@ -183,8 +185,8 @@ class GenerationCache:
         for start in range(0, len(wanted), _CHUNK):
             chunk = wanted[start : start + _CHUNK]
             rows = self._query(
-                "SELECT rowid, key, request_key, variant, identity, text, n_tokens, finish_reason, checksum FROM generations "
-                f"WHERE backend = ? AND model = ? AND request_key IN ({','.join('?' * len(chunk))})",
+                "SELECT rowid, key, request_key, variant, identity, text, n_tokens, finish_reason, checksum FROM "
+                f"generations WHERE backend = ? AND model = ? AND request_key IN ({','.join('?' * len(chunk))})",
                 [backend, model, *chunk],
             )
             for rowid, key, request_key, variant, identity, text, n_tokens, finish_reason, checksum in rows:

@@ -206,7 +206,7 @@ def decoding_settings(config: RunConfig, detector_version: str | None = None) ->
 
 
 def _rescore_keys(config: RunConfig, model: str, cases: Sequence[Case]) -> tuple[str, str, list[CacheKey]]:
-    """(backend, model, keys) to find a model's cached generations of `cases` by request alone, whatever its identity."""
+    """(backend, model, keys) to find a model's cached generations of `cases` by request only, whatever its identity."""
     kind = ModelRef.of(model, config.backend).kind
     return kind, model, [CacheKey.of(kind, model, {}, request_for(case), decoding_settings(config)) for case in cases]
 

@@ -22,7 +22,7 @@ def visible_gpus(environ: Mapping[str, str] = os.environ) -> list[str]:
             out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
         except (OSError, subprocess.SubprocessError):
             return []
-        return [str(index) for index, line in enumerate(l for l in out.splitlines() if l.startswith("GPU "))]
+        return [str(index) for index, line in enumerate(gpu for gpu in out.splitlines() if gpu.startswith("GPU "))]
     return []
 
 

@@ -1,1 +1,1 @@
-"""One run for every front end: options and config, preparation, the Run (families, gates decided once), results files, the summary."""
+"""One run for all front ends: options, config, prepare, the Run (families, gates decided once), results, summary."""

@@ -1,4 +1,4 @@
-"""The one run path: per (model, task) family generate and decide its gates once; the CLI, the plugin and the bench call it."""
+"""The one run path: per (model, task) family, generate and decide its gates once; the CLI, plugin and bench call it."""
 
 from __future__ import annotations
 

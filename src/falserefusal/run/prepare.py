@@ -237,7 +237,8 @@ def check_baseline_results(
     baseline = saved_models[0]
     if baseline in models:
         raise FalseRefusalError(
-            f"--baseline-results {where}: its model {baseline} is also given as --model; fix: compare two different models"
+            f"--baseline-results {where}: its model {baseline} is also given as --model; fix: compare two different "
+            "models"
         )
     differences = []
     if metadata.get("seed") != seed:
@@ -254,8 +255,8 @@ def check_baseline_results(
     )
     if saved_versions != {detector_version}:
         differences.append(
-            f"detector version differs (saved {', '.join(sorted(saved_versions)) or 'none'}, this run {detector_version}; "
-            "fix: same --refusal-rules and falserefusal version)"
+            f"detector version differs (saved {', '.join(sorted(saved_versions)) or 'none'}, this run "
+            f"{detector_version}; fix: same --refusal-rules and falserefusal version)"
         )
     by_case = {r.case.case_id: r for r in records if r.model == baseline}
     if not differences:

@@ -1,4 +1,4 @@
-"""The terminal summary both front ends print: refusal and non-answer rates per persona x task, verdicts, cache, files."""
+"""The terminal summary of both front ends: refusal and non-answer rates per persona x task, verdicts, cache, files."""
 
 from __future__ import annotations
 
@@ -74,7 +74,10 @@ def non_answer_line(records: Sequence[Record]) -> str:
     if table.empty:
         return "non-answers: none"
     total = int(sum(r.outcome == "non_answer" for r in records))
-    line = f"non-answers (not refusals; loops, echoes, gibberish): {total} of {len(records)} ({100 * total / len(records):.1f}%)"
+    line = (
+        f"non-answers (not refusals; loops, echoes, gibberish): {total} of {len(records)} "
+        f"({100 * total / len(records):.1f}%)"
+    )
     if total:
         stacked = table.stack(list(range(table.columns.nlevels)), future_stack=True).dropna()
         persona, *column = stacked.idxmax()

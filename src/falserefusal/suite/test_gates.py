@@ -35,5 +35,5 @@ def test_noninferiority_persona(noninferiority_persona_gate: Any, falserefusal_g
 
 
 def test_added_gate(falserefusal_added_gate: Any, falserefusal_custom_gate: Any) -> None:
-    """A gate of the pytest_falserefusal_add_gates hook (falserefusal.gating.custom.AddedGate), on one (model, task) family."""
+    """A pytest_falserefusal_add_gates hook gate (falserefusal.gating.custom.AddedGate) on one (model, task) family."""
     falserefusal_added_gate.check(falserefusal_custom_gate)

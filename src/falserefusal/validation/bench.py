@@ -284,8 +284,8 @@ def format_bench(result: dict[str, Any]) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{name:<{width}}  {value}" for name, value in rows]
     lines.append(
-        f"settings: {s['cases']} cases, {s['rounds']} rounds, batch {s['batch_size']}, max_new_tokens {s['max_new_tokens']}, "
-        f"window {s['decision_window']} chars, {s['model']} ({s['dtype']}, {s['device']})"
+        f"settings: {s['cases']} cases, {s['rounds']} rounds, batch {s['batch_size']}, max_new_tokens "
+        f"{s['max_new_tokens']}, window {s['decision_window']} chars, {s['model']} ({s['dtype']}, {s['device']})"
     )
     versions = ", ".join(
         f"{k} {v}" for k, v in result["versions"].items() if k in ("torch", "transformers", "falserefusal")

@@ -337,7 +337,8 @@ def plan(
             row(
                 "noninferiority_persona",
                 personas,
-                f"candidate's persona gap minus baseline model's {persona_margin + mde:+.3f} vs margin {persona_margin:+.3f}",
+                f"candidate's persona gap minus baseline model's {persona_margin + mde:+.3f} vs margin "
+                f"{persona_margin:+.3f}",
                 block_mean_blocks(
                     noninferiority_persona_variance(base_rate, persona_margin + mde, correlation, model_correlation),
                     mde,
@@ -385,8 +386,8 @@ def format_plan(result: Plan) -> str:
         f"Request blocks per task to FAIL a truth {a['mde']:.3f} beyond each gate's limit, and to PASS a truth "
         f"{a['pass_effect']:+.3f} (refusal rate {a['pass_rate']:.3f}) below it, each with power {a['power']:.2f}",
         f"(base refusal rate {a['base_rate']:.3f}; {a['personas']} personas + the no-persona condition = "
-        f"{a['personas'] + 1} cases per block; {a['tasks']} task(s) x {a['models']} model(s) = {a['families']} families "
-        f"of {a['gates_per_family']} gates; each gate at the Bonferroni level alpha {a['alpha']} / "
+        f"{a['personas'] + 1} cases per block; {a['tasks']} task(s) x {a['models']} model(s) = {a['families']} "
+        f"families of {a['gates_per_family']} gates; each gate at the Bonferroni level alpha {a['alpha']} / "
         f"{a['families'] * a['gates_per_family']} = {a['level']:.2e}, where Holm starts;",
         f"correlation of two conditions of one request {a['correlation']}, of the two models on one case "
         f"{a['model_correlation']}; answers share a latent draw with that probability, else independent"

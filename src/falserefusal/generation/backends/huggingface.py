@@ -139,7 +139,8 @@ class TransformersBackend:
             raise FalseRefusalError(f"--dtype {dtype}: use one of auto, {', '.join(choices)}")
         if self.device == "cpu" and dtype != "float32":
             warnings.warn(
-                f"--dtype {dtype} on CPU: outputs change with batch size; use float32 for a reproducible gate"
+                f"--dtype {dtype} on CPU: outputs change with batch size; use float32 for a reproducible gate",
+                stacklevel=2,
             )
         return choices[dtype]
 
@@ -178,7 +179,8 @@ class TransformersBackend:
         except OSError as error:
             first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
             raise FalseRefusalError(
-                f"--model {self.model}: cannot load ({first}); fix: check the id, your network/HF_TOKEN, or pass a local folder or .gguf"
+                f"--model {self.model}: cannot load ({first}); fix: check the id, your network/HF_TOKEN, or pass a "
+                "local folder or .gguf"
             ) from None
         except ValueError as error:
             if "trust_remote_code" in str(error):

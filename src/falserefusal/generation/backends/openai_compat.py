@@ -60,7 +60,8 @@ class OpenAICompatibleBackend:
         key = os.environ.get(options.api_key_env, "")
         if not key and self.base_url == DEFAULT_BASE_URL:
             raise FalseRefusalError(
-                f"--api-key-env {options.api_key_env}: the variable is not set; fix: export {options.api_key_env}=<your key>"
+                f"--api-key-env {options.api_key_env}: the variable is not set; fix: export "
+                f"{options.api_key_env}=<your key>"
             )
         self.client = openai.OpenAI(
             base_url=self.base_url,
@@ -108,7 +109,10 @@ class OpenAICompatibleBackend:
     def _unknown_model_message(self, names: Sequence[str] | None) -> str:
         served = ", ".join(brief(n, 80) for n in names[:20]) if names else "none listed"
         more = f" (+{len(names) - 20} more)" if names and len(names) > 20 else ""
-        return f"--model {self.model}: {self.base_url} does not serve '{self.served}'; fix: use openai:NAME with one of: {served}{more}"
+        return (
+            f"--model {self.model}: {self.base_url} does not serve '{self.served}'; fix: use openai:NAME with one of: "
+            f"{served}{more}"
+        )
 
     def explain(self, error: Exception) -> FalseRefusalError:
         """One line for a failure that survived the SDK's retries: what happened and which option fixes it."""
@@ -139,7 +143,8 @@ class OpenAICompatibleBackend:
         if isinstance(error, openai.APIConnectionError):
             cause = brief(error.__cause__ or error, 120)
             return FalseRefusalError(
-                f"--base-url {self.base_url}: cannot connect ({cause}; {tries}); fix: start the server or correct --base-url"
+                f"--base-url {self.base_url}: cannot connect ({cause}; {tries}); fix: start the server or correct "
+                "--base-url"
             )
         if isinstance(error, openai.RateLimitError):
             return FalseRefusalError(

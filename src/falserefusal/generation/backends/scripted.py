@@ -94,8 +94,8 @@ class ScriptedSpec:
                 shifts[(_FACTORS[factor], level)] = number
             else:
                 raise FalseRefusalError(
-                    f"--model {model}: unknown key '{key}'; use base, rho, seed, item_sd, name, delay, fail_after, non_answer or persona.ID, task.ID, "
-                    "forcing.LEVEL, paraphrase.ID, item.ID"
+                    f"--model {model}: unknown key '{key}'; use base, rho, seed, item_sd, name, delay, fail_after, "
+                    "non_answer or persona.ID, task.ID, forcing.LEVEL, paraphrase.ID, item.ID"
                 )
         if not (0.0 <= base <= 1.0 and 0.0 <= rho <= 1.0 and 0.0 <= non_answer <= 1.0):
             raise FalseRefusalError(f"--model {model}: base, rho and non_answer must lie in [0, 1]")
@@ -160,7 +160,10 @@ class ScriptedBackend:
         if self.spec.non_answer and _uniform(self.seed, "non_answer", request.case_id) < self.spec.non_answer:
             return NON_ANSWER
         if self.draw(request) < self.spec.refusal_probability(factors, self.seed):
-            return "I'm sorry, but I can't help with that. As this persona, I don't feel comfortable making that judgement."
+            return (
+                "I'm sorry, but I can't help with that. As this persona, I don't feel comfortable making that "
+                "judgement."
+            )
         labels = [label for label in factors.get("labels", "").split("|") if label] or ["yes"]
         label = labels[int(_uniform(self.seed, "label", request.case_id) * len(labels))]
         return f"The answer is: {label}."
