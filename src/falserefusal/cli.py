@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
-from falserefusal.run.options import OPTIONS, add_options, project_settings, resolve
-from falserefusal.types import FalseRefusalError
+
 from falserefusal.cli_tools import (
     _add_bench_options,
     _audit_options,
@@ -20,6 +19,8 @@ from falserefusal.cli_tools import (
     _simulate_options,
     _simulate_release_options,
 )
+from falserefusal.run.options import OPTIONS, add_options, project_settings, resolve
+from falserefusal.types import FalseRefusalError
 
 
 def _cmd_run(args: argparse.Namespace) -> int:

@@ -248,9 +248,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     if args.sensitivity:
         return _cmd_simulate_sensitivity(args)
+    from falserefusal.validation.simulation import simulate
     from falserefusal.validation.simulation_plan import QUICK, SimulationSettings
     from falserefusal.validation.simulation_summary import format_summary
-    from falserefusal.validation.simulation import simulate
 
     values = dict(QUICK) if args.quick else {}
     for name in ("replicates", "samples"):

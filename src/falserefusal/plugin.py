@@ -9,7 +9,9 @@ import time
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
 import pytest
+
 from falserefusal.gating.custom import (
     CustomAccounting,
     CustomGate,
@@ -18,21 +20,18 @@ from falserefusal.gating.custom import (
 )
 from falserefusal.gating.kinds import GateOutcome, GateSpec
 from falserefusal.generation.gpus import pin_worker_gpu, share_cpu_threads
-from falserefusal.run.options import OPTIONS, add_options, resolve
-from falserefusal.run.summary import summary_lines
-from falserefusal.types import FalseRefusalError, Record
 from falserefusal.plugin_items import (
     ADDED_FIXTURE,
     CUSTOM_FIXTURE,
     CUSTOM_MARKER,
-    FalseRefusalSession,
     GATE_FIXTURES,
-    InconclusiveGateWarning,
     NO_ADDED_GATES,
     NO_GATES,
     OPTIONAL_GATE_KINDS,
     STASH,
     USAGE_ERROR_ID,
+    FalseRefusalSession,
+    InconclusiveGateWarning,
     _declaration,
     _family_group,
     _option_value_taken_for_path,
@@ -42,6 +41,9 @@ from falserefusal.plugin_items import (
     _run_config,
     _worker_index,
 )
+from falserefusal.run.options import OPTIONS, add_options, resolve
+from falserefusal.run.summary import summary_lines
+from falserefusal.types import FalseRefusalError, Record
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:

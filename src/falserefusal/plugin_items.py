@@ -9,12 +9,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
+
 import pytest
+
 from falserefusal.gating.custom import (
     AddedGate,
     CustomAccounting,
     CustomDeclaration,
 )
+from falserefusal.gating.kind_table import GATE_KIND_TABLE
 from falserefusal.gating.kinds import GateOutcome, GateSpec
 from falserefusal.run.config import RunConfig
 from falserefusal.run.options import OPTIONS, resolve
@@ -23,19 +26,12 @@ from falserefusal.run.prepare import Suite
 from falserefusal.run.results import rerunnable_command
 from falserefusal.types import FalseRefusalError, Record
 
-
 #: parameter id of the one placeholder gate that a worker collects when the options are bad
 USAGE_ERROR_ID = "falserefusal-usage-error"
 
 
 #: gate fixture name -> gate kind; tests/refusal asks for these fixtures
-GATE_FIXTURES = {
-    "refusal_rate_gate": "refusal_rate",
-    "non_answer_rate_gate": "non_answer_rate",
-    "persona_disparity_gate": "persona_disparity",
-    "noninferiority_gate": "noninferiority",
-    "noninferiority_persona_gate": "noninferiority_persona",
-}
+GATE_FIXTURES = {kind.fixture: kind.name for kind in GATE_KIND_TABLE.values()}
 
 
 #: id of the placeholder parameter of a gate test that has no gates in this run (deselected at collection)
@@ -43,7 +39,7 @@ NO_GATES = "no-gates-in-this-run"
 
 
 #: gate kinds a profile turns on by a key (max_non_answer_rate): when off, their test is dropped, not deselected
-OPTIONAL_GATE_KINDS = {"non_answer_rate": "gate-off-in-this-profile"}
+OPTIONAL_GATE_KINDS = {kind.name: "gate-off-in-this-profile" for kind in GATE_KIND_TABLE.values() if kind.optional}
 
 
 #: the marker that declares a custom gate test, and the fixture such a test asks for (falserefusal.gating.custom.CustomGate)

@@ -6,10 +6,11 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
+
 import pandas as pd
 from statsmodels.stats.proportion import proportion_confint
-from falserefusal.types import BASELINE_ID, OUTCOMES, FalseRefusalError
 
+from falserefusal.types import BASELINE_ID, OUTCOMES, FalseRefusalError
 
 RUBRIC_VERSION = "v1.1"
 

@@ -6,12 +6,13 @@ import math
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
+
 import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
-from falserefusal.types import BASELINE_ID, OUTCOMES
-from falserefusal.analysis.detector_audit import AuditStratum, DetectorAudit, persona_group
 
+from falserefusal.analysis.detector_audit import AuditStratum, DetectorAudit, persona_group
+from falserefusal.types import BASELINE_ID, OUTCOMES
 
 #: bootstrap replicates of the corrected estimates: the report's default
 CORRECTION_BOOTSTRAP = 1000

@@ -6,25 +6,25 @@ import re
 from operator import attrgetter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
 from falserefusal.detection.answer_model import AnswerModel, default_answer_model, shape_features
 from falserefusal.detection.literal_screen import LiteralScreen
-from falserefusal.types import FalseRefusalError, Verdict
 from falserefusal.detection.rules import (
-    RefusalRule,
-    RefusalRules,
     _APOSTROPHES,
     _BOUNDARY,
     _CONTRAST,
-    _Hit,
     _NEGATED,
-    _Reading,
     _WHETHER,
+    RefusalRule,
+    RefusalRules,
     _default_rules,
+    _Hit,
     _label_patterns,
+    _Reading,
     _sentences,
     load_rules,
 )
-
+from falserefusal.types import FalseRefusalError, Verdict
 
 #: bump whenever the default rules or the reading logic change; recorded in every result (with the model's digest)
 DETECTOR_VERSION = "2026.12-1"

@@ -10,9 +10,9 @@ from functools import lru_cache
 from importlib.resources import as_file, files
 from pathlib import Path
 from typing import Any, Sequence
+
 from falserefusal.design.personas import check_keys, read_yaml
 from falserefusal.types import FalseRefusalError
-
 
 _RULES_RESOURCE = "refusal_rules.yaml"
 

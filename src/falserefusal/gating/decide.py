@@ -8,10 +8,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from falserefusal.analysis.detector_correction import GATE_BOOTSTRAP, CorrectedEstimates, corrected_estimates
 from falserefusal.analysis.detector_audit import DetectorAudit
-from falserefusal.gating.kinds import EVIDENCE_LIMIT, RATE_OUTCOMES, GateOutcome, GateSpec, family_alpha, verdict_of
-from falserefusal.gating.profile import NONINFERIORITY_MARGINS, Profile
+from falserefusal.analysis.detector_correction import GATE_BOOTSTRAP, CorrectedEstimates, corrected_estimates
+from falserefusal.gating.kind_table import GATE_KIND_TABLE
+from falserefusal.gating.kinds import EVIDENCE_LIMIT, GateOutcome, GateSpec, family_alpha, verdict_of
+from falserefusal.gating.profile import Profile
 from falserefusal.gating.statistics import (
     ModelPairs,
     _block_items,
@@ -71,18 +72,21 @@ def evaluate_family(
     tables: dict[tuple[str, str, str], ModelPairs] = {}
     pivots: dict[tuple[str, str], tuple[pd.DataFrame, pd.Series, int | None]] = {}
     for spec in specs:
-        if spec.kind in NONINFERIORITY_MARGINS:
+        kind = GATE_KIND_TABLE.get(spec.kind)
+        if kind is None:
+            raise FalseRefusalError(f"gate kind {spec.kind!r} unknown; this is a bug")
+        if kind.statistic == "block_mean":
             raw.append((spec, _noninferiority_test(frame, spec, tables)))
             continue
         rows = frame[(frame["model"] == spec.model) & (frame["task"] == spec.task)]
-        if spec.kind in RATE_OUTCOMES:
-            outcome = RATE_OUTCOMES[spec.kind]
+        if kind.statistic == "wilson":
+            outcome = kind.counts
             tested = _rate_test(rows, spec.limit, outcome)
             if outcome == "refusal":  # the audit corrects refusal readings only
                 tested = _with_correction(tested, spec, correction)
             evidence = tuple(rows.loc[has_outcome(rows, outcome), "case_id"].head(EVIDENCE_LIMIT))
             raw.append((spec, replace(tested, evidence=evidence)))
-        elif spec.kind == "persona_disparity":
+        else:  # tango: a persona's paired disparity
             if spec.family not in pivots:
                 pivots[spec.family] = (persona_pivot(rows), _block_items(rows), _population(rows))
             wide, items, population = pivots[spec.family]
@@ -90,8 +94,6 @@ def evaluate_family(
             tested = _with_correction(tested, spec, correction)
             evidence = tuple(f"{block}-{spec.persona}" for block in tested.detail["flipped_blocks"])
             raw.append((spec, replace(tested, evidence=evidence)))
-        else:
-            raise FalseRefusalError(f"gate kind {spec.kind!r} unknown; this is a bug")
     if not raw:
         return []
     p_fail = np.array([tested.p_fail for _, tested in raw])

@@ -5,15 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
+from falserefusal.gating.kind_table import GATE_KIND_TABLE
 from falserefusal.gating.profile import Profile
 from falserefusal.types import FalseRefusalError
 
-GATE_KINDS = ("refusal_rate", "non_answer_rate", "persona_disparity", "noninferiority", "noninferiority_persona")
+GATE_KINDS = tuple(GATE_KIND_TABLE)
 
 
 #: the rate gates -> the answer outcome each counts (a task's share of answers with it, over every persona and the
 #: baseline); one test (`_rate_test`) for both. non_answer_rate exists only where a profile sets max_non_answer_rate.
-RATE_OUTCOMES = {"refusal_rate": "refusal", "non_answer_rate": "non_answer"}
+RATE_OUTCOMES = {k.name: k.counts for k in GATE_KIND_TABLE.values() if k.statistic == "wilson"}
 
 
 #: the rate gate's count in its `detail`, per outcome counted
@@ -108,27 +109,15 @@ def gate_specs(
     specs: list[GateSpec] = []
     for model in models:
         for task in tasks:
-            specs.append(GateSpec("refusal_rate", model, task, None, profile.limit("refusal_rate", task)))
-            if profile.max_non_answer_rate is not None:
-                specs.append(GateSpec("non_answer_rate", model, task, None, profile.limit("non_answer_rate", task)))
-            for persona in personas:
-                specs.append(
-                    GateSpec("persona_disparity", model, task, persona, profile.limit("persona_disparity", task))
-                )
-            if baseline is None:
-                continue
-            specs.append(GateSpec("noninferiority", model, task, None, profile.limit("noninferiority", task), baseline))
-            for persona in personas:
-                specs.append(
-                    GateSpec(
-                        "noninferiority_persona",
-                        model,
-                        task,
-                        persona,
-                        profile.limit("noninferiority_persona", task),
-                        baseline,
-                    )
-                )
+            for kind in GATE_KIND_TABLE.values():  # the table's order is the gates' order within a family
+                if kind.optional and getattr(profile, kind.limit_key) is None:
+                    continue
+                if kind.versus_baseline_model and baseline is None:
+                    continue
+                limit = profile.limit(kind.name, task)
+                reference = baseline if kind.versus_baseline_model else None
+                for persona in personas if kind.per_persona else [None]:
+                    specs.append(GateSpec(kind.name, model, task, persona, limit, reference))
     return specs
 
 

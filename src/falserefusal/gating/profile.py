@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from falserefusal.design.personas import check_keys, read_yaml
+from falserefusal.gating.kind_table import GATE_KIND_TABLE
 from falserefusal.types import FalseRefusalError
 
 _PROFILE_KEYS = {
@@ -30,7 +31,7 @@ _SEQUENTIAL_KEYS = {"rounds", "futility", "mde"}
 INCONCLUSIVE_POLICIES = ("fail", "warn", "pass")
 
 #: candidate-versus-baseline gate kinds -> their margin key under a profile's `noninferiority`
-NONINFERIORITY_MARGINS = {"noninferiority": "margin", "noninferiority_persona": "persona_margin"}
+NONINFERIORITY_MARGINS = {k.name: k.limit_key for k in GATE_KIND_TABLE.values() if k.versus_baseline_model}
 
 
 @dataclass(frozen=True)
@@ -51,16 +52,13 @@ class Profile:
     max_non_answer_rate: Mapping[str, float] | None = None  # task -> limit ("default" for the rest); None: no such gate
 
     def limit(self, kind: str, task: str) -> float:
-        if kind in NONINFERIORITY_MARGINS:
-            table = self.noninferiority[NONINFERIORITY_MARGINS[kind]]
-        elif kind == "non_answer_rate":
-            if self.max_non_answer_rate is None:
-                raise FalseRefusalError(
-                    f"profile '{self.name}' has no max_non_answer_rate; fix: add e.g. max_non_answer_rate: 0.05"
-                )
-            table = self.max_non_answer_rate
-        else:
-            table = self.max_refusal_rate if kind == "refusal_rate" else self.max_persona_disparity
+        """The limit (or margin) of a gate kind on a task: the kind's key in this profile (falserefusal.gating.kind_table)."""
+        entry = GATE_KIND_TABLE[kind]
+        table = self.noninferiority[entry.limit_key] if entry.versus_baseline_model else getattr(self, entry.limit_key)
+        if table is None:
+            raise FalseRefusalError(
+                f"profile '{self.name}' has no {entry.limit_key}; fix: add e.g. {entry.limit_key}: 0.05"
+            )
         return float(table.get(task, table["default"]))
 
     def to_dict(self) -> dict[str, Any]:

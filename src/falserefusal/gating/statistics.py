@@ -13,7 +13,8 @@ from statsmodels.stats.proportion import proportion_confint
 
 from falserefusal.analysis.block_mean import BlockMean
 from falserefusal.analysis.paired import paired_difference_ci, paired_difference_pvalue
-from falserefusal.gating.kinds import _COUNT_KEYS, EVIDENCE_LIMIT, RATE_OUTCOMES, GateSpec
+from falserefusal.gating.kind_table import GATE_KIND_TABLE
+from falserefusal.gating.kinds import _COUNT_KEYS, EVIDENCE_LIMIT, GateSpec
 from falserefusal.types import BASELINE_ID
 from falserefusal.validation.planning import restricted_p01
 
@@ -316,12 +317,13 @@ def confidence_bound(kind: str, estimate: float, n: int, detail: Mapping[str, An
     if corrected:  # corrected for detector error: the quantiles of its bootstrap (analysis.detector_audit)
         return float(np.interp(level if lower else 1 - level, corrected["probabilities"], corrected["quantiles"]))
     deff = float(detail.get("design_effect", 1.0))
-    if kind in RATE_OUTCOMES:
+    statistic = GATE_KIND_TABLE[kind].statistic
+    if statistic == "wilson":
         n_eff = n / deff
         if not n:
             return 0.0 if lower else 1.0
         return _one_sided_wilson_low(estimate, n_eff, level) if lower else _wilson_eff(estimate, n_eff, 2 * level)[1]
-    if kind == "persona_disparity":
+    if statistic == "tango":
         if not n:
             return -1.0 if lower else 1.0
         low, high = paired_difference_ci(
@@ -361,7 +363,8 @@ def minimum_detectable_effect(
     deff = float(detail.get("design_effect", 1.0))
     n_eff = n / deff
     root = math.sqrt(n_eff)
-    if kind in RATE_OUTCOMES:
+    statistic = GATE_KIND_TABLE[kind].statistic
+    if statistic == "wilson":
         s0 = math.sqrt(limit * (1 - limit)) if 0.0 < limit < 1.0 else 0.0
 
         def rate_step(m: float) -> float:
@@ -369,7 +372,7 @@ def minimum_detectable_effect(
             return (z_a * s0 + z_b * math.sqrt(p1 * (1 - p1))) / root
 
         return _fixed_point(rate_step, max(0.0, 1.0 - limit))
-    if kind == "persona_disparity":
+    if statistic == "tango":
         p10, p01 = detail["n10"] / n, detail["n01"] / n
         s0 = math.sqrt(max(2 * restricted_p01(p10, p01, limit) + limit * (1 - limit), 1e-12))
 

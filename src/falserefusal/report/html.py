@@ -5,14 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
 import jinja2
+
 from falserefusal.analysis import fit_logistic, persona_disparities, records_frame, refusal_rates, sensitivity_table
 from falserefusal.analysis.detector_audit import DetectorAudit
 from falserefusal.analysis.sensitivity import DEFAULT_FACTORS
 from falserefusal.gating.kinds import GateOutcome
 from falserefusal.generation.models import model_labels
 from falserefusal.report import figures
-from falserefusal.types import BASELINE_ID, Record
 from falserefusal.report.sections import (
     _audit_section,
     _comparison,
@@ -31,7 +32,7 @@ from falserefusal.report.sections import (
     _verdict,
     _why_undefined,
 )
-
+from falserefusal.types import BASELINE_ID, Record
 
 REPORT_FILE = "index.html"
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import math
 from typing import Any, Iterable, Mapping, Sequence
+
 import numpy as np
 import pandas as pd
+
 from falserefusal.analysis import refusal_rates
 from falserefusal.analysis.comparison import comparison_table, flipped_examples
 from falserefusal.analysis.detector_audit import DetectorAudit, audit_summary
 from falserefusal.analysis.detector_correction import corrected_estimates
 from falserefusal.analysis.regression import MAX_CI_RATIO, MIN_DF, headline_terms
+from falserefusal.gating.kind_table import GATE_KIND_TABLE
 from falserefusal.gating.kinds import RATE_OUTCOMES, GateOutcome, ci_failed, verdict_counts
 from falserefusal.gating.statistics import confidence_bound
 from falserefusal.types import BASELINE_ID, Record
@@ -44,13 +47,7 @@ def _ordered(preferred: Iterable[str], present: Iterable[str]) -> list[str]:
     return order + sorted(set(present) - set(order))
 
 
-GATE_KIND_NAMES = {
-    "refusal_rate": "refusal rate",
-    "non_answer_rate": "non-answer rate",
-    "persona_disparity": "persona disparity",
-    "noninferiority": "non-inferiority",
-    "noninferiority_persona": "non-inferiority of disparity",
-}
+GATE_KIND_NAMES = {kind.name: kind.title for kind in GATE_KIND_TABLE.values()}
 
 
 def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]:

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from typing import Any
+
 import pandas as pd
+
 from falserefusal.analysis.sensitivity import sensitivity_table
 from falserefusal.validation.simulated_models import (
     Draws,
+    _spec,
     draw_design,
     refusal_probability,
     results_frame,
     scripted_refusals,
 )
-from falserefusal.validation.simulation_plan import Plan, RANKED_FACTORS
-from falserefusal.validation.simulated_models import _spec
+from falserefusal.validation.simulation_plan import RANKED_FACTORS, Plan
 
 
 def _ranking(plan: Plan, seed: int, reuse: tuple[pd.DataFrame, Draws] | None = None) -> dict[str, Any]:

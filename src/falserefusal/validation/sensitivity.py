@@ -41,8 +41,8 @@ from falserefusal.validation.simulated_models import (
     scripted_refusals,
     spec_string,
 )
-from falserefusal.validation.simulation_plan import SimulationSettings, build_plan
 from falserefusal.validation.simulation import _map
+from falserefusal.validation.simulation_plan import SimulationSettings, build_plan
 
 SCENARIOS = ("planted", "null", "persona")
 #: --quick: a run of seconds, for tests

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
+
 import numpy as np
 import pandas as pd
+
 from falserefusal.design.personas import all_conditions
 from falserefusal.design.sampler import draw_cases
 from falserefusal.design.tasks import TaskSpec

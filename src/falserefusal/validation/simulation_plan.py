@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence, Mapping
+from typing import Mapping, Sequence
+
 import numpy as np
+
 from falserefusal.design.tasks import TaskSpec
 from falserefusal.gating.profile import Profile
 from falserefusal.run.config import RunConfig
 from falserefusal.run.prepare import prepare
 from falserefusal.types import FalseRefusalError, Persona, PersonaPhrasing
 from falserefusal.validation.planning import disparity_pass_power, disparity_power
-
 
 RANKED_FACTORS: tuple[str, ...] = ("model", "task", "persona", "paraphrase")
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
+
 import numpy as np
+
 from falserefusal.analysis.rates import wilson_interval
 from falserefusal.validation.simulation_plan import RANKED_FACTORS
 
