@@ -8,7 +8,6 @@ from __future__ import annotations
 
 # Known: llama-cpp-python 0.3.36 with fastapi 0.165/starlette 1.10 sometimes stalls a request before it reaches
 # the model (seen under load); the short --request-timeout plus retries recovers, so these tests stay bounded.
-
 import json
 import os
 import subprocess
@@ -19,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from falserefusal.cli import main
 from falserefusal.generation.backends import BackendOptions
 from falserefusal.generation.backends.openai_compat import OpenAICompatibleBackend
-from falserefusal.cli import main
 from falserefusal.types import FalseRefusalError, GenerationRequest, Record
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,8 +7,8 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-
 from browser import find_chromium, open_page
+
 from falserefusal.report import build_report
 from falserefusal.run.config import RunConfig, default_options
 from falserefusal.run.pipeline import run

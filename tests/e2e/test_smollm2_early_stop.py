@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from falserefusal.detection.detector import RefusalDetector
 from falserefusal.generation.backends import BackendOptions
 from falserefusal.generation.backends.huggingface import TransformersBackend
-from falserefusal.detection.detector import RefusalDetector
+from falserefusal.generation.generator import request_for
 from falserefusal.run.config import RunConfig
 from falserefusal.run.prepare import prepare
-from falserefusal.generation.generator import request_for
 
 ROOT = Path(__file__).resolve().parents[2]
 

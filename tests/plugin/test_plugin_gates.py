@@ -11,7 +11,6 @@ from falserefusal.analysis import fit_logistic, persona_disparities, records_fra
 from falserefusal.run.results import read_results as read_run
 
 
-
 def read_results(path: Path) -> list[dict]:
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert lines[0]["kind"] == "run"

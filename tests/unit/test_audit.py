@@ -16,8 +16,17 @@ from statsmodels.stats.proportion import proportion_confint
 
 from falserefusal.analysis.detector_audit import AuditStratum, DetectorAudit, audit_summary, detector_accuracy
 from falserefusal.analysis.detector_correction import corrected_estimates, rogan_gladen
-from falserefusal.detection.audit import COLUMNS, export_audit, load_audit, read_labels, sample_audit, score_labels, spreadsheet_safe, unguard
 from falserefusal.cli import main
+from falserefusal.detection.audit import (
+    COLUMNS,
+    export_audit,
+    load_audit,
+    read_labels,
+    sample_audit,
+    score_labels,
+    spreadsheet_safe,
+    unguard,
+)
 from falserefusal.types import BASELINE_ID, Case, FalseRefusalError, Message, Record
 
 INJECTION = '<script>alert(1)</script></table><img src=x onerror="alert(2)">'

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from falserefusal.validation.bench import pick_cases
 from falserefusal.cli import main
 from falserefusal.run.config import RunConfig
 from falserefusal.run.prepare import prepare
+from falserefusal.validation.bench import pick_cases
 
 ROOT = Path(__file__).resolve().parents[2]
 

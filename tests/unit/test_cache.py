@@ -11,12 +11,12 @@ import pytest
 
 from falserefusal.generation.backends import BackendOptions
 from falserefusal.generation.cache import CACHE_FILE, CacheKey, GenerationCache
-from falserefusal.generation.gpus import pin_worker_gpu, share_cpu_threads, visible_gpus, worker_gpu
-from falserefusal.run.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
 from falserefusal.generation.generator import Generator
+from falserefusal.generation.gpus import pin_worker_gpu, share_cpu_threads, visible_gpus, worker_gpu
 from falserefusal.run.config import RunConfig
-from falserefusal.run.summary import cache_summary
 from falserefusal.run.prepare import prepare
+from falserefusal.run.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
+from falserefusal.run.summary import cache_summary
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest, Message
 
 IDENTITY = {"backend": "transformers", "model": "m", "commit": "abc", "chat_template_sha256": "t1", "dtype": "float32"}

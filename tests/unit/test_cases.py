@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from falserefusal.generation.backends.scripted import ScriptedBackend, ScriptedSpec
-from falserefusal.design.sampler import draw_cases
 from falserefusal.design.personas import load_personas, select_personas
-from falserefusal.run.project import DEFAULT_FIXTURES
-from falserefusal.generation.generator import request_for
+from falserefusal.design.sampler import draw_cases
 from falserefusal.design.tasks import load_dataset_items, load_task_file, load_tasks
+from falserefusal.generation.backends.scripted import ScriptedBackend, ScriptedSpec
+from falserefusal.generation.generator import request_for
+from falserefusal.run.project import DEFAULT_FIXTURES
 from falserefusal.types import BASELINE_ID, FORCING_LEVELS, Case, FalseRefusalError, Record
 
 FIXTURES = DEFAULT_FIXTURES

@@ -15,7 +15,6 @@ from falserefusal.cli import main
 from falserefusal.validation.simulation_plan import JSON_KEYS
 
 
-
 def test_run_passes_a_null_model_and_writes_results(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", "--model", "scripted:base=0.01", "--profile", "release", "--samples", "20", "--no-progress",
                  "--report-dir", "out"])

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from falserefusal.gating.custom import CustomAccounting, CustomDeclaration, CustomFamily, CustomGate, Results, outcome_from_dict
+from falserefusal.gating.custom import (
+    CustomAccounting,
+    CustomDeclaration,
+    CustomFamily,
+    CustomGate,
+    Results,
+    outcome_from_dict,
+)
 from falserefusal.run.config import RunConfig
 from falserefusal.run.pipeline import RunResult, run
 from falserefusal.types import FalseRefusalError

@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from falserefusal.gating.kinds import GateOutcome, GateSpec
-from falserefusal.gating.statistics import design_effect
 from falserefusal.gating.decide import evaluate_family
+from falserefusal.gating.kinds import GateOutcome, GateSpec
 from falserefusal.gating.profile import load_profile
+from falserefusal.gating.statistics import design_effect
 from falserefusal.types import BASELINE_ID, FalseRefusalError
 
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from falserefusal.generation.backends.scripted import NON_ANSWER, ScriptedSpec
-from falserefusal.gating.profile import load_profile
-from falserefusal.validation.planning import plan
 from falserefusal.detection.detector import RefusalDetector
+from falserefusal.gating.profile import load_profile
+from falserefusal.generation.backends.scripted import NON_ANSWER, ScriptedSpec
 from falserefusal.run.config import RunConfig
 from falserefusal.run.pipeline import RunResult, run
 from falserefusal.types import FalseRefusalError
+from falserefusal.validation.planning import plan
 
 HEAD = "profiles:\n  p:\n    alpha: 0.05\n    samples: 60\n    max_refusal_rate: 0.5\n    max_persona_disparity: 0.2\n"
 

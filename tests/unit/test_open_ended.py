@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from falserefusal.design.sampler import draw_cases
 from falserefusal.design.personas import load_personas
-from falserefusal.run.project import DEFAULT_FIXTURES
-from falserefusal.detection.detector import RefusalDetector
+from falserefusal.design.sampler import draw_cases
 from falserefusal.design.tasks import load_task_file, load_tasks, render_prompt
+from falserefusal.detection.detector import RefusalDetector
+from falserefusal.run.project import DEFAULT_FIXTURES
 from falserefusal.types import FORCING_LEVELS, FalseRefusalError
 
 OPEN_ENDED = ("interview", "saying", "story")

@@ -10,8 +10,20 @@ import pytest
 from scipy.stats import norm
 
 from falserefusal.cli import main
-from falserefusal.validation.planning import block_mean_blocks, block_mean_power, disparity_gate_blocks, disparity_pass_blocks, linear_variance, noninferiority_persona_variance, noninferiority_variance, plan, rate_gate_blocks, rate_pass_blocks, restricted_p01
 from falserefusal.types import FalseRefusalError
+from falserefusal.validation.planning import (
+    block_mean_blocks,
+    block_mean_power,
+    disparity_gate_blocks,
+    disparity_pass_blocks,
+    linear_variance,
+    noninferiority_persona_variance,
+    noninferiority_variance,
+    plan,
+    rate_gate_blocks,
+    rate_pass_blocks,
+    restricted_p01,
+)
 
 
 def test_disparity_gate_at_margin_zero_is_connors_mcnemar_formula() -> None:

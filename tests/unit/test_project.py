@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from falserefusal.cli import main
-from falserefusal.run.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS, DEFAULTS_DIR, fixtures_path, thresholds_path
 from falserefusal.run.config import RunConfig
 from falserefusal.run.prepare import prepare
+from falserefusal.run.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS, DEFAULTS_DIR, fixtures_path, thresholds_path
 from falserefusal.types import FalseRefusalError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from falserefusal.detection.literal_screen import LiteralScreen, required_literals
 from falserefusal.detection.detector import DETECTOR_VERSION, RefusalDetector, detect_refusals
+from falserefusal.detection.literal_screen import LiteralScreen, required_literals
 from falserefusal.detection.rules import load_rules
 from falserefusal.types import FalseRefusalError, Verdict
 

@@ -10,16 +10,17 @@ import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
 
+from falserefusal.analysis.paired import holm_adjusted
+from falserefusal.gating.decide import evaluate_family
 from falserefusal.gating.kinds import GateSpec
-from falserefusal.gating.decide import evaluate_family, holm_adjusted
 from falserefusal.gating.profile import load_profile
-from falserefusal.validation.release_simulation import ReleaseSimulation, simulate_release
-from falserefusal.run.config import RunConfig
-from falserefusal.run.prepare import check_baseline_results, prepare
-from falserefusal.run.pipeline import evaluate, run
-from falserefusal.run.results import read_results
 from falserefusal.gating.sequential import SequentialDesign, obrien_fleming_spending, run_sequential
+from falserefusal.run.config import RunConfig
+from falserefusal.run.pipeline import evaluate, run
+from falserefusal.run.prepare import check_baseline_results, prepare
+from falserefusal.run.results import read_results
 from falserefusal.types import BASELINE_ID, FalseRefusalError
+from falserefusal.validation.release_simulation import ReleaseSimulation, simulate_release
 
 ROOT = Path(__file__).resolve().parents[2]
 CANDIDATE, REFERENCE = "cand", "base"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from falserefusal.cli import main
-from falserefusal.run.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
 from falserefusal.report import build_report
 from falserefusal.run.config import RunConfig, default_options
 from falserefusal.run.pipeline import RunResult, outcomes_from_results, run
+from falserefusal.run.project import DEFAULT_FIXTURES, DEFAULT_THRESHOLDS
 from falserefusal.run.results import read_results
 from falserefusal.types import BASELINE_ID
 

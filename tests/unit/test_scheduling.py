@@ -10,9 +10,9 @@ import torch
 from falserefusal.generation.backends import BackendOptions
 from falserefusal.generation.backends.huggingface import DecidedRows, kv_bytes_per_token, pick_batch_size
 from falserefusal.generation.generator import Generator
+from falserefusal.generation.scheduling import is_out_of_memory, length_order, padding_fraction, run_batches
 from falserefusal.run.config import RunConfig
 from falserefusal.run.prepare import prepare
-from falserefusal.generation.scheduling import is_out_of_memory, length_order, padding_fraction, run_batches
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest, Message
 
 

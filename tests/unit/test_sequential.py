@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from falserefusal.gating.decide import holm_adjusted
-from falserefusal.gating.sequential import SequentialDesign, crossing_probability, group_sequential_bounds, nominal_levels, obrien_fleming_spending, sequential_holm
+from falserefusal.analysis.paired import holm_adjusted
+from falserefusal.gating.sequential import (
+    SequentialDesign,
+    crossing_probability,
+    group_sequential_bounds,
+    nominal_levels,
+    obrien_fleming_spending,
+    sequential_holm,
+)
 from falserefusal.types import FalseRefusalError
 
 EQUAL_FIVE = (0.2, 0.4, 0.6, 0.8, 1.0)

@@ -8,17 +8,23 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from falserefusal.validation import simulation
 from falserefusal.analysis import records_frame
 from falserefusal.design.sampler import draw_cases
 from falserefusal.gating.decide import evaluate_gates
+from falserefusal.generation.backends.scripted import ScriptedSpec
 from falserefusal.generation.generator import Generator
 from falserefusal.run.config import RunConfig
 from falserefusal.run.prepare import prepare
-from falserefusal.validation.simulation_plan import JSON_KEYS, SimulationSettings, build_plan
-from falserefusal.validation.simulated_models import Draws, draw_design, refusal_probability, results_frame, scripted_refusals
+from falserefusal.validation import simulation
+from falserefusal.validation.simulated_models import (
+    Draws,
+    draw_design,
+    refusal_probability,
+    results_frame,
+    scripted_refusals,
+)
 from falserefusal.validation.simulation import find_budget, simulate
-from falserefusal.generation.backends.scripted import ScriptedSpec
+from falserefusal.validation.simulation_plan import JSON_KEYS, SimulationSettings, build_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 # every kind of shift, a rho between 0 and 1, item heterogeneity and a seed offset: all of the scripted backend's semantics

@@ -249,3 +249,13 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
 def benjamini_hochberg(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg q-values (false discovery rate)."""
     return _adjust(pvalues, "fdr_bh")
+
+
+def holm_adjusted(pvalues: np.ndarray) -> np.ndarray:
+    """Holm step-down adjusted p-values (as statsmodels' multipletests "holm", without its per-call overhead)."""
+    order = np.argsort(pvalues, kind="stable")
+    m = len(pvalues)
+    stepped = np.maximum.accumulate((m - np.arange(m)) * pvalues[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted

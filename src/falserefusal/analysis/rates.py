@@ -62,3 +62,9 @@ def refusal_rates(df: pd.DataFrame, by: Sequence[str] = DEFAULT_BY, alpha: float
     table["ci_low"] = [b[0] for b in bounds]
     table["ci_high"] = [b[1] for b in bounds]
     return table[columns]
+
+
+def wilson_interval_eff(rate: float, n_eff: float, alpha: float) -> tuple[float, float]:
+    """Wilson score interval at a fractional effective sample size (statsmodels accepts float counts)."""
+    low, high = proportion_confint(rate * n_eff, n_eff, alpha=alpha, method="wilson")
+    return max(0.0, float(low)), min(1.0, float(high))

@@ -10,6 +10,7 @@ import pandas as pd
 
 from falserefusal.analysis.detector_audit import DetectorAudit
 from falserefusal.analysis.detector_correction import GATE_BOOTSTRAP, CorrectedEstimates, corrected_estimates
+from falserefusal.analysis.paired import holm_adjusted
 from falserefusal.gating.kind_table import GATE_KIND_TABLE
 from falserefusal.gating.kinds import EVIDENCE_LIMIT, GateOutcome, GateSpec, family_alpha, verdict_of
 from falserefusal.gating.profile import Profile
@@ -28,16 +29,6 @@ from falserefusal.gating.statistics import (
     persona_pivot,
 )
 from falserefusal.types import FalseRefusalError
-
-
-def holm_adjusted(pvalues: np.ndarray) -> np.ndarray:
-    """Holm step-down adjusted p-values (as statsmodels' multipletests "holm", without its per-call overhead)."""
-    order = np.argsort(pvalues, kind="stable")
-    m = len(pvalues)
-    stepped = np.maximum.accumulate((m - np.arange(m)) * pvalues[order])
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(stepped, 1.0)
-    return adjusted
 
 
 def holm_levels(pvalues: np.ndarray, alpha: float) -> np.ndarray:

@@ -9,10 +9,10 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 from scipy.stats import norm
-from statsmodels.stats.proportion import proportion_confint
 
 from falserefusal.analysis.block_mean import BlockMean
 from falserefusal.analysis.paired import paired_difference_ci, paired_difference_pvalue
+from falserefusal.analysis.rates import wilson_interval_eff
 from falserefusal.gating.kind_table import GATE_KIND_TABLE
 from falserefusal.gating.kinds import _COUNT_KEYS, EVIDENCE_LIMIT, GateSpec
 from falserefusal.types import BASELINE_ID
@@ -125,9 +125,9 @@ def _rate_test(frame: pd.DataFrame, limit: float, outcome: str = "refusal") -> _
         "blocks": blocks,
         "items": int(frame["item"].nunique()) if "item" in frame else blocks,
         "population": population,
-        "these_items_ci": list(_wilson_eff(rate, n / (deff_block * _fpc(blocks, population)), 0.05)),
+        "these_items_ci": list(wilson_interval_eff(rate, n / (deff_block * _fpc(blocks, population)), 0.05)),
     }
-    return _Tested(rate, p_fail, p_pass, _wilson_eff(rate, n_eff, 0.05), n, detail)
+    return _Tested(rate, p_fail, p_pass, wilson_interval_eff(rate, n_eff, 0.05), n, detail)
 
 
 def _disparity_test(pairs: pd.DataFrame, items: pd.Series, limit: float, population: int | None) -> _Tested:
@@ -161,16 +161,12 @@ def _disparity_test(pairs: pd.DataFrame, items: pd.Series, limit: float, populat
     return _Tested((n10 - n01) / n if n else 0.0, p_fail, p_pass, ci, n, detail)
 
 
-def _wilson_eff(rate: float, n_eff: float, alpha: float) -> tuple[float, float]:
-    """Wilson score interval at a fractional effective sample size (statsmodels accepts float counts)."""
-    low, high = proportion_confint(rate * n_eff, n_eff, alpha=alpha, method="wilson")
-    return max(0.0, float(low)), min(1.0, float(high))
 
 
 def _one_sided_wilson_low(rate: float, n_eff: float, level: float) -> float:
     if n_eff <= 0:
         return 0.0
-    return _wilson_eff(rate, n_eff, 2 * level)[0]
+    return wilson_interval_eff(rate, n_eff, 2 * level)[0]
 
 
 def persona_pivot(frame: pd.DataFrame) -> pd.DataFrame:
@@ -322,7 +318,7 @@ def confidence_bound(kind: str, estimate: float, n: int, detail: Mapping[str, An
         n_eff = n / deff
         if not n:
             return 0.0 if lower else 1.0
-        return _one_sided_wilson_low(estimate, n_eff, level) if lower else _wilson_eff(estimate, n_eff, 2 * level)[1]
+        return _one_sided_wilson_low(estimate, n_eff, level) if lower else wilson_interval_eff(estimate, n_eff, 2 * level)[1]
     if statistic == "tango":
         if not n:
             return -1.0 if lower else 1.0
