@@ -77,8 +77,8 @@ def test_a_lone_surrogate_in_model_text_is_stored_and_reported(
     """A served model's JSON can carry "\\ud800": it crashed the first cache commit and the report of a failed gate."""
     from falserefusal.generation.backends.scripted import ScriptedBackend
 
-    plain = ScriptedBackend.answer
-    monkeypatch.setattr(ScriptedBackend, "answer", lambda self, request: plain(self, request) + " \ud800!")
+    plain = ScriptedBackend.answers
+    monkeypatch.setattr(ScriptedBackend, "answers", lambda self, requests: [t + " \ud800!" for t in plain(self, requests)])
     args = ["run", "--samples", "3", "--tasks", "nli", "--no-progress", "--model", "scripted:base=0.9", "--profile", "release"]
     assert main(args) == 1  # the refusal-rate gate fails: its evidence (with the text) goes into the report
     results = (workdir / "report" / "results.jsonl").read_text(encoding="utf-8")

@@ -199,3 +199,13 @@ def test_report_has_the_candidate_versus_baseline_section_with_escaped_examples(
     assert "1b. Candidate versus baseline model" in html and "cand vs base" in html
     assert "nli-b00000-muslim" in html and "<script>alert" not in html and "&lt;script&gt;" in html
     assert "non-inferiority of disparity" in html and "baseline model base" in html
+
+
+def test_simulate_release_derives_every_model_seed_from_the_root_seed() -> None:
+    """Its replicates seeded their two models 2r+1 and 2r+2 whatever --seed said (issue 13): now one root seed."""
+    from falserefusal.validation.release_simulation import model_seeds
+
+    first, again, other = model_seeds(0, 50), model_seeds(0, 50), model_seeds(1, 50)
+    assert first == again and first != other
+    flat = [seed for pair in first for seed in pair]
+    assert len(set(flat)) == 100  # no model seed repeats within a run

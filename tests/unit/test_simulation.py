@@ -11,18 +11,12 @@ import pytest
 from falserefusal.analysis import records_frame
 from falserefusal.design.sampler import draw_cases
 from falserefusal.gating.decide import evaluate_gates
-from falserefusal.generation.backends.scripted import ScriptedSpec
+from falserefusal.generation.backends.scripted import Draws, ScriptedSpec, refusal_probabilities, scripted_refusals
 from falserefusal.generation.generator import Generator
 from falserefusal.run.config import RunConfig
 from falserefusal.run.prepare import prepare
 from falserefusal.validation import simulation
-from falserefusal.validation.simulated_models import (
-    Draws,
-    draw_design,
-    refusal_probability,
-    results_frame,
-    scripted_refusals,
-)
+from falserefusal.validation.simulated_models import draw_design, results_frame
 from falserefusal.validation.simulation import find_budget, simulate
 from falserefusal.validation.simulation_plan import JSON_KEYS, SimulationSettings, build_plan
 
@@ -131,7 +125,7 @@ def test_item_heterogeneity_spreads_item_rates_around_the_planted_mean() -> None
     s = suite(1782, 3)
     design = draw_design(s.tasks[:1], s.personas[:1], s.phrasings, 1782, 3)  # the whole nli factorial
     spec = ScriptedSpec.parse("scripted:base=0.05,item_sd=0.5")
-    p = refusal_probability(spec, design, seed=3)
+    p = refusal_probabilities(spec, design, seed=3)
     per_item = pd.Series(p).groupby(design["item"].to_numpy()).mean()
     assert per_item.std() > 0.01 and abs(per_item.mean() - 0.05) < 0.01  # heterogeneous, mean factor 1
-    assert (refusal_probability(spec, design, seed=4) != p).any()  # drawn anew per seed
+    assert (refusal_probabilities(spec, design, seed=4) != p).any()  # drawn anew per seed

@@ -7,14 +7,8 @@ from typing import Any
 import pandas as pd
 
 from falserefusal.analysis.sensitivity import sensitivity_table
-from falserefusal.validation.simulated_models import (
-    Draws,
-    _spec,
-    draw_design,
-    refusal_probability,
-    results_frame,
-    scripted_refusals,
-)
+from falserefusal.generation.backends.scripted import Draws, refusal_probabilities, scripted_refusals
+from falserefusal.validation.simulated_models import _spec, draw_design, results_frame
 from falserefusal.validation.simulation_plan import RANKED_FACTORS, Plan
 
 
@@ -39,7 +33,7 @@ def _ranking(plan: Plan, seed: int, reuse: tuple[pd.DataFrame, Draws] | None = N
         )  # seed= k: the offset to the replicate's seed
         draws = first_draws if k == 0 else Draws.compute(design, seed + k)
         frames.append(results_frame(design, model, scripted_refusals(spec, design, draws)))
-        planted.append(design.assign(model=model, p=refusal_probability(spec, design)))
+        planted.append(design.assign(model=model, p=refusal_probabilities(spec, design)))
     frame = pd.concat(frames, ignore_index=True)
     frame["wording"] = frame["paraphrase"]
     factors = ("model", "task", "persona", "wording", "paraphrase")

@@ -31,12 +31,12 @@ from falserefusal.gating.decide import evaluate_family
 from falserefusal.gating.kinds import GateSpec, family_alpha
 from falserefusal.gating.profile import NONINFERIORITY_MARGINS
 from falserefusal.gating.sequential import SequentialDesign, run_sequential
-from falserefusal.run.config import RunConfig
+from falserefusal.generation.backends.scripted import Draws
 from falserefusal.run.pipeline import block_index
-from falserefusal.run.prepare import Suite, prepare
+from falserefusal.run.prepare import Suite
 from falserefusal.types import FalseRefusalError
 from falserefusal.validation.planning import block_mean_blocks, block_mean_power, noninferiority_persona_variance
-from falserefusal.validation.simulated_models import Draws
+from falserefusal.validation.simulated_models import simulation_suite
 
 CANDIDATE, BASELINE_MODEL = "scripted:name=candidate", "scripted:name=baseline-model"
 
@@ -60,19 +60,15 @@ class ReleaseSimulation:
 
 
 def _suite(sim: ReleaseSimulation) -> Suite:
-    config = RunConfig(
-        models=(CANDIDATE,),
-        backend="scripted",
+    suite = simulation_suite(
+        CANDIDATE,
         samples=sim.samples,
         seed=sim.seed,
         profile=sim.profile,
         tasks=sim.tasks,
         baseline_model=BASELINE_MODEL,
-        progress=False,
         root=sim.root,
-        use_cache=False,
     )
-    suite = prepare(config)
     if sim.persona not in {p.id for p in suite.personas}:
         raise FalseRefusalError(f"--persona {sim.persona}: not a persona of the suite; fix: use e.g. muslim")
     return suite
@@ -126,11 +122,17 @@ def _target(spec: GateSpec, persona: str) -> bool:
     return spec.kind == "noninferiority_persona" and spec.persona == persona
 
 
-def _replicate(args: tuple[ReleaseSimulation, Suite, pd.DataFrame, int]) -> dict[str, Any]:
-    sim, suite, skeleton, replicate = args
+def model_seeds(root: int, replicates: int) -> list[tuple[int, int]]:
+    """(candidate, baseline model) seeds of every replicate, derived from the one root seed (--seed)."""
+    state = np.random.SeedSequence(root).generate_state(2 * replicates)
+    return [(int(state[2 * r]), int(state[2 * r + 1])) for r in range(replicates)]
+
+
+def _replicate(args: tuple[ReleaseSimulation, Suite, pd.DataFrame, tuple[int, int]]) -> dict[str, Any]:
+    sim, suite, skeleton, (candidate_seed, baseline_seed) = args
     cases = skeleton[skeleton["model"] == CANDIDATE]  # the same cases, in suite order, as the baseline model's half
-    u_candidate = _draws(cases, 2 * replicate + 1, sim.rho)
-    u_baseline = _draws(cases, 2 * replicate + 2, sim.rho)
+    u_candidate = _draws(cases, candidate_seed, sim.rho)
+    u_baseline = _draws(cases, baseline_seed, sim.rho)
     shifted = np.array([c.persona == sim.persona for c in suite.cases])
     scenarios = {
         "null": (u_candidate < sim.base_rate, u_baseline < sim.base_rate, ("fixed", "sequential")),
@@ -175,7 +177,7 @@ def simulate_release(sim: ReleaseSimulation) -> dict[str, Any]:
         raise FalseRefusalError(f"--replicates {sim.replicates}: must be at least 1")
     suite = _suite(sim)
     skeleton = _skeleton(suite)
-    jobs = [(sim, suite, skeleton, r) for r in range(sim.replicates)]
+    jobs = [(sim, suite, skeleton, seeds) for seeds in model_seeds(sim.seed, sim.replicates)]
     if sim.workers > 1:
         with ProcessPoolExecutor(sim.workers) as pool:
             # one chunk per worker: the suite is pickled once per chunk, not once per replicate

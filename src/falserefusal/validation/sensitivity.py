@@ -32,15 +32,8 @@ from falserefusal.analysis.rates import wilson_interval
 from falserefusal.analysis.sensitivity import DEFAULT_FACTORS, factor_levels, sensitivity_table
 from falserefusal.gating.decide import evaluate_gates
 from falserefusal.gating.kinds import gate_specs
-from falserefusal.generation.backends.scripted import ScriptedSpec
-from falserefusal.validation.simulated_models import (
-    Draws,
-    draw_design,
-    refusal_probability,
-    results_frame,
-    scripted_refusals,
-    spec_string,
-)
+from falserefusal.generation.backends.scripted import Draws, ScriptedSpec, refusal_probabilities, scripted_refusals
+from falserefusal.validation.simulated_models import draw_design, results_frame, spec_string
 from falserefusal.validation.simulation import _map
 from falserefusal.validation.simulation_plan import SimulationSettings, build_plan
 
@@ -134,7 +127,7 @@ def _scenario(plan: _Plan, scenario: str, design: pd.DataFrame, seed: int) -> di
         model = spec_string(base, shifts, plan.settings.rho, seed + k, name=f"m{k}")
         spec = ScriptedSpec.parse(model)
         frames.append(results_frame(design, model, scripted_refusals(spec, design, Draws.compute(design, seed + k))))
-        probabilities.append(refusal_probability(spec, design))
+        probabilities.append(refusal_probabilities(spec, design))
         models.append(model)
     frame = pd.concat(frames, ignore_index=True)
     factors = [f for f in DEFAULT_FACTORS if f != "model" or len(models) > 1]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -12,7 +10,9 @@ import pandas as pd
 from falserefusal.design.personas import all_conditions
 from falserefusal.design.sampler import draw_cases
 from falserefusal.design.tasks import TaskSpec
-from falserefusal.generation.backends.scripted import ScriptedSpec, item_factor
+from falserefusal.generation.backends.scripted import ScriptedSpec
+from falserefusal.run.config import RunConfig
+from falserefusal.run.prepare import Suite, prepare
 from falserefusal.types import BASELINE_ID, FalseRefusalError, Persona, PersonaPhrasing, Record
 
 
@@ -58,62 +58,6 @@ def draw_design(
     return frame.drop(columns="phrasing_drawn")
 
 
-def hash_uniforms(seed: int, stream: str, keys: Iterable[str]) -> np.ndarray:
-    """`scripted._uniform(seed, stream, key)` for many keys at once (the same SHA-256, the same floats)."""
-    prefix = f"{seed}|{stream}|"
-    digests = b"".join(hashlib.sha256((prefix + key).encode("utf-8")).digest()[:8] for key in keys)
-    return np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64
-
-
-@dataclass(frozen=True)
-class Draws:
-    """The scripted backend's three uniforms per case for one model seed (they do not depend on p or rho)."""
-
-    shared: np.ndarray  # the block's draw, per case
-    own: np.ndarray
-    couple: np.ndarray
-    seed: int = 0  # the effective model seed (the run's --seed plus the spec's offset): also draws the item factors
-
-    @classmethod
-    def compute(cls, design: pd.DataFrame, seed: int) -> "Draws":
-        codes, blocks = pd.factorize(design["block"])
-        shared = hash_uniforms(seed, "block", blocks)[codes]
-        case_ids = design["case_id"].tolist()
-        return cls(shared, hash_uniforms(seed, "case", case_ids), hash_uniforms(seed, "couple", case_ids), seed)
-
-    def subset(self, mask: np.ndarray) -> "Draws":
-        """The draws of the rows in `mask` (e.g. a design's first n blocks)."""
-        return Draws(self.shared[mask], self.own[mask], self.couple[mask], self.seed)
-
-    def latent(self, rho: float) -> np.ndarray:
-        """`ScriptedBackend.draw` per case: the block's draw with probability rho, else the case's own."""
-        return np.where(self.couple < rho, self.shared, self.own)
-
-
-def refusal_probability(spec: ScriptedSpec, design: pd.DataFrame, seed: int | None = None) -> np.ndarray:
-    """`ScriptedSpec.refusal_probability` for every row (base + the shifts of matching levels, times the item's
-    factor when `item_sd` > 0, which needs the effective model `seed`; clipped)."""
-    shift = np.zeros(len(design))
-    for (factor, level), value in spec.shifts.items():
-        if factor in design.columns:
-            shift = shift + value * (design[factor].to_numpy() == level)
-    p = spec.base + shift
-    if spec.item_sd:
-        if seed is None:
-            raise FalseRefusalError(
-                "simulation: a scripted model with item_sd needs the model seed for its item factors"
-            )
-        pairs = design[["task", "item"]].drop_duplicates()
-        factors = {(t, i): item_factor(spec.item_sd, seed, t, i) for t, i in zip(pairs["task"], pairs["item"])}
-        p = p * np.array([factors[key] for key in zip(design["task"], design["item"])])
-    return np.clip(p, 0.0, 1.0)
-
-
-def scripted_refusals(spec: ScriptedSpec, design: pd.DataFrame, draws: Draws) -> np.ndarray:
-    """Whether ScriptedBackend answers each case with its refusal text: u < p, u the block's or the case's draw."""
-    return draws.latent(spec.rho) < refusal_probability(spec, design, draws.seed)
-
-
 def results_frame(design: pd.DataFrame, model: str, refused: np.ndarray) -> pd.DataFrame:
     """The analysis frame (`records_frame` columns) of the design answered by one model."""
     frame = design.assign(model=model, refused=np.asarray(refused, dtype=bool), rule="scripted")
@@ -138,3 +82,9 @@ def _spec(
     """A scripted model and its parsed spec; `offset` is its seed= (the replicate's seed is the run's --seed)."""
     model = spec_string(base, shifts, rho, offset, name, item_sd)
     return model, ScriptedSpec.parse(model)
+
+
+def simulation_suite(model: str, **options: Any) -> Suite:
+    """The suite a simulation draws from: the real preparation (fixtures, profile, sampler) of a scripted run, with
+    no progress bars and no cache; `options` are RunConfig fields (samples, seed, profile, tasks, root, ...)."""
+    return prepare(RunConfig(models=(model,), backend="scripted", progress=False, use_cache=False, **options))

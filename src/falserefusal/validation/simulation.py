@@ -17,16 +17,10 @@ from statsmodels.stats.proportion import confint_proportions_2indep
 from falserefusal.analysis.paired import paired_difference_ci
 from falserefusal.gating.decide import evaluate_gates
 from falserefusal.gating.kinds import GateOutcome, GateSpec, gate_specs, verdict_counts
+from falserefusal.generation.backends.scripted import Draws, scripted_refusals
 from falserefusal.types import BASELINE_ID
 from falserefusal.validation.ranking import _ranking
-from falserefusal.validation.simulated_models import (
-    Draws,
-    _spec,
-    draw_design,
-    results_frame,
-    scripted_refusals,
-    spec_string,
-)
+from falserefusal.validation.simulated_models import _spec, draw_design, results_frame, spec_string
 from falserefusal.validation.simulation_plan import GATE_COLUMNS, Plan, SimulationSettings, build_plan
 from falserefusal.validation.simulation_summary import _ranking_summary, _rate
 

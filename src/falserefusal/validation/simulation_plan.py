@@ -9,10 +9,9 @@ import numpy as np
 
 from falserefusal.design.tasks import TaskSpec
 from falserefusal.gating.profile import Profile
-from falserefusal.run.config import RunConfig
-from falserefusal.run.prepare import prepare
 from falserefusal.types import FalseRefusalError, Persona, PersonaPhrasing
 from falserefusal.validation.planning import disparity_pass_power, disparity_power
+from falserefusal.validation.simulated_models import simulation_suite
 
 RANKED_FACTORS: tuple[str, ...] = ("model", "task", "persona", "paraphrase")
 
@@ -120,18 +119,13 @@ def _planned_effect(
 
 
 def build_plan(settings: SimulationSettings) -> Plan:
-    suite = prepare(
-        RunConfig(
-            models=("scripted:base=0",),
-            backend="scripted",
-            samples=1,
-            profile=settings.profile,
-            thresholds=settings.thresholds,
-            fixtures=settings.fixtures,
-            root=settings.root,
-            progress=False,
-            use_cache=False,
-        )
+    suite = simulation_suite(
+        "scripted:base=0",
+        samples=1,
+        profile=settings.profile,
+        thresholds=settings.thresholds,
+        fixtures=settings.fixtures,
+        root=settings.root,
     )
     factorial = min(suite.factorial.values())
     requested = settings.samples if settings.samples is not None else suite.profile.samples

@@ -25,8 +25,10 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
+import numpy as np
+import pandas as pd
 from scipy.stats import norm
 
 from falserefusal.types import Completion, FalseRefusalError, GenerationRequest
@@ -114,15 +116,6 @@ class ScriptedSpec:
             non_answer=non_answer,
         )
 
-    def refusal_probability(self, factors: Mapping[str, str], seed: int | None = None) -> float:
-        """p(case): base plus the matching shifts, times the item's factor when item_sd > 0, clipped to [0, 1]."""
-        p = self.base + sum(shift for (factor, level), shift in self.shifts.items() if factors.get(factor) == level)
-        if self.item_sd:
-            p *= item_factor(
-                self.item_sd, self.seed if seed is None else seed, factors.get("task", ""), factors.get("item", "")
-            )
-        return min(1.0, max(0.0, p))
-
 
 def item_factor(item_sd: float, seed: int, task: str, item: str) -> float:
     """An item's multiplicative factor exp(sd z - sd²/2), z ~ N(0, 1) from the seed, task and item (mean 1)."""
@@ -130,6 +123,65 @@ def item_factor(item_sd: float, seed: int, task: str, item: str) -> float:
     return math.exp(item_sd * z - item_sd * item_sd / 2)
 
 
+# ----- the model over a whole batch or design: the backend and the simulations share it ------------------------
+def hash_uniforms(seed: int, stream: str, keys: Iterable[str]) -> np.ndarray:
+    """`_uniform(seed, stream, key)` for many keys at once (the same SHA-256, the same floats)."""
+    prefix = f"{seed}|{stream}|"
+    digests = b"".join(hashlib.sha256((prefix + key).encode("utf-8")).digest()[:8] for key in keys)
+    return np.frombuffer(digests, dtype=">u8").astype(np.float64) / 2.0**64
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The scripted backend's three uniforms per case for one model seed (they do not depend on p or rho)."""
+
+    shared: np.ndarray  # the block's draw, per case
+    own: np.ndarray
+    couple: np.ndarray
+    seed: int = 0  # the effective model seed (the run's --seed plus the spec's offset): also draws the item factors
+
+    @classmethod
+    def compute(cls, design: pd.DataFrame, seed: int) -> "Draws":
+        codes, blocks = pd.factorize(design["block"])
+        shared = hash_uniforms(seed, "block", blocks)[codes]
+        case_ids = design["case_id"].tolist()
+        return cls(shared, hash_uniforms(seed, "case", case_ids), hash_uniforms(seed, "couple", case_ids), seed)
+
+    def subset(self, mask: np.ndarray) -> "Draws":
+        """The draws of the rows in `mask` (e.g. a design's first n blocks)."""
+        return Draws(self.shared[mask], self.own[mask], self.couple[mask], self.seed)
+
+    def latent(self, rho: float) -> np.ndarray:
+        """`ScriptedBackend.draw` per case: the block's draw with probability rho, else the case's own."""
+        return np.where(self.couple < rho, self.shared, self.own)
+
+
+def refusal_probabilities(spec: ScriptedSpec, design: pd.DataFrame, seed: int | None = None) -> np.ndarray:
+    """`ScriptedSpec.refusal_probability` for every row (base + the shifts of matching levels, times the item's
+    factor when `item_sd` > 0, which needs the effective model `seed`; clipped)."""
+    shift = np.zeros(len(design))
+    for (factor, level), value in spec.shifts.items():
+        if factor in design.columns:
+            shift = shift + value * (design[factor].to_numpy() == level)
+    p = spec.base + shift
+    if spec.item_sd:
+        if seed is None:
+            raise FalseRefusalError(
+                "simulation: a scripted model with item_sd needs the model seed for its item factors"
+            )
+        pairs = design[["task", "item"]].drop_duplicates()
+        factors = {(t, i): item_factor(spec.item_sd, seed, t, i) for t, i in zip(pairs["task"], pairs["item"])}
+        p = p * np.array([factors[key] for key in zip(design["task"], design["item"])])
+    return np.clip(p, 0.0, 1.0)
+
+
+def scripted_refusals(spec: ScriptedSpec, design: pd.DataFrame, draws: Draws) -> np.ndarray:
+    """Whether ScriptedBackend answers each case with its refusal text: u < p, u the block's or the case's draw."""
+    return draws.latent(spec.rho) < refusal_probabilities(spec, design, draws.seed)
+
+
+#: the scripted refusal, in a persona's voice
+REFUSAL = "I'm sorry, but I can't help with that. As this persona, I don't feel comfortable making that judgement."
 #: the scripted non-answer: a repetition loop, which the detector (rules and learned layer) reads as non_answer
 NON_ANSWER = " ".join(["The story goes on."] * 6)
 
@@ -148,25 +200,26 @@ class ScriptedBackend:
     def identity(self) -> dict[str, Any]:
         return {"backend": self.name, "model": self.model, "seed": self.seed}
 
-    def draw(self, request: GenerationRequest) -> float:
-        """The case's latent uniform draw (it refuses when draw < p): the block's with probability rho, else its own."""
-        shared = _uniform(self.seed, "block", request.factors.get("block"))
-        own = _uniform(self.seed, "case", request.case_id)
-        use_shared = _uniform(self.seed, "couple", request.case_id) < self.spec.rho
-        return shared if use_shared else own
-
-    def answer(self, request: GenerationRequest) -> str:
-        factors = request.factors
-        if self.spec.non_answer and _uniform(self.seed, "non_answer", request.case_id) < self.spec.non_answer:
-            return NON_ANSWER
-        if self.draw(request) < self.spec.refusal_probability(factors, self.seed):
-            return (
-                "I'm sorry, but I can't help with that. As this persona, I don't feel comfortable making that "
-                "judgement."
-            )
-        labels = [label for label in factors.get("labels", "").split("|") if label] or ["yes"]
-        label = labels[int(_uniform(self.seed, "label", request.case_id) * len(labels))]
-        return f"The answer is: {label}."
+    def answers(self, requests: Sequence[GenerationRequest]) -> list[str]:
+        """The batch's answers: a non-answer, the refusal text or a label, from the vectorised draws above (a case
+        refuses when its latent draw, the block's with probability rho, else its own, lies below p(case))."""
+        design = pd.DataFrame([{**request.factors, "case_id": request.case_id} for request in requests])
+        if design.empty:
+            return []
+        case_ids = design["case_id"].tolist()
+        babbles = hash_uniforms(self.seed, "non_answer", case_ids) < self.spec.non_answer
+        refuses = scripted_refusals(self.spec, design, Draws.compute(design, self.seed))
+        picks = hash_uniforms(self.seed, "label", case_ids)
+        texts = []
+        for request, babble, refuse, pick in zip(requests, babbles, refuses, picks):
+            if babble:
+                texts.append(NON_ANSWER)
+            elif refuse:
+                texts.append(REFUSAL)
+            else:
+                labels = [label for label in request.factors.get("labels", "").split("|") if label] or ["yes"]
+                texts.append(f"The answer is: {labels[int(pick * len(labels))]}.")
+        return texts
 
     def generate(
         self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: Any = None
@@ -178,11 +231,7 @@ class ScriptedBackend:
                 f"{self.model}: the model stopped answering after {self.answered} answers (fail_after)"
             )
         self.answered += len(requests)
-        completions = []
-        for request in requests:
-            text = self.answer(request)
-            completions.append(Completion(text=text, n_tokens=len(text.split()), finish_reason="stop"))
-        return completions
+        return [Completion(text=text, n_tokens=len(text.split()), finish_reason="stop") for text in self.answers(requests)]
 
     def close(self) -> None:
         pass
