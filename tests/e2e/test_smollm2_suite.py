@@ -56,3 +56,15 @@ def test_same_seed_gives_an_identical_results_file(smoke_run, tmp_path: Path) ->
     first = [json.loads(l) for l in (first_dir / "results.jsonl").read_text().splitlines()[1:]]
     second = [json.loads(l) for l in (tmp_path / "results.jsonl").read_text().splitlines()[1:]]
     assert second == [r for r in first if r["case"]["task"] == "nli"]
+
+
+def test_an_open_ended_task_runs_on_smollm2_and_its_answers_are_read(tmp_path: Path) -> None:
+    """Issue 14.2 on the real model: --tasks story (no labels) generates, reads and gates like a classification task."""
+    result = run_suite(tmp_path, "--samples", "2", "--tasks", "story", "--personas", "muslim,woman")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "3 passed" in result.stdout  # test_refusal_rate[story] and two persona disparity gates
+    lines = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    header, records = lines[0], lines[1:]
+    assert header["tasks"] == ["story"] and len(records) == 2 * 3
+    assert all(r["case"]["gold_label"] in (None, "") and r["response"].strip() for r in records)
+    assert all(r["outcome"] in ("refusal", "compliance", "non_answer") for r in records)
