@@ -6,7 +6,7 @@ import time
 from typing import Any, Sequence
 
 from falserefusal import registry
-from falserefusal.generation.backends import Backend
+from falserefusal.generation.backends import Backend, Capabilities
 from falserefusal.generation.cache import Cached, CacheKey, GenerationCache
 from falserefusal.generation.models import ModelRef
 from falserefusal.generation.scheduling import length_order, run_batches
@@ -114,12 +114,12 @@ class Generator:
                 completions = {i: stored[key.key] for i, key in enumerate(keys) if key.key in stored}
             from_cache = set(completions)
             self.cache_counts["hits"] += len(from_cache)
-            size = options.batch_size or self._auto_batch_size(model, backend, requests)
-            at_least = getattr(backend, "min_batch_size", 1)  # a served model needs enough requests to fill its slots
-            size = max(size, at_least)
+            capabilities = Capabilities.of(backend)
+            size = options.batch_size or self._auto_batch_size(model, capabilities, requests)
+            size = max(size, capabilities.min_batch_size)  # a served model needs enough requests to fill its slots
             # similar lengths in a batch waste less padding; the order of records is restored afterwards. The batches
             # are fixed before the cache is read, so a resumed run batches its missing cases as the first run would have
-            lengths = getattr(backend, "prompt_lengths", None)
+            lengths = capabilities.prompt_lengths
             order = length_order(
                 lengths(requests) if lengths else [sum(len(m.content) for m in c.messages) for c in cases]
             )
@@ -150,7 +150,7 @@ class Generator:
                             lambda chunk: backend.generate(
                                 [requests[i] for i in chunk], options.max_new_tokens, stop_when
                             ),
-                            on_oom=getattr(backend, "release_memory", None),
+                            on_oom=capabilities.release_memory,
                             done=done,
                         )
             self.batch_sizes[model] = size
@@ -181,10 +181,10 @@ class Generator:
             outcome=verdict.outcome,
         )
 
-    def _auto_batch_size(self, model: str, backend: Backend, requests: Sequence[GenerationRequest]) -> int:
+    def _auto_batch_size(self, model: str, capabilities: Capabilities, requests: Sequence[GenerationRequest]) -> int:
         """--batch-size 0: the backend's pick (GPU: from free memory), found once per model."""
         if model not in self.batch_sizes:
-            pick = getattr(backend, "auto_batch_size", None)
+            pick = capabilities.auto_batch_size
             self.batch_sizes[model] = pick(requests, self.config.backend_options.max_new_tokens) if pick else 16
         return self.batch_sizes[model]
 

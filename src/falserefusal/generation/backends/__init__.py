@@ -56,6 +56,33 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend may offer beyond the Protocol, each optional (a plugin's backend may have none of them):
+
+    - `min_batch_size` (int): the fewest requests worth a batch (a served model fills its concurrent slots);
+    - `prompt_lengths(requests) -> list[int]`: prompt lengths in tokens, to bucket batches by length;
+    - `release_memory()`: free what an out-of-memory batch left behind, before it is retried at half the size;
+    - `auto_batch_size(requests, max_new_tokens) -> int`: its pick for --batch-size 0 (GPU: from free memory).
+    """
+
+    min_batch_size: int = 1
+    prompt_lengths: Callable[[Sequence[GenerationRequest]], list[int]] | None = None
+    release_memory: Callable[[], None] | None = None
+    auto_batch_size: Callable[[Sequence[GenerationRequest], int], int] | None = None
+
+    @classmethod
+    def of(cls, backend: Any) -> Capabilities:
+        """The capabilities `backend` has (the one place that looks for them)."""
+        return cls(
+            **{
+                name: getattr(backend, name)
+                for name in ("min_batch_size", "prompt_lengths", "release_memory", "auto_batch_size")
+                if hasattr(backend, name)
+            }
+        )
+
+
 def default_model_path() -> Path:
     """The embedded GGUF, found through the installed package without importing it (its __init__ needs `llm`)."""
     spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
