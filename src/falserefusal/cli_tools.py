@@ -18,8 +18,9 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
     add("--mde", type=float, required=True, help="the truth beyond each gate's limit to detect, e.g. 0.04")
     add("--power", type=float, default=0.8, help="chance of failing such a gate (default: 0.8)")
     add("--alpha", type=float, default=0.05, help="suite-wide false-fail rate (default: 0.05)")
-    add("--personas", type=int, default=15, help="personas per block (default: 15)")
-    add("--tasks", type=int, default=3, help="tasks (default: 3)")
+    # counts, not ids (as --tasks / --personas of `run` are): --n-personas / --n-tasks; the short names stay accepted
+    add("--n-personas", "--personas", dest="personas", type=int, default=15, help="personas per block (default: 15)")
+    add("--n-tasks", "--tasks", dest="tasks", type=int, default=3, help="number of tasks (default: 3)")
     add("--models", type=int, default=1, help="candidate models in one run (default: 1)")
     add("--no-baseline", action="store_true", help="plan a run without --baseline-model (no non-inferiority gates)")
     add(

@@ -19,6 +19,12 @@ def stable_key(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:8], "big")
 
 
+def check_seed(seed: int) -> None:
+    """The root seed every random choice derives from: a non-negative integer (numpy's SeedSequence needs one)."""
+    if seed < 0:
+        raise FalseRefusalError(f"--seed {seed}: must be a non-negative integer")
+
+
 def task_rng(seed: int, task_id: str) -> np.random.Generator:
     """One stream per task, so `--tasks nli` draws the same NLI blocks as a run over every task."""
     return np.random.default_rng(np.random.SeedSequence([seed, stable_key(task_id)]))
@@ -77,8 +83,7 @@ def draw_cases(
         raise FalseRefusalError(
             f"--samples {samples}: must be at least 1 request block per task; fix: e.g. --samples 40"
         )
-    if seed < 0:
-        raise FalseRefusalError(f"--seed {seed}: must be a non-negative integer")
+    check_seed(seed)
     if placement not in PLACEMENTS:
         raise FalseRefusalError(f"--persona-placement {placement}: use one of {', '.join(PLACEMENTS)}")
     conditions = all_conditions(personas)

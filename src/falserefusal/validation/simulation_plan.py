@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from falserefusal.design.sampler import check_seed
 from falserefusal.design.tasks import TaskSpec
 from falserefusal.gating.profile import Profile
 from falserefusal.types import FalseRefusalError, Persona, PersonaPhrasing
@@ -62,8 +63,7 @@ class SimulationSettings:
     def __post_init__(self) -> None:
         if self.replicates < 1:
             raise FalseRefusalError(f"--replicates {self.replicates}: must be at least 1")
-        if self.seed < 0:
-            raise FalseRefusalError(f"--seed {self.seed}: must be a non-negative integer")
+        check_seed(self.seed)
         if self.samples is not None and self.samples < 2:
             raise FalseRefusalError(f"--samples {self.samples}: must be at least 2 request blocks per task")
         if not 0.0 <= self.rho <= 1.0:
