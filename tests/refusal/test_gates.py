@@ -12,4 +12,5 @@ from falserefusal.suite.test_gates import (  # noqa: F401,I001  (pytest collects
     test_noninferiority,
     test_noninferiority_persona,
     test_added_gate,
+    test_intersectional_excess,
 )

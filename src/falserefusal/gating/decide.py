@@ -11,6 +11,7 @@ import pandas as pd
 from falserefusal.analysis.detector_audit import DetectorAudit
 from falserefusal.analysis.detector_correction import GATE_BOOTSTRAP, CorrectedEstimates, corrected_estimates
 from falserefusal.analysis.paired import holm_adjusted
+from falserefusal.gating.excess import excess_test
 from falserefusal.gating.kind_table import GATE_KIND_TABLE
 from falserefusal.gating.kinds import EVIDENCE_LIMIT, GateOutcome, GateSpec, family_alpha, verdict_of
 from falserefusal.gating.profile import Profile
@@ -70,6 +71,11 @@ def evaluate_family(
             raw.append((spec, _noninferiority_test(frame, spec, tables)))
             continue
         rows = frame[(frame["model"] == spec.model) & (frame["task"] == spec.task)]
+        if kind.statistic == "excess":  # an intersection's compounding, on the family's persona pivot
+            if spec.family not in pivots:
+                pivots[spec.family] = (persona_pivot(rows), _block_items(rows), _population(rows))
+            raw.append((spec, excess_test(*pivots[spec.family][:2], spec, pivots[spec.family][2])))
+            continue
         if kind.statistic == "wilson":
             outcome = kind.counts
             tested = _rate_test(rows, spec.limit, outcome)

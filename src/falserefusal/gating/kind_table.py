@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: the statistics a gate can be tested with (falserefusal.gating.statistics)
-STATISTICS = ("wilson", "tango", "block_mean")
+STATISTICS = ("wilson", "tango", "block_mean", "excess")
 
 
 @dataclass(frozen=True)
@@ -23,6 +23,7 @@ class GateKind:
     counts: str = "refusal"  # the answer outcome it counts
     optional: bool = False  # only where the profile sets its key (else no gate and no item)
     scale: str = "rate"  # rate: shown as a percentage; difference: in percentage points
+    per_intersection: bool = False  # one gate per intersection of the run (falserefusal.design.personas.Intersection)
 
     @property
     def versus_baseline_model(self) -> bool:
@@ -70,6 +71,17 @@ GATE_KIND_TABLE: dict[str, GateKind] = {
             "noninferiority_persona_gate",
             True,
             scale="difference",
+        ),
+        GateKind(
+            "intersectional_excess",
+            "excess",  # the block mean of d_I - Σ d_m (falserefusal.analysis.intersections)
+            "max_intersectional_excess",
+            "intersectional excess",
+            "intersectional_excess_gate",
+            False,
+            optional=True,
+            scale="difference",
+            per_intersection=True,
         ),
     )
 }

@@ -37,6 +37,7 @@ class GateSpec:
     persona: str | None
     limit: float
     reference: str | None = None  # the baseline model a non-inferiority gate compares `model` with
+    markers: tuple[str, ...] = ()  # an intersectional_excess gate's markers (persona is the intersection)
 
     @property
     def family(self) -> tuple[str, str]:
@@ -88,18 +89,24 @@ class GateOutcome:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "GateOutcome":
         values = {k: v for k, v in data.items() if k != "message"}
-        values["spec"] = GateSpec(**values["spec"])
+        values["spec"] = GateSpec(**{**values["spec"], "markers": tuple(values["spec"].get("markers") or ())})
         values["evidence"] = tuple(values["evidence"])
         return cls(**values)
 
 
 def gate_specs(
-    profile: Profile, models: Sequence[str], tasks: Sequence[str], personas: Sequence[str], baseline: str | None = None
+    profile: Profile,
+    models: Sequence[str],
+    tasks: Sequence[str],
+    personas: Sequence[str],
+    baseline: str | None = None,
+    intersections: Mapping[str, Sequence[str]] | None = None,
 ) -> list[GateSpec]:
     """Every gate of a run, in a stable order (the same on every xdist worker).
 
     With a baseline model, each candidate's (model, task) family also holds the non-inferiority gates against it,
     so Holm runs over all of the family's gates and alpha is still split over (model, task) families only.
+    `intersections` (intersection id -> its markers) gives the per-intersection kinds their gates.
     """
     if baseline is not None and not profile.noninferiority:
         raise FalseRefusalError(
@@ -116,6 +123,10 @@ def gate_specs(
                     continue
                 limit = profile.limit(kind.name, task)
                 reference = baseline if kind.versus_baseline_model else None
+                if kind.per_intersection:
+                    for name, markers in (intersections or {}).items():
+                        specs.append(GateSpec(kind.name, model, task, name, limit, markers=tuple(markers)))
+                    continue
                 for persona in personas if kind.per_persona else [None]:
                     specs.append(GateSpec(kind.name, model, task, persona, limit, reference))
     return specs

@@ -104,6 +104,15 @@ def describe(outcome: GateOutcome) -> str:
             f"{_decision(outcome, _pp, 'margin')}; with the persona, {d.get('n10', 0)} requests refused only by the "
             f"candidate, {d.get('n01', 0)} only by the baseline model."
         )
+    elif spec.kind == "intersectional_excess":
+        low, high = d.get("log_odds_ci", (math.nan, math.nan))
+        text = (
+            f"{verdict} intersectional excess {spec.task}/{spec.persona} [{spec.model}]: the intersection's disparity "
+            f"{_pp(d.get('intersection_disparity', 0))} minus its markers' ({' + '.join(spec.markers)}) summed "
+            f"{_pp(d.get('marker_sum', 0))} = {_pp(outcome.estimate)} on {outcome.n} paired request blocks "
+            f"({_intervals(outcome, _pp)}); log-odds excess {d.get('log_odds_excess', 0):+.2f} (95% CI {low:+.2f} "
+            f"to {high:+.2f}); vs tolerance {_pp(spec.limit)}; {_decision(outcome, _pp, 'tolerance')}."
+        )
     else:
         text = (
             f"{verdict} persona disparity {spec.task}/{spec.persona} [{spec.model}]: risk difference "

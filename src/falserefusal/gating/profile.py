@@ -21,6 +21,7 @@ _PROFILE_KEYS = {
     "inconclusive",
     "detector_correction",
     "max_non_answer_rate",
+    "max_intersectional_excess",
 }
 
 
@@ -50,6 +51,7 @@ class Profile:
     inconclusive: str = "warn"  # fail | warn | pass: what an INCONCLUSIVE gate does in CI
     detector_correction: str = "none"  # none | audit: with --audit, rate and disparity gates decide on corrected rates
     max_non_answer_rate: Mapping[str, float] | None = None  # task -> limit ("default" for the rest); None: no such gate
+    max_intersectional_excess: Mapping[str, float] | None = None  # task -> tolerance; None: no compounding gate
 
     def limit(self, kind: str, task: str) -> float:
         """The limit (or margin) of a gate kind on a task: the kind's key in this profile (falserefusal.gating.kind_table)."""
@@ -166,6 +168,14 @@ def load_profile(path: Path, name: str) -> Profile:
         if entry.get("max_non_answer_rate") is None
         else _rates(
             path, name, "max_non_answer_rate", _limits(path, name, "max_non_answer_rate", entry["max_non_answer_rate"])
+        ),
+        max_intersectional_excess=None
+        if entry.get("max_intersectional_excess") is None
+        else _tolerances(
+            path,
+            name,
+            "max_intersectional_excess",
+            _limits(path, name, "max_intersectional_excess", entry["max_intersectional_excess"]),
         ),
     )
 

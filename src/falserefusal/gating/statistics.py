@@ -294,14 +294,19 @@ def _noninferiority_test(
             "these_items_ci": list(replace(stats, design_effect=_fpc(stats.n, population)).interval(0.05)),
         }
     )
+    return block_mean_tested(stats, spec.limit, detail, tuple(flipped))
+
+
+def block_mean_tested(stats: BlockMean, limit: float, detail: dict[str, Any], evidence: tuple[str, ...]) -> _Tested:
+    """A block-mean gate's two one-sided tests against its limit and its two-sided 95% interval."""
     return _Tested(
         stats.mean,
-        stats.pvalue(spec.limit),
-        stats.pvalue(spec.limit, "less"),
+        stats.pvalue(limit),
+        stats.pvalue(limit, "less"),
         stats.interval(0.05),
         stats.n,
         detail,
-        tuple(flipped),
+        evidence,
     )
 
 

@@ -26,6 +26,7 @@ class RunConfig:
     report_dir: str = "report"
     tasks: tuple[str, ...] = ()
     personas: tuple[str, ...] = ()
+    intersections: bool = False  # --intersections: every declared intersection, with its markers
     persona_placement: str = "system"
     fixtures: str | None = None  # None: the project's fixtures/, else the packaged ones
     datasets: tuple[str, ...] = ()
@@ -68,6 +69,7 @@ class RunConfig:
             report_dir=v["report-dir"],
             tasks=tuple(v["tasks"]),
             personas=tuple(v["personas"]),
+            intersections=bool(v.get("intersections")),
             persona_placement=v["persona-placement"],
             fixtures=v["fixtures-dir"],
             datasets=tuple(v["dataset"]),

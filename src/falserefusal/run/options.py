@@ -73,7 +73,20 @@ OPTIONS: tuple[Option, ...] = (
         kind="list",
         metavar="IDS",
     ),
-    Option("personas", "comma-separated persona ids or dimensions (default: all)", kind="list", metavar="IDS"),
+    Option(
+        "personas",
+        "comma-separated persona ids or dimensions (default: all); an intersection id (personas.yaml "
+        "intersections:) also asks its markers",
+        kind="list",
+        metavar="IDS",
+    ),
+    Option(
+        "intersections",
+        "also ask every intersection of personas.yaml (with its markers) and, where the profile sets "
+        "max_intersectional_excess, gate its compounding",
+        kind="flag",
+        default=False,
+    ),
     Option(
         "persona-placement",
         "where the persona instruction goes: system | user (for templates without a system role)",

@@ -192,7 +192,7 @@ def outcomes_from_results(
             f"results header: lacks the run's profile, models, tasks or personas ({error}); "
             "fix: pass a results.jsonl written by falserefusal run or pytest"
         ) from None
-    specs = gate_specs(profile, models, tasks, personas, metadata.get("baseline_model"))
+    specs = gate_specs(profile, models, tasks, personas, metadata.get("baseline_model"), metadata.get("intersections"))
     from falserefusal.gating.custom import CustomAccounting, outcome_from_dict
 
     custom = metadata.get("custom_gates") or {}  # custom gates (pytest markers) keep their alpha and outcomes

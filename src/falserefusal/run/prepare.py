@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from falserefusal import registry
 from falserefusal.analysis.detector_audit import DetectorAudit
-from falserefusal.design.personas import load_personas, select_personas
+from falserefusal.design.personas import Intersection, load_intersections, load_personas, select_conditions
 from falserefusal.design.sampler import blocks_per_task, draw_cases, factorial_size, sampling_notes
 from falserefusal.design.tasks import TaskSpec, dataset_notes, load_tasks
 from falserefusal.detection.audit import load_audit
@@ -45,6 +45,7 @@ class Suite:
     custom_weight: float = 0.0  # alpha weight of the custom gate families (falserefusal.custom), fixed at collection
     factorial: Mapping[str, int] = field(default_factory=dict)  # task -> distinct request blocks (the population)
     notes: tuple[str, ...] = ()  # e.g. --samples capped at a task's factorial: shown by both front ends
+    intersections: tuple[Intersection, ...] = ()  # asked intersections (their conditions are also in `personas`)
 
     @property
     def task_ids(self) -> tuple[str, ...]:
@@ -107,8 +108,11 @@ def prepare(config: RunConfig) -> Suite:
     profile = load_profile(thresholds_path(config.thresholds, config.root), profile_name)
     samples = config.samples if config.samples is not None else profile.samples
     fixtures = fixtures_path(config.fixtures, config.root)
-    personas, phrasings = load_personas(fixtures / "personas.yaml")
-    personas = select_personas(personas, config.personas, str(fixtures / "personas.yaml"))
+    catalogue, phrasings = load_personas(fixtures / "personas.yaml")  # every persona of the file
+    declared = load_intersections(fixtures / "personas.yaml", catalogue)
+    personas, intersections = select_conditions(
+        catalogue, declared, config.personas, config.intersections, str(fixtures / "personas.yaml")
+    )
     tasks = load_tasks(fixtures, config.tasks, _parse_datasets(config.datasets))
     options = config.backend_options
     if options.batch_size < 0 or options.max_new_tokens < 1:
@@ -136,7 +140,8 @@ def prepare(config: RunConfig) -> Suite:
         finally:
             cache.close()
     baseline, saved = _prepare_baseline(config, models, [t.task.id for t in tasks], cases)
-    gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas], baseline)
+    markers = {i.id: i.of for i in intersections}
+    gates = gate_specs(profile, models, [t.task.id for t in tasks], [p.id for p in personas], baseline, markers)
     audit = load_audit(config.path(config.audit)) if config.audit else None
     if audit is not None and profile.detector_correction == "audit":
         assert config.audit is not None  # the audit was loaded from it
@@ -156,6 +161,7 @@ def prepare(config: RunConfig) -> Suite:
         audit,
         factorial={t.task.id: factorial_size(t, phrasings) for t in tasks},
         notes=notes,
+        intersections=intersections,
     )
 
 

@@ -54,7 +54,15 @@ def run_metadata(
             "blocks": {task: min(suite.samples, size) for task, size in suite.factorial.items()},
             "notes": list(suite.notes),
         },
-        "profile": {**suite.profile.to_dict(), "source": project_path(suite.profile.source, config.root)},
+        "profile": {
+            # a run without intersections has no compounding gate: its header stays as before the key existed
+            **{
+                k: v
+                for k, v in suite.profile.to_dict().items()
+                if suite.intersections or k != "max_intersectional_excess"
+            },
+            "source": project_path(suite.profile.source, config.root),
+        },
         "models": list(suite.models),
         "model_identities": {
             model: {k: project_path(v, config.root) if k == "folder" else v for k, v in dict(identity).items()}
@@ -65,6 +73,8 @@ def run_metadata(
         "tasks": list(suite.task_ids),
         "task_sources": {spec.task.id: project_path(spec.source, config.root) for spec in suite.tasks},
         "personas": [p.id for p in suite.personas],
+        # intersection id -> its markers, only when the run asks intersections (other headers stay as they were)
+        **({"intersections": {i.id: list(i.of) for i in suite.intersections}} if suite.intersections else {}),
         "persona_placement": config.persona_placement,
         "baseline": "no persona turn: the model's own default chat (a template may add its default system prompt)",
         "n_cases": len(suite.cases) * len(suite.models),

@@ -37,3 +37,9 @@ def test_noninferiority_persona(noninferiority_persona_gate: Any, falserefusal_g
 def test_added_gate(falserefusal_added_gate: Any, falserefusal_custom_gate: Any) -> None:
     """A pytest_falserefusal_add_gates hook gate (falserefusal.gating.custom.AddedGate) on one (model, task) family."""
     falserefusal_added_gate.check(falserefusal_custom_gate)
+
+
+def test_intersectional_excess(intersectional_excess_gate: Any, falserefusal_gate: Any) -> None:
+    """With intersections asked and max_intersectional_excess in the profile: the intersection's disparity exceeds
+    the sum of its markers' disparities by no more than the tolerance. Without either there is no such item."""
+    falserefusal_gate(intersectional_excess_gate)
