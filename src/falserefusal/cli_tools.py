@@ -70,6 +70,9 @@ def _plan_options(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="the true non-answer rate below --non-answer-limit that should PASS (default: 0)",
     )
+    excess_help = "plan this many intersectional_excess gates per task (count them in --n-personas too; default: 0)"
+    add("--intersections", type=int, default=0, help=excess_help)
+    add("--excess-limit", type=float, default=0.05, help="their max_intersectional_excess (default: 0.05)")
     add("--json", action="store_true", help="print the plan as one JSON object")
 
 
@@ -99,6 +102,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         args.items,
         args.non_answer_limit,
         args.non_answer_rate,
+        args.intersections,
+        args.excess_limit,
     )
     print(json.dumps(result.to_dict()) if args.json else format_plan(result))
     return 0

@@ -112,3 +112,32 @@ def test_the_gate_exists_only_where_the_profile_sets_the_key() -> None:
         s for s in gate_specs(release, ["m"], ["nli"], ["black"], None, markers) if s.kind == "intersectional_excess"
     ]
     assert spec.persona == "black_muslim_woman" and spec.markers == markers["black_muslim_woman"]
+
+
+def test_the_planner_has_a_row_for_the_excess_gate_and_counts_it_in_the_family() -> None:
+    from falserefusal.validation.planning import plan
+
+    without, with_them = plan(0.05, 0.04, personas=20), plan(0.05, 0.04, personas=20, intersections=5)
+    assert with_them.assumptions["gates_per_family"] == without.assumptions["gates_per_family"] + 5
+    [row] = [r for r in with_them.rows if r.gate == "intersectional_excess"]
+    assert row.gates == 5 * 3 and row.blocks and row.blocks_pass
+    assert "intersectional_excess" not in {r.gate for r in without.rows}
+
+
+def test_the_report_panel_shows_each_intersection_only_in_runs_with_intersections() -> None:
+    from falserefusal.report.intersections import intersection_panel
+
+    table = _table({BASELINE_ID: 0.05, "a": 0.05, "b": 0.05, "ab": 0.4}, n=200)
+    frame = table.stack().rename("refused").reset_index()
+    frame.columns = ["block", "persona", "refused"]
+    frame = frame.assign(model="m", task="t")
+    assert intersection_panel(frame, {}, [], {}) is None
+    [row] = intersection_panel(frame, {"intersections": {"ab": ["a", "b"]}}, [], {"m": "m"}) or []
+    assert row["verdict"] == "not gated" and row["excess_ci"][0] > 0.2 and row["log_odds_ci"][0] > 0
+
+
+def test_the_simulation_finds_a_large_planted_excess() -> None:
+    from falserefusal.validation.intersections import CompoundingScenario, simulate_compounding
+
+    result = simulate_compounding(CompoundingScenario(intersection_shift=0.4), blocks=120, replicates=4, seed=5)
+    assert result["fail_rate"] == 1.0 and result["true_excess"] == pytest.approx(0.31)

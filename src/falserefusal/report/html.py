@@ -14,6 +14,7 @@ from falserefusal.analysis.sensitivity import DEFAULT_FACTORS
 from falserefusal.gating.kinds import GateOutcome
 from falserefusal.generation.models import model_labels
 from falserefusal.report import figures
+from falserefusal.report.intersections import intersection_panel
 from falserefusal.report.sections import (
     _audit_section,
     _comparison,
@@ -113,6 +114,7 @@ def report_context(
     )
     context["forest_alpha"] = alpha_text
     context["disparity_rows"] = disparities.assign(model=disparities["model"].map(labels)).to_dict(orient="records")
+    context["intersections"] = intersection_panel(frame, metadata, outcomes, labels)  # None without intersections
 
     # 4. Wasserstein sensitivity with the noise floor
     factors = [f for f in DEFAULT_FACTORS if f in frame.columns]

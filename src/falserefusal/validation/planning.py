@@ -197,6 +197,14 @@ def noninferiority_persona_variance(
     return linear_variance([1, -1, -1, 1], rates, _share_matrix(2, correlation, model_correlation))
 
 
+def excess_variance(base_rate: float, excess: float, markers: int, correlation: float) -> float:
+    """Var of a block's (y_I - y_0) - Σ_m (y_m - y_0) when the markers refuse at the base rate and the intersection
+    `excess` more (falserefusal.analysis.intersections); every two conditions of a request share a draw."""
+    rates = [min(base_rate + excess, 1.0), base_rate] + [base_rate] * markers
+    share = np.full((markers + 2, markers + 2), correlation)
+    return linear_variance([1.0, markers - 1.0] + [-1.0] * markers, rates, share)
+
+
 def block_mean_blocks(variance: float, mde: float, level: float, power: float) -> int:
     """Blocks for the self-normalised block-mean test to fail a mean of margin + mde."""
     return _blocks(math.sqrt(variance + mde**2), math.sqrt(variance), mde, level, power)
@@ -249,11 +257,15 @@ def plan(
     items: int = 66,
     non_answer_limit: float | None = None,
     non_answer_rate: float = 0.0,
+    intersections: int = 0,
+    excess_limit: float = 0.05,
 ) -> Plan:
     """Blocks per task each gate type needs to FAIL, with `power`, a truth `mde` beyond its limit, and to PASS a truth
     `pass_effect` below its tolerance (`pass_rate` for the refusal-rate gate; default the base rate) (see module doc).
     With `non_answer_limit` (a profile's max_non_answer_rate) each family has one more gate, the non-answer rate,
-    planned as the refusal-rate gate (PASS truth `non_answer_rate`)."""
+    planned as the refusal-rate gate (PASS truth `non_answer_rate`). With `intersections` (of 3 markers each, counted
+    in `personas` too), each family has that many intersectional_excess gates (tolerance `excess_limit`): the block-mean
+    test of X_b = (y_I - y_0) - Σ_m (y_m - y_0), Var(X_b) from `excess_variance` (markers at the base rate)."""
     _check("base-rate", base_rate, 0.0, 1.0)
     _check("mde", mde, 0.0, 1.0)
     _check("power", power, 0.0, 1.0)
@@ -270,7 +282,7 @@ def plan(
     if non_answer_limit is not None:
         _check("non-answer-limit", non_answer_limit, 0.0, 1.0)
     conditions = personas + 1
-    per_family = (1 + personas) * (2 if baseline else 1) + (non_answer_limit is not None)
+    per_family = (1 + personas) * (2 if baseline else 1) + (non_answer_limit is not None) + max(0, intersections)
     families = tasks * models
     level = alpha / (families * per_family)
     per_task_cases = conditions * models * tasks
@@ -315,6 +327,17 @@ def plan(
             f"{pass_effect:+.3f}",
         ),
     ]
+    if intersections > 0:
+        rows.append(
+            row(
+                "intersectional_excess",
+                intersections,
+                f"intersection's minus its 3 markers' disparities {excess_limit + mde:+.3f} vs {excess_limit:+.3f}",
+                block_mean_blocks(excess_variance(base_rate, excess_limit + mde, 3, correlation), mde, level, power),
+                block_mean_pass(excess_variance(base_rate, pass_effect, 3, correlation), excess_limit),
+                f"{pass_effect:+.3f}",
+            )
+        )
     if baseline:
         rows.append(
             row(
@@ -373,6 +396,7 @@ def plan(
         "items": items,
         "non_answer_limit": non_answer_limit,
         "non_answer_rate": non_answer_rate,
+        **({"intersections": intersections, "excess_limit": excess_limit} if intersections > 0 else {}),
         "gates_per_family": per_family,
         "families": families,
         "level": level,
