@@ -137,9 +137,15 @@ class _OneByOne:
         return [self.detector.detect(text, tuple(ls)) for text, ls in zip(texts, label_sets)]
 
 
-def backend_for(model: str, requested: str) -> str:
+def check_backend(requested: str) -> None:
+    """--backend names a built-in or a registered backend (checked even when every model's prefix picks its own)."""
+    backend_kind("", requested)
+
+
+def backend_kind(model: str, requested: str) -> str:
     """Which backend serves a model: `scripted:` and `openai:` prefixes choose theirs, a `NAME:` prefix a backend
-    registered as NAME (entry points or hooks), else --backend."""
+    registered as NAME (entry points or hooks), else --backend. Called by ModelRef.of (falserefusal.generation.models),
+    which every other module asks."""
     prefix = model.split(":", 1)[0] if ":" in model else ""
     if prefix in BUILTIN_PREFIXES:
         return prefix

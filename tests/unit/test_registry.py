@@ -8,7 +8,8 @@ import pytest
 
 from falserefusal import registry
 from falserefusal.generation.backends import BackendOptions
-from falserefusal.registry import backend_for, load_backend
+from falserefusal.generation.models import ModelRef
+from falserefusal.registry import load_backend
 from falserefusal.types import Completion, FalseRefusalError, Verdict
 
 
@@ -37,14 +38,14 @@ class Echo:
 
 def test_a_registered_backend_serves_its_prefix_and_its_backend_name() -> None:
     with pytest.raises(FalseRefusalError, match="--backend echo: unknown backend; use one of transformers"):
-        backend_for("some-model", "echo")
-    assert backend_for("echo:hi", "transformers") == "transformers"  # not registered: not a prefix
+        ModelRef.of("some-model", "echo")
+    assert ModelRef.of("echo:hi", "transformers").kind == "transformers"  # not registered: not a prefix
     registry.register_backend("echo", Echo)
-    assert backend_for("echo:hi", "transformers") == "echo" and backend_for("plain", "echo") == "echo"
-    backend = load_backend("echo:hi", backend_for("echo:hi", "transformers"), BackendOptions(max_new_tokens=7))
+    assert ModelRef.of("echo:hi", "transformers").kind == "echo" and ModelRef.of("plain", "echo").kind == "echo"
+    backend = load_backend("echo:hi", ModelRef.of("echo:hi", "transformers").kind, BackendOptions(max_new_tokens=7))
     assert isinstance(backend, Echo) and backend.options.max_new_tokens == 7
     with pytest.raises(FalseRefusalError, match="use one of transformers, scripted, openai, echo"):
-        backend_for("x", "nope")
+        ModelRef.of("x", "nope")
 
 
 class Upper:

@@ -27,7 +27,7 @@ class ModelRef:
 
     @classmethod
     def of(cls, name: str, backend: str, label: str | None = None) -> ModelRef:
-        kind = registry.backend_for(name, backend)
+        kind = registry.backend_kind(name, backend)
         return cls(name, kind, _source(name, kind), label if label is not None else label_of(name))
 
     @property

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 
 from falserefusal import registry
 from falserefusal.analysis.detector_audit import DetectorAudit
+from falserefusal.design.languages import load_translations
 from falserefusal.design.personas import Intersection, load_intersections, load_personas, select_conditions
 from falserefusal.design.sampler import blocks_per_task, draw_cases, factorial_size, sampling_notes
 from falserefusal.design.tasks import TaskSpec, dataset_notes, load_tasks
@@ -86,7 +87,7 @@ def _parse_datasets(entries: Sequence[str]) -> dict[str, str]:
 
 def prepare(config: RunConfig) -> Suite:
     """Read fixtures and thresholds, validate every option and draw the cases. Loads no model."""
-    registry.backend_for("", config.backend)  # validates --backend, even when every model's prefix picks its own
+    registry.check_backend(config.backend)  # validates --backend, even when every model's prefix picks its own
     refs = model_refs(config.models, config.backend)
     models = tuple(ref.name for ref in refs)
     if not config.models and config.backend != "transformers":
@@ -126,7 +127,8 @@ def prepare(config: RunConfig) -> Suite:
         )
     notes = sampling_notes(tasks, phrasings, samples) + dataset_notes(tasks)  # printed, and kept in the results header
     samples = max(blocks_per_task(tasks, phrasings, samples).values())  # blocks are drawn once each: no repeats
-    cases = draw_cases(tasks, personas, phrasings, samples, config.seed, config.persona_placement)
+    translations = load_translations(fixtures / "personas.yaml", catalogue, phrasings)
+    cases = draw_cases(tasks, personas, phrasings, samples, config.seed, config.persona_placement, translations)
     if config.use_cache:
         cache = GenerationCache(config.cache_path())  # a corrupt or foreign file is a usage error now, not mid-run
         try:
