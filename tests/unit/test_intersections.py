@@ -141,3 +141,13 @@ def test_the_simulation_finds_a_large_planted_excess() -> None:
 
     result = simulate_compounding(CompoundingScenario(intersection_shift=0.4), blocks=120, replicates=4, seed=5)
     assert result["fail_rate"] == 1.0 and result["true_excess"] == pytest.approx(0.31)
+
+
+def test_blocks_without_any_refusal_do_not_pass_with_a_zero_width_interval() -> None:
+    from falserefusal.gating.excess import excess_test
+    from falserefusal.gating.kinds import GateSpec
+
+    table = pd.DataFrame(False, index=[f"b{i}" for i in range(40)], columns=[BASELINE_ID, "a", "b", "ab"])
+    spec = GateSpec("intersectional_excess", "m", "t", "ab", 0.05, markers=("a", "b"))
+    tested = excess_test(table, pd.Series(table.index, index=table.index), spec, None)
+    assert tested.estimate == 0.0 and tested.ci[1] > 0.02  # 40 blocks cannot rule out a few refusals
