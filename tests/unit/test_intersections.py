@@ -151,3 +151,9 @@ def test_blocks_without_any_refusal_do_not_pass_with_a_zero_width_interval() -> 
     spec = GateSpec("intersectional_excess", "m", "t", "ab", 0.05, markers=("a", "b"))
     tested = excess_test(table, pd.Series(table.index, index=table.index), spec, None)
     assert tested.estimate == 0.0 and tested.ci[1] > 0.02  # 40 blocks cannot rule out a few refusals
+
+
+def test_an_unknown_persona_name_lists_the_intersections_too() -> None:
+    personas, _ = load_personas(PERSONAS)
+    with pytest.raises(FalseRefusalError, match="unknown persona klingon.*black_muslim_woman"):
+        select_conditions(personas, load_intersections(PERSONAS, personas), ["klingon"], False, "personas.yaml")

@@ -145,9 +145,16 @@ def select_conditions(
     """The run's personas (single markers, then intersections) and its intersections. An intersection brings its
     markers along, so it is asked in the same request blocks as they are; without any, as `select_personas`."""
     chosen = select_intersections(intersections, wanted, all_intersections)
+    names = {i.id for i in intersections} | {INTERSECTION_DIMENSION}
+    known = {p.id for p in personas} | {p.dimension for p in personas} | names | {BASELINE_ID}
+    unknown = [w for w in wanted or () if w not in known]
+    if unknown and intersections:
+        raise FalseRefusalError(
+            f"--personas: unknown persona {', '.join(unknown)}; known ids, dimensions and intersections in {source}: "
+            f"{', '.join(sorted(known - {BASELINE_ID}))}"
+        )
     if not chosen:
         return select_personas(personas, wanted, source), ()
-    names = {i.id for i in intersections} | {INTERSECTION_DIMENSION}
     singles_wanted = [w for w in wanted or () if w not in names]
     singles = select_personas(personas, singles_wanted, source) if singles_wanted or not wanted else ()
     markers = {m for i in chosen for m in i.of} | {p.id for p in singles}
