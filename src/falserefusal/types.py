@@ -61,6 +61,19 @@ class Task:
     labels: tuple[str, ...]  # answer options in the order shown to the model; () for an open-ended task
     fields: tuple[str, ...]  # item fields the paraphrase templates use, e.g. ("premise", "hypothesis")
     description: str = ""
+    language: str = "en"  # the language of the task's prompts (en | es | de); persona instructions follow it
+    label_words: tuple[tuple[str, ...], ...] = ()  # per label, its words in `language` (the first is shown)
+
+    @property
+    def shown_labels(self) -> tuple[str, ...]:
+        """The labels as the prompt shows them: each label's first word in the task's language, else the label."""
+        return tuple(words[0] for words in self.label_words) if self.label_words else self.labels
+
+    @property
+    def reading_labels(self) -> tuple[str, ...]:
+        """What the detector may read as a stated label: the label ids and all their words in the task's language."""
+        words = tuple(w for ws in self.label_words for w in ws if w not in self.labels)
+        return self.labels + tuple(dict.fromkeys(words))
 
 
 @dataclass(frozen=True)
@@ -111,8 +124,9 @@ class Case:
     phrasing_id: str  # persona phrasing id ("none" for the baseline)
     placement: str  # system | user
     messages: tuple[Message, ...]
-    labels: tuple[str, ...]  # the task's answer options (for label parsing)
+    labels: tuple[str, ...]  # the task's answer options (for label parsing), with their words in `language`
     gold_label: str
+    language: str = "en"  # the task's prompt language; results written before it existed read as English
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -227,6 +241,7 @@ class Record:
         "task",
         "persona",
         "persona_dimension",
+        "language",
         "forcing_level",
         "paraphrase",
         "phrasing",
@@ -247,6 +262,7 @@ class Record:
             "task": case.task,
             "persona": case.persona,
             "persona_dimension": case.persona_dimension,
+            "language": case.language,
             "forcing_level": case.forcing_level,
             "paraphrase": case.paraphrase_id,
             "phrasing": case.phrasing_id,

@@ -22,3 +22,24 @@ def test_without_tasks_the_open_ended_tasks_are_not_collected(project: pytest.Py
     result = project.runpytest(*ARGS, "--collect-only", "-q")
     items = [line for line in result.stdout.lines if line.startswith("tests/refusal/test_gates.py::")]
     assert {line.split("[")[1].split("-")[0].rstrip("]") for line in items} == {"nli", "offensiveness", "politeness"}
+
+
+def test_tasks_in_two_languages_run_with_a_language_column_and_a_language_table(project: pytest.Pytester) -> None:
+    import json
+
+    result = project.runpytest("--model", "scripted:base=0.2,rho=0", "--samples", "4", "--personas", "muslim",
+                               "--no-cache", "--no-progress", "-p", "no:randomly", "--tasks", "nli,nli_es")
+    assert result.ret in (0, 1), result.stdout.str()
+    rows = [json.loads(line) for line in (project.path / "report" / "results.jsonl").read_text().splitlines()]
+    languages = {(r["case"]["task"], r["case"]["language"]) for r in rows if r.get("kind") == "generation"}
+    assert languages == {("nli", "en"), ("nli_es", "es")}
+    spanish = [r for r in rows if r.get("kind") == "generation" and r["case"]["persona"] == "muslim"
+               and r["case"]["task"] == "nli_es"]
+    assert all("un musulmán" in r["case"]["messages"][0]["content"] for r in spanish)
+    html = (project.path / "report" / "index.html").read_text()
+    assert "Refusal rate by language × persona" in html and "C(language" in html
+
+
+def test_without_tasks_the_translated_tasks_are_not_collected(project: pytest.Pytester) -> None:
+    result = project.runpytest(*ARGS, "--collect-only", "-q")
+    assert "nli_es" not in result.stdout.str() and "nli_de" not in result.stdout.str()

@@ -2,6 +2,8 @@
 
     refused ~ C(model) + C(task) + C(persona, Treatment("baseline")) + C(forcing_level) + C(task:paraphrase)
 
+(+ C(language, Treatment("en")) before C(task) when the run has prompts in more than one language)
+
 fitted as a statsmodels Binomial GLM. Rows of one dataset item share the item (and rows of one request block the
 request), so they are not independent: standard errors are clustered on the item (task:item; it nests the request
 blocks, so this is also the two-way item x block clustering; the block where a frame has no item column).
@@ -60,6 +62,7 @@ from falserefusal.types import BASELINE_ID, FORCING_LEVELS
 
 FORMULA_TERMS = {
     "model": "C(model)",
+    "language": 'C(language, Treatment("en"))',
     "task": "C(task)",
     "persona": f'C(persona, Treatment("{BASELINE_ID}"))',
     "forcing_level": "C(forcing_level)",
@@ -124,6 +127,8 @@ def _levels(values: pd.Series, factor: str) -> list[str]:
         return [BASELINE_ID, *[v for v in present if v != BASELINE_ID]]
     if factor == "forcing_level":
         return [v for v in FORCING_LEVELS if v in present] + [v for v in present if v not in FORCING_LEVELS]
+    if factor == "language" and "en" in present:
+        return ["en", *[v for v in present if v != "en"]]
     return present
 
 
@@ -133,7 +138,10 @@ def _design(df: pd.DataFrame) -> tuple[np.ndarray, list[_Column], list[str], lis
     blocks: list[np.ndarray] = [np.ones((len(df), 1))]
     columns = [_Column("Intercept", "Intercept", "")]
     used: list[str] = []
-    for factor in ("model", "task", "persona", "forcing_level"):
+    # language (a property of the task) comes before task: with translated tasks their task terms are the collinear
+    # ones dropped, so the language effect is estimated; a run in one language has no language term (and no note)
+    several_languages = "language" in df.columns and df["language"].nunique() > 1
+    for factor in ("model", *(("language",) if several_languages else ()), "task", "persona", "forcing_level"):
         values = df[factor].astype(str)
         levels = _levels(values, factor)
         if len(levels) < 2:

@@ -56,6 +56,7 @@ def simulate_frame(
     is_baseline = frame["persona"] == BASELINE_ID
     frame = frame.assign(
         persona_dimension=np.where(is_baseline, "none", "synthetic"),
+        language="en",
         phrasing=np.where(is_baseline, "none", "you-are"),
         case_id=frame["block"] + "-" + frame["persona"],
         refused=refused,

@@ -65,7 +65,7 @@ def check_keys(path: Path, what: str, entry: Any, allowed: set[str], required: s
 def load_personas(path: Path) -> tuple[tuple[Persona, ...], tuple[PersonaPhrasing, ...]]:
     """Read personas and phrasings; the baseline is implicit and may not be redefined."""
     data = read_yaml(path)
-    data = check_keys(path, "the top level", data, _TOP_KEYS | {"intersections"}, _TOP_KEYS)
+    data = check_keys(path, "the top level", data, _TOP_KEYS | {"intersections", "translations"}, _TOP_KEYS)
     personas: list[Persona] = []
     for index, entry in enumerate(data["personas"] or []):
         entry = check_keys(path, f"persona #{index + 1}", entry, _PERSONA_KEYS, _PERSONA_KEYS)

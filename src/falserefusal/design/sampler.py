@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
+from falserefusal.design.languages import PersonaTranslation, localised
 from falserefusal.design.personas import all_conditions
 from falserefusal.design.tasks import TaskSpec, render_prompt
 from falserefusal.types import Case, FalseRefusalError, Message, Persona, PersonaPhrasing
@@ -71,13 +72,16 @@ def draw_cases(
     samples: int,
     seed: int,
     placement: str = "system",
+    translations: Mapping[str, PersonaTranslation] | None = None,
 ) -> list[Case]:
     """`samples` blocks per task, each block asked under the baseline and every persona (the paired design).
 
     A task's blocks are a seeded permutation of its full factorial (item x paraphrase x phrasing), taken in order:
     sampling without replacement, so no request block is asked twice; with `samples` above the factorial size the
-    whole factorial is used once (see `sampling_notes`). Same seed, same cases, same order, in every process; a
-    task's first k blocks do not depend on `samples` or on the other tasks (one stream per task).
+    whole factorial is used once (see `sampling_notes`). A task in another language than English asks its personas
+    in that language's `translations` (same ids, so disparities compare across languages). Same seed, same cases,
+    same order, in every process; a task's first k blocks do not depend on `samples` or on the other tasks (one
+    stream per task).
     """
     if samples < 1:
         raise FalseRefusalError(
@@ -110,9 +114,12 @@ def draw_cases(
                         persona_dimension=persona.dimension,
                         phrasing_id="none" if persona.is_baseline else phrasing.id,
                         placement="none" if persona.is_baseline else placement,
-                        messages=persona_messages(prompt, persona, phrasing, placement),
-                        labels=spec.task.labels,
+                        messages=persona_messages(
+                            prompt, *localised(persona, phrasing, spec.task.language, translations), placement
+                        ),
+                        labels=spec.task.reading_labels,
                         gold_label=item.label,
+                        language=spec.task.language,
                     )
                 )
     return cases

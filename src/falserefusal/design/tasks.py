@@ -8,10 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from falserefusal.design.languages import DEFAULT_LANGUAGE, check_language
 from falserefusal.design.personas import check_keys, read_yaml
 from falserefusal.types import FORCING_LEVELS, FalseRefusalError, Item, Paraphrase, Task
 
-_TASK_KEYS = {"id", "description", "labels", "fields", "paraphrases", "items", "dataset", "default"}
+_TASK_KEYS = {"id", "description", "labels", "fields", "paraphrases", "items", "dataset", "default"} | {
+    "language",  # en (default) | es | de: the prompts' language; persona instructions are worded in it
+    "label_words",  # label -> its words in that language, shown in prompts and read by the detector
+}
 _PARAPHRASE_KEYS = {"id", "forcing_level", "template"}
 _DATASET_KEYS = {"source", "split", "columns", "label_map", "limit", "config"}
 
@@ -49,7 +53,7 @@ def format_labels(labels: Sequence[str]) -> str:
 
 
 def render_prompt(task: Task, paraphrase: Paraphrase, item: Item) -> str:
-    return paraphrase.template.format(**item.fields, labels=format_labels(task.labels))
+    return paraphrase.template.format(**item.fields, labels=format_labels(task.shown_labels))
 
 
 def load_task_file(path: Path) -> TaskSpec:
@@ -63,11 +67,14 @@ def load_task_file(path: Path) -> TaskSpec:
             f"{path}: default must be true or false; "
             "fix: write `default: false` to run the task only when --tasks names it"
         )
+    labels = tuple(str(label) for label in data.get("labels") or ())
     task = Task(
         id=str(data["id"]),
-        labels=tuple(str(label) for label in data.get("labels") or ()),
+        labels=labels,
         fields=tuple(str(f) for f in data["fields"]),
         description=str(data.get("description", "")),
+        language=check_language(str(path), data.get("language", DEFAULT_LANGUAGE)),
+        label_words=label_words_of(path, labels, data.get("label_words")),
     )
     paraphrases = []
     for index, entry in enumerate(data["paraphrases"] or []):
@@ -102,6 +109,25 @@ def load_task_file(path: Path) -> TaskSpec:
     spec = TaskSpec(task, tuple(paraphrases), items, source, dropped, bool(data.get("default", True)))
     validate_task(spec, str(path))
     return spec
+
+
+def label_words_of(path: Path, labels: tuple[str, ...], entry: Any) -> tuple[tuple[str, ...], ...]:
+    """`label_words:` (label -> its words in the task's language, the first shown in prompts): every label, no other."""
+    if entry is None:
+        return ()
+    if not isinstance(entry, dict) or set(map(str, entry)) != set(labels):
+        raise FalseRefusalError(
+            f"{path}: label_words must map each of the labels ({format_labels(labels)}) to its words; fix the keys"
+        )
+    by_label = {str(key): value for key, value in entry.items()}
+    words = []
+    for label in labels:
+        value = by_label[label]
+        listed = [str(w).strip() for w in (value if isinstance(value, list) else [value])]
+        if not listed or not all(listed):
+            raise FalseRefusalError(f"{path}: label_words.{label} needs at least one non-empty word; fix the entry")
+        words.append(tuple(listed))
+    return tuple(words)
 
 
 def _item_from_entry(path: Path | str, task: Task, index: int, entry: Any) -> Item:

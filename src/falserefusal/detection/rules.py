@@ -20,7 +20,7 @@ _RULES_RESOURCE = "refusal_rules.yaml"
 _TOP_KEYS = {"sympathy", "refusal", "compliance", "answer_forms"}
 
 
-_RULE_KEYS = {"strength", "patterns"}
+_RULE_KEYS = {"strength", "patterns", "reads_as"}
 
 
 _STRENGTHS = ("strong", "weak")
@@ -64,6 +64,9 @@ class RefusalRule:
     name: str  # "refusal:cannot_help"
     strength: str  # strong: always a refusal (bar a stated label) | weak: a later compliance pattern undoes it
     patterns: tuple[re.Pattern[str], ...]
+    #: the rule the learned layer reads this one's firings as ("refusal:cannot_help" for a Spanish "no puedo" rule):
+    #: the shipped weights were trained on English answers and know only the English rules' names; "" = itself
+    reads_as: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,14 +140,23 @@ def _compile_rules(source: Path) -> RefusalRules:
         raise FalseRefusalError(f"{where}: refusal must map rule names to {{strength, patterns}}; fix: add a rule")
     refusals = []
     for name, entry in data["refusal"].items():
-        entry = check_keys(source, f"refusal rule '{name}'", entry, _RULE_KEYS, _RULE_KEYS)
+        entry = check_keys(source, f"refusal rule '{name}'", entry, _RULE_KEYS, {"strength", "patterns"})
         if entry["strength"] not in _STRENGTHS:
             raise FalseRefusalError(
                 f"{where}: refusal rule '{name}' has strength '{entry['strength']}'; fix: use strong or weak"
             )
         patterns = _pattern_list(where, f"refusal rule '{name}' patterns", entry["patterns"])
         compiled = tuple(_compile(p, where, f"refusal rule '{name}' pattern #{i + 1}") for i, p in enumerate(patterns))
-        refusals.append(RefusalRule(f"refusal:{name}", entry["strength"], compiled))
+        reads_as = str(entry.get("reads_as") or "")
+        target = data["refusal"].get(reads_as)
+        if reads_as and (not isinstance(target, dict) or target.get("reads_as")):
+            raise FalseRefusalError(
+                f"{where}: refusal rule '{name}' reads_as '{reads_as}', which is not a rule of its own (without "
+                "reads_as) in this file; fix: name one"
+            )
+        refusals.append(
+            RefusalRule(f"refusal:{name}", entry["strength"], compiled, f"refusal:{reads_as}" if reads_as else "")
+        )
     compliance_data = data.get("compliance") or {}
     if not isinstance(compliance_data, dict):
         raise FalseRefusalError(f"{where}: compliance must map rule names to pattern lists; fix the section")

@@ -15,6 +15,7 @@ from falserefusal.gating.kinds import GateOutcome
 from falserefusal.generation.models import model_labels
 from falserefusal.report import figures
 from falserefusal.report.intersections import intersection_panel
+from falserefusal.report.language_section import language_panel
 from falserefusal.report.sections import (
     _audit_section,
     _comparison,
@@ -97,6 +98,7 @@ def report_context(
     babble = refusal_rates(frame.assign(refused=frame["outcome"] == "non_answer"), by=["model", "task", "persona"])
     context["non_answer_rows"] = babble.assign(model=babble["model"].map(labels)).to_dict(orient="records")
     context["non_answer_total"] = int((frame["outcome"] == "non_answer").sum())
+    context["languages"] = language_panel(frame, personas, labels)  # None unless the run asks in several languages
 
     # 3. forest plot of persona disparities, with CIs adjusted over each gate family
     alpha, alpha_text = _forest_alpha(outcomes)
@@ -118,6 +120,8 @@ def report_context(
 
     # 4. Wasserstein sensitivity with the noise floor
     factors = [f for f in DEFAULT_FACTORS if f in frame.columns]
+    if "language" in frame.columns and frame["language"].nunique() > 1:
+        factors.insert(factors.index("task") + 1 if "task" in factors else len(factors), "language")
     sensitivity = sensitivity_table(frame, factors=factors, n_boot=n_boot, seed=int(seed) if _finite(seed) else 0)
     context["sensitivity"] = figures.sensitivity_bars(sensitivity, no_refusals)
     context["sensitivity_rows"] = [

@@ -234,6 +234,7 @@ _CASE_FIELD_TYPES = {
     "persona_dimension": str,
     "phrasing_id": str,
     "gold_label": str,
+    "language": str,
 }
 
 

@@ -38,6 +38,7 @@ def draw_design(
     per_block = pd.DataFrame(
         {
             "task": [c.task for c in block_cases],
+            "language": [c.language for c in block_cases],
             "forcing_level": [c.forcing_level for c in block_cases],
             "paraphrase": [c.paraphrase_id for c in block_cases],
             "item": [c.item_id for c in block_cases],
