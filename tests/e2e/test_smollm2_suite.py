@@ -68,3 +68,13 @@ def test_an_open_ended_task_runs_on_smollm2_and_its_answers_are_read(tmp_path: P
     assert header["tasks"] == ["story"] and len(records) == 2 * 3
     assert all(r["case"]["gold_label"] in (None, "") and r["response"].strip() for r in records)
     assert all(r["outcome"] in ("refusal", "compliance", "non_answer") for r in records)
+
+
+def test_an_intersection_is_asked_with_its_markers_on_smollm2(tmp_path: Path) -> None:
+    """Issue 14.1 on the real model: --personas naming an intersection asks it and its markers in the same blocks."""
+    result = run_suite(tmp_path, "--samples", "1", "--tasks", "nli", "--personas", "black_muslim_woman")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()[1:]]
+    personas = {r["case"]["persona"] for r in records}
+    assert personas == {"baseline", "black", "muslim", "woman", "black_muslim_woman"}
+    assert len({r["case"]["block_id"] for r in records}) == 1 and all(r["response"].strip() for r in records)
