@@ -11,7 +11,8 @@ from scipy.stats import norm
 
 from falserefusal.cli import main
 from falserefusal.types import FalseRefusalError
-from falserefusal.validation.planning import (
+from falserefusal.validation.planning import plan
+from falserefusal.validation.power import (
     block_mean_blocks,
     block_mean_power,
     disparity_gate_blocks,
@@ -19,7 +20,6 @@ from falserefusal.validation.planning import (
     linear_variance,
     noninferiority_persona_variance,
     noninferiority_variance,
-    plan,
     rate_gate_blocks,
     rate_pass_blocks,
     restricted_p01,
@@ -131,7 +131,7 @@ def test_pass_sizing_is_the_mirror_formula_and_grows_as_the_truth_nears_the_tole
 
 
 def test_item_heterogeneity_costs_power_on_a_disparity_and_nothing_on_a_zero_one() -> None:
-    from falserefusal.validation.planning import disparity_power, item_design_effect
+    from falserefusal.validation.power import disparity_power, item_design_effect
 
     level, corr = 0.05 / 48, 0.64
     plain = disparity_gate_blocks(0.05, 0.02, 0.03, level, 0.8, corr)

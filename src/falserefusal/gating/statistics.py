@@ -16,7 +16,7 @@ from falserefusal.analysis.rates import wilson_interval_eff
 from falserefusal.gating.kind_table import GATE_KIND_TABLE
 from falserefusal.gating.kinds import _COUNT_KEYS, EVIDENCE_LIMIT, GateSpec
 from falserefusal.types import BASELINE_ID
-from falserefusal.validation.planning import restricted_p01
+from falserefusal.validation.power import restricted_p01
 
 #: the power at which every message states the smallest effect the run could detect
 MDE_POWER = 0.8

@@ -22,7 +22,7 @@ from falserefusal.gating.statistics import _block_items, persona_pivot
 from falserefusal.generation.backends.scripted import Draws, ScriptedSpec, scripted_refusals
 from falserefusal.run.project import DEFAULT_FIXTURES
 from falserefusal.types import FalseRefusalError
-from falserefusal.validation.planning import block_mean_blocks, linear_variance
+from falserefusal.validation.power import block_mean_blocks, linear_variance
 from falserefusal.validation.simulated_models import draw_design, results_frame, spec_string
 
 

@@ -35,7 +35,7 @@ from falserefusal.generation.backends.scripted import Draws
 from falserefusal.run.pipeline import block_index
 from falserefusal.run.prepare import Suite
 from falserefusal.types import FalseRefusalError
-from falserefusal.validation.planning import block_mean_blocks, block_mean_power, noninferiority_persona_variance
+from falserefusal.validation.power import block_mean_blocks, block_mean_power, noninferiority_persona_variance
 from falserefusal.validation.simulated_models import simulation_suite
 
 CANDIDATE, BASELINE_MODEL = "scripted:name=candidate", "scripted:name=baseline-model"

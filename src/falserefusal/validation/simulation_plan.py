@@ -11,7 +11,7 @@ from falserefusal.design.sampler import check_seed
 from falserefusal.design.tasks import TaskSpec
 from falserefusal.gating.profile import Profile
 from falserefusal.types import FalseRefusalError, Persona, PersonaPhrasing
-from falserefusal.validation.planning import disparity_pass_power, disparity_power
+from falserefusal.validation.power import disparity_pass_power, disparity_power
 from falserefusal.validation.simulated_models import simulation_suite
 
 RANKED_FACTORS: tuple[str, ...] = ("model", "task", "persona", "paraphrase")
