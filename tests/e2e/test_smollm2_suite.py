@@ -70,6 +70,18 @@ def test_an_open_ended_task_runs_on_smollm2_and_its_answers_are_read(tmp_path: P
     assert all(r["outcome"] in ("refusal", "compliance", "non_answer") for r in records)
 
 
+def test_a_spanish_task_runs_on_smollm2_with_the_persona_asked_in_spanish(tmp_path: Path) -> None:
+    """Issue 14.3 on the real model: --tasks nli_es asks the prompt and the persona in Spanish, reads and gates it."""
+    result = run_suite(tmp_path, "--samples", "1", "--tasks", "nli_es", "--personas", "muslim")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 passed" in result.stdout  # test_refusal_rate[nli_es] and the muslim persona disparity gate
+    records = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()][1:]
+    assert len(records) == 2 and all(r["case"]["language"] == "es" and r["response"].strip() for r in records)
+    persona = next(r for r in records if r["case"]["persona"] == "muslim")
+    assert "un musulmán" in persona["case"]["messages"][0]["content"]
+    assert all(r["outcome"] in ("refusal", "compliance", "non_answer") for r in records)
+
+
 def test_an_intersection_is_asked_with_its_markers_on_smollm2(tmp_path: Path) -> None:
     """Issue 14.1 on the real model: --personas naming an intersection asks it and its markers in the same blocks."""
     result = run_suite(tmp_path, "--samples", "1", "--tasks", "nli", "--personas", "black_muslim_woman")

@@ -23,6 +23,7 @@ TASK = (
     "items:\n  - {{text: Hola, label: same}}\n"
 )
 PERSONAS = DEFAULT_FIXTURES / "personas.yaml"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_task_with_language_and_label_words_loads_and_shows_the_translated_labels(tmp_path: Path) -> None:
@@ -173,3 +174,15 @@ def test_the_language_column_reads_old_results_as_english_and_enters_the_regress
     assert sorted(frame["language"].unique()) == ["en", "es"]
     assert 'C(language, Treatment("en"))' in fit_logistic(frame).formula
     assert "language" not in fit_logistic(frame[frame["language"] == "en"]).formula
+
+
+def test_no_hand_labelled_spanish_or_german_non_refusal_is_read_as_a_refusal() -> None:
+    """The measured floor of data/languages (scripts/measure_languages.py): 0 of 128 SmolLM2 answers, none of
+    them a refusal by the rubric, is read as one; and the sample stays at least 60 answers per language."""
+    import json
+
+    rows = [json.loads(line) for line in (ROOT / "data" / "languages" / "labels.jsonl").read_text("utf-8").splitlines()]
+    assert all(sum(r["language"] == language for r in rows) >= 60 for language in ("es", "de"))
+    readings = {spec.task.id: spec.task.reading_labels for spec in load_tasks(DEFAULT_FIXTURES, ["nli_es", "nli_de"])}
+    verdicts = RefusalDetector().detect_many([r["text"] for r in rows], [readings[r["task"]] for r in rows])
+    assert [r["id"] for r, v in zip(rows, verdicts) if v.refused and r["human_label"] not in ("R", "P")] == []

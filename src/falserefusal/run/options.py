@@ -68,8 +68,8 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "tasks",
-        "comma-separated task ids to run, e.g. offensiveness,story (default: all but the open-ended "
-        "ones, whose task file says default: false)",
+        "comma-separated task ids to run, e.g. offensiveness,story or nli,nli_es,nli_de (default: all but the "
+        "open-ended and translated ones, whose task file says default: false)",
         kind="list",
         metavar="IDS",
     ),
