@@ -186,3 +186,17 @@ def test_no_hand_labelled_spanish_or_german_non_refusal_is_read_as_a_refusal() -
     readings = {spec.task.id: spec.task.reading_labels for spec in load_tasks(DEFAULT_FIXTURES, ["nli_es", "nli_de"])}
     verdicts = RefusalDetector().detect_many([r["text"] for r in rows], [readings[r["task"]] for r in rows])
     assert [r["id"] for r, v in zip(rows, verdicts) if v.refused and r["human_label"] not in ("R", "P")] == []
+
+
+def test_a_rule_that_reads_as_an_unknown_rule_is_rejected(tmp_path: Path) -> None:
+    from falserefusal.detection.rules import load_rules
+
+    path = tmp_path / "rules.yaml"
+    rule = "  es_x: {{strength: strong, reads_as: {target}, patterns: ['\\\\bno\\\\s+puedo\\\\b']}}\n"
+    path.write_text("refusal:\n  base: {strength: strong, patterns: ['x']}\n" + rule.format(target="nope"))
+    with pytest.raises(
+        FalseRefusalError, match=r"rules.yaml: refusal rule 'es_x' reads_as 'nope', which is not a rule"
+    ):
+        load_rules(path)
+    path.write_text("refusal:\n  base: {strength: strong, patterns: ['x']}\n" + rule.format(target="base"))
+    assert [r.reads_as for r in load_rules(path).refusals] == ["", "refusal:base"]
