@@ -93,8 +93,8 @@ def localised(
     translation = (translations or {}).get(language)
     if translation is None or persona.id not in translation.wordings:
         raise FalseRefusalError(
-            f"personas.yaml: no {language} wording for persona '{persona.id}' (a {language} task asks it); "
-            f"fix: add it under translations.{language}.wordings"
+            f"personas.yaml: no {language} wording for persona '{persona.id}', which a task in language {language} "
+            f"asks; fix: add it under translations.{language}.wordings, or leave that task out of --tasks"
         )
     return (
         Persona(persona.id, persona.dimension, translation.wordings[persona.id]),
