@@ -177,7 +177,7 @@ def test_the_language_column_reads_old_results_as_english_and_enters_the_regress
 
 
 def test_no_hand_labelled_spanish_or_german_non_refusal_is_read_as_a_refusal() -> None:
-    """The measured floor of data/languages (scripts/measure_languages.py): 0 of 128 SmolLM2 answers, none of
+    """The measured floor of data/languages (scripts/measure_languages.py): 0 of 176 SmolLM2 answers, none of
     them a refusal by the rubric, is read as one; and the sample stays at least 60 answers per language."""
     import json
 
