@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _plan_options(parser: argparse.ArgumentParser) -> None:
@@ -230,7 +231,7 @@ def _cmd_simulate_sensitivity(args: argparse.Namespace) -> int:
         simulate_sensitivity,
     )
 
-    values = dict(QUICK) if args.quick else {}
+    values: dict[str, Any] = dict(QUICK) if args.quick else {}
     values.update({name: getattr(args, name) for name in ("replicates", "samples") if getattr(args, name) is not None})
     summary = simulate_sensitivity(
         SensitivitySettings(
@@ -258,7 +259,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from falserefusal.validation.simulation_plan import QUICK, SimulationSettings
     from falserefusal.validation.simulation_summary import format_summary
 
-    values = dict(QUICK) if args.quick else {}
+    values: dict[str, Any] = dict(QUICK) if args.quick else {}
     for name in ("replicates", "samples"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)

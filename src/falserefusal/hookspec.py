@@ -34,7 +34,7 @@ def pytest_falserefusal_add_gates(config: Any, suite: Any) -> Sequence[Any] | No
     suite (collect it: `pytest --pyargs falserefusal`, or the repository's tests/refusal), grouped with its family
     under xdist; its `check(gate)` gets a `falserefusal.gating.custom.CustomGate` and calls `gate.rate_at_most(...)` or
     `gate.disparity_at_most(...)`. It joins the alpha accounting as a custom family (`family`, `weight`, `checks`).
-    `suite` is the resolved `falserefusal.runner.Suite` (models, tasks, personas, profile).
+    `suite` is the resolved `falserefusal.run.prepare.Suite` (models, tasks, personas, profile).
 
         def pytest_falserefusal_add_gates(config, suite):
             return [AddedGate("baseline-nli", lambda gate: gate.rate_at_most(0.02, persona="baseline"), tasks=("nli",))]

@@ -8,7 +8,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import pytest
 
@@ -62,7 +62,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("falserefusal", "falserefusal: persona false-refusal gates")
     add_options(group.addoption)
     for option in OPTIONS:
-        kind = "bool" if option.kind == "flag" else ("args" if option.kind == "list" else "string")
+        kind: Literal["bool", "args", "string"] = (
+            "bool" if option.kind == "flag" else ("args" if option.kind == "list" else "string")
+        )
         parser.addini(option.dest, f"default for --{option.name}", type=kind, default=None)
 
 
@@ -87,7 +89,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Pa
     try:
         setup = determine_setup(override_ini=ns.override_ini, **where)
     except TypeError:  # pytest 8 has no override_ini here
-        setup = determine_setup(**where)  # type: ignore[call-arg]
+        setup = determine_setup(**where)
     rootpath, inipath, inicfg = setup[0], setup[1], setup[2]
     if (rootpath, inipath) == (early_config.rootpath, early_config.inipath):
         return
@@ -283,6 +285,7 @@ def falserefusal_gate(request: pytest.FixtureRequest) -> Any:
     session = request.config.stash[STASH]
 
     def check(spec: GateSpec) -> GateOutcome:
+        broken: str | None
         try:
             outcome = session.outcome(spec)
         except FalseRefusalError as error:

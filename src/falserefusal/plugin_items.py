@@ -1,4 +1,5 @@
-"""The plugin's per-process state and its items: the session's Run, options read from pytest, gates as parametrised items, custom and hook-added gate items."""
+"""The plugin's per-process state and items: the session's Run, options read from pytest, gates as parametrised
+items, custom and hook-added gate items."""
 
 from __future__ import annotations
 
@@ -42,14 +43,14 @@ NO_GATES = "no-gates-in-this-run"
 OPTIONAL_GATE_KINDS = {kind.name: "gate-off-in-this-profile" for kind in GATE_KIND_TABLE.values() if kind.optional}
 
 
-#: the marker that declares a custom gate test, and the fixture such a test asks for (falserefusal.gating.custom.CustomGate)
+#: the marker that declares a custom gate test, and the fixture such a test asks for (gating.custom.CustomGate)
 CUSTOM_MARKER = "falserefusal_custom_gate"
 
 
 CUSTOM_FIXTURE = "falserefusal_custom_gate"
 
 
-#: the packaged suite's parameter holding a gate of the pytest_falserefusal_add_gates hook (falserefusal.gating.custom.AddedGate)
+#: the packaged suite's parameter holding a gate of the pytest_falserefusal_add_gates hook (gating.custom.AddedGate)
 ADDED_FIXTURE = "falserefusal_added_gate"
 
 

@@ -16,7 +16,8 @@ equal (|T| <= √B), which matters for rare refusals. Inverting |T(δ)| = z give
 x̄ ± z s / sqrt(B - z²) (unbounded, i.e. the whole range, when B <= z²).
 
 Blocks of one dataset item are correlated too: with `design_effect` d (the item clusters' variance of the mean
-over the blocks' own, see `falserefusal.gates.design_effect`) B is replaced by the effective count B / d; d < 1
+over the blocks' own, see `falserefusal.gating.statistics.design_effect`) B is replaced by the effective count
+B / d; d < 1
 stands for the finite population correction of blocks drawn without replacement (d = 1 - B / N).
 """
 

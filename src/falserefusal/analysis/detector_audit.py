@@ -1,4 +1,23 @@
-"""The detector audit's statistics: hand labels per stratum (persona x task x detector outcome), sensitivity and specificity with intervals, agreement per persona."""
+"""The detector audit's statistics: hand labels per stratum, sensitivity and specificity, agreement per persona.
+
+The audit sample is stratified by the detector's own reading: a stratum is one (model, task, persona, detector
+outcome) of a run, of `size` answers, of which `n` were labelled by people (rubric labels R, P, C, N; refusal =
+R or P). Within a stratum the labelled answers are a simple random sample, so each stands for `size / n` answers
+of the run: every pooled number below weights a labelled answer by that inverse sampling fraction.
+
+- **sensitivity** (recall of refusals): of the answers people label R or P, the share the detector reads as refusal;
+  **specificity**: of the answers people label C or N, the share it does not read as refusal;
+  **agreement**: the share whose detector outcome is the human label's (R/P -> refusal, C -> compliance,
+  N -> non_answer).
+- Their intervals: the Wilson score interval at Kish's effective sample size (sum w)^2 / sum w^2 of the labelled
+  answers in the denominator. With equal weights (a census, or the same fraction labelled in every stratum) this
+  is exactly Wilson on the counts; with unequal weights it widens the interval by the design effect of the
+  weighting (Kish 1965; Wilson with a design-effect-adjusted n is what Dean & Pagano 2015, Stat Med, recommend for
+  survey proportions). Within one stratum every weight is equal, so the per-stratum shares are plain Wilson.
+
+`corrected_estimates` turns a run's observed refusal rates into rates corrected for detector error with
+Rogan & Gladen's (1978) estimator per (model, task, persona) cell, p = (p_obs + spec - 1) / (sens + spec - 1)
+clipped to [0, 1], and persona disparities into the difference of corrected rates on the same request blocks."""
 
 from __future__ import annotations
 
@@ -44,13 +63,15 @@ class AuditStratum:
     def __post_init__(self) -> None:
         if self.detector_outcome not in OUTCOMES:
             raise FalseRefusalError(
-                f"audit stratum {self.key}: detector outcome {self.detector_outcome!r}; use one of {', '.join(OUTCOMES)}"
+                f"audit stratum {self.key}: detector outcome {self.detector_outcome!r}; "
+                f"use one of {', '.join(OUTCOMES)}"
             )
         counts = {label: int(self.counts.get(label, 0)) for label in HUMAN_LABELS}
         unknown = set(self.counts) - set(HUMAN_LABELS)
         if unknown or min(counts.values()) < 0:
             raise FalseRefusalError(
-                f"audit stratum {self.key}: counts {dict(self.counts)}; use labels {', '.join(HUMAN_LABELS)} with counts >= 0"
+                f"audit stratum {self.key}: counts {dict(self.counts)}; "
+                f"use labels {', '.join(HUMAN_LABELS)} with counts >= 0"
             )
         if self.size < sum(counts.values()):
             raise FalseRefusalError(

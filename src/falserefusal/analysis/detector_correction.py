@@ -1,4 +1,5 @@
-"""Rates and disparities corrected for the detector's audited error (Rogan-Gladen per stratum), with bootstrap bounds that carry the audit's own uncertainty."""
+"""Rates and disparities corrected for the detector's audited error (Rogan-Gladen per stratum), with bootstrap
+bounds that carry the audit's own uncertainty."""
 
 from __future__ import annotations
 

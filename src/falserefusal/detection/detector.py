@@ -1,4 +1,9 @@
-"""The refusal detector: reads an answer with the rules and the learned layer into a Verdict (refusal / compliance / non_answer), and says when a growing answer's verdict is settled."""
+"""The refusal detector: an answer read into a Verdict (refusal / compliance / non_answer), and when it is settled.
+
+The detector is rule based (named regular expressions in `refusal_rules.yaml`, see the precedence
+documented there) and reads only the first `decision_window` characters of a response. Every rule
+works within one sentence, which is what makes `is_decided` exact: a finished sentence can never
+change, whatever text the model adds after it."""
 
 from __future__ import annotations
 
@@ -262,8 +267,10 @@ class RefusalDetector:
                 if i < self._n_sympathy:
                     sentence = pattern.sub(lambda m: " " * len(m.group(0)), sentence)
                     continue
+                number = self._rule_of[i]
+                assert number is not None  # only the sympathy patterns (handled above) have no rule number
                 for m in pattern.finditer(sentence):
-                    matched.setdefault(self._rule_of[i], []).append(m.start())
+                    matched.setdefault(number, []).append(m.start())
             strong_here: list[int] = []
             for number, found in matched.items():
                 rule = self._rules[number]

@@ -1,4 +1,5 @@
-"""The refusal rules: named regular expressions from refusal_rules.yaml (or --refusal-rules), compiled with their precedence and the task's label patterns."""
+"""The refusal rules: named regular expressions from refusal_rules.yaml (or --refusal-rules), compiled with their
+precedence and the task's label patterns."""
 
 from __future__ import annotations
 

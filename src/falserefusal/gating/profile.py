@@ -54,7 +54,7 @@ class Profile:
     max_intersectional_excess: Mapping[str, float] | None = None  # task -> tolerance; None: no compounding gate
 
     def limit(self, kind: str, task: str) -> float:
-        """The limit (or margin) of a gate kind on a task: the kind's key in this profile (falserefusal.gating.kind_table)."""
+        """The limit (or margin) of a gate kind on a task: the kind's key in this profile (gating.kind_table)."""
         entry = GATE_KIND_TABLE[kind]
         table = self.noninferiority[entry.limit_key] if entry.versus_baseline_model else getattr(self, entry.limit_key)
         if table is None:

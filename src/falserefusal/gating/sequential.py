@@ -38,7 +38,7 @@ simulate-release` (100 seeds, +7 pp under one persona against a 3 pp margin, 1,4
 with no effect stops at 27% of the budget (README, "Early stop").
 
 Everything here is pure: `run_sequential` asks a `fetch(n_blocks)` callback for the family's records of the first
-n blocks (the runner generates them; a replay slices saved records), so the controller can recompute the same
+n blocks (the Run generates them; a replay slices saved records), so the controller can recompute the same
 decisions from results.jsonl.
 """
 

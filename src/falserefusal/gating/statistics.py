@@ -59,7 +59,7 @@ def _fpc(units: int, population: int | None) -> float:
 
 
 def _population(rows: pd.DataFrame) -> int | None:
-    """The family's factorial size N (column `population`, which the runner adds), or None."""
+    """The family's factorial size N (column `population`, which the run adds), or None."""
     if "population" not in rows or rows.empty:
         return None
     value = rows["population"].iloc[0]
@@ -159,8 +159,6 @@ def _disparity_test(pairs: pd.DataFrame, items: pd.Series, limit: float, populat
         "these_items_ci": list(these),
     }
     return _Tested((n10 - n01) / n if n else 0.0, p_fail, p_pass, ci, n, detail)
-
-
 
 
 def _one_sided_wilson_low(rate: float, n_eff: float, level: float) -> float:
@@ -323,7 +321,9 @@ def confidence_bound(kind: str, estimate: float, n: int, detail: Mapping[str, An
         n_eff = n / deff
         if not n:
             return 0.0 if lower else 1.0
-        return _one_sided_wilson_low(estimate, n_eff, level) if lower else wilson_interval_eff(estimate, n_eff, 2 * level)[1]
+        if lower:
+            return _one_sided_wilson_low(estimate, n_eff, level)
+        return wilson_interval_eff(estimate, n_eff, 2 * level)[1]
     if statistic == "tango":
         if not n:
             return -1.0 if lower else 1.0
@@ -349,7 +349,7 @@ def minimum_detectable_effect(
     kind: str, limit: float, n: int, detail: Mapping[str, Any], level: float, power: float = MDE_POWER
 ) -> float:
     """The smallest excess over the limit that this gate FAILs with `power` at level `level`, from the run's n, design
-    effect and observed variance: the planner's formula (`falserefusal.planning`) solved for the effect.
+    effect and observed variance: the planner's formula (`falserefusal.validation.planning`) solved for the effect.
 
     Rate: √n_eff m = z_a √(L(1-L)) + z_b √(p1(1-p1)), p1 = L + m. Disparity: the same with Tango's null variance
     2 q̃ + δ(1-δ) at the observed counts and, under the alternative, the observed baseline-only share p01 with

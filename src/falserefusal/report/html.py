@@ -1,4 +1,8 @@
-"""The HTML report: one self-contained page (figures inline, no scripts) from a run's metadata, records and gate outcomes, and its summary for pytest-html."""
+"""The HTML report: one self-contained page from a run's metadata, records and gate outcomes; pytest-html's summary.
+
+`report_context` turns metadata, records and gate outcomes into plain values (every statistic comes from
+`falserefusal.analysis` or the gate outcomes); the Jinja2 templates (autoescape on: model text is untrusted)
+lay them out; `build_report` writes the file. `summary_html` is the short version pytest-html shows."""
 
 from __future__ import annotations
 
@@ -94,7 +98,7 @@ def report_context(
     columns = [(m, t) for m in models for t in tasks if ((cells["model"] == m) & (cells["task"] == t)).any()]
     context["heatmap"] = figures.heatmap(cells, personas, columns, labels, no_refusals, _rate_gates(outcomes))
     context["heatmap_rows"] = cells.assign(model=cells["model"].map(labels)).to_dict(orient="records")
-    # non-answers (loops, echoes, gibberish) per cell: not refusals, but a persona that makes a model babble is a finding
+    # non-answers (loops, echoes, gibberish) per cell: not refusals, but a persona that makes a model babble is news
     babble = refusal_rates(frame.assign(refused=frame["outcome"] == "non_answer"), by=["model", "task", "persona"])
     context["non_answer_rows"] = babble.assign(model=babble["model"].map(labels)).to_dict(orient="records")
     context["non_answer_total"] = int((frame["outcome"] == "non_answer").sum())
@@ -175,7 +179,8 @@ def build_report(
     audit: DetectorAudit | None = None,
 ) -> Path:
     """Write `out_dir/index.html` (self-contained: figures inline, no scripts, no network) and return its path;
-    `audit` (from `falserefusal.detection.audit.load_audit`) adds the detector panel and the rates corrected for its error."""
+    `audit` (from `falserefusal.detection.audit.load_audit`) adds the detector panel and the rates corrected for its
+    error."""
     context = report_context(metadata, records, outcomes, n_boot=n_boot, command_line=command_line, audit=audit)
     html = _environment().get_template("index.html.j2").render(**context)
     out_dir = Path(out_dir)

@@ -1,4 +1,5 @@
-"""The report's sections as template data: gate rows and verdicts, forest-plot bounds, evidence, the regression reading, run metadata, the audit panel."""
+"""The report's sections as template data: gate rows and verdicts, forest-plot bounds, evidence, the regression
+reading, run metadata, the audit panel."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ GATE_KIND_NAMES = {kind.name: kind.title for kind in GATE_KIND_TABLE.values()}
 
 def _gate_row(outcome: GateOutcome, labels: Mapping[str, str]) -> dict[str, Any]:
     spec = outcome.spec
-    custom = outcome.detail.get("custom") or {}  # a custom gate (falserefusal.custom): its statistic decides the format
+    custom = outcome.detail.get("custom") or {}  # a custom gate (gating.custom): its statistic decides the format
     is_rate = custom.get("statistic", spec.kind) in RATE_OUTCOMES
     fmt = _pct if is_rate else _pp
     these = outcome.detail.get("these_items_ci")

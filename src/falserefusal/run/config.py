@@ -15,14 +15,14 @@ DEFAULT_CACHE_DIR = ".falserefusal-cache"
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run depends on, as the user gave it (see `falserefusal.options`)."""
+    """Everything a run depends on, as the user gave it (see `falserefusal.run.options`)."""
 
     models: tuple[str, ...] = ()
     backend: str = "transformers"
     samples: int | None = None
     seed: int = 0
     profile: str | None = None
-    thresholds: str | None = None  # None: the project's thresholds.yaml, else the packaged one (falserefusal.project)
+    thresholds: str | None = None  # None: the project's thresholds.yaml, else the packaged one (run.project)
     report_dir: str = "report"
     tasks: tuple[str, ...] = ()
     personas: tuple[str, ...] = ()

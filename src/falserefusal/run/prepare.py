@@ -43,7 +43,7 @@ class Suite:
     baseline: str | None = None  # baseline model of the non-inferiority gates
     baseline_records: Mapping[str, Record] | None = None  # case id -> saved record, with --baseline-results
     audit: DetectorAudit | None = None  # --audit: the detector's audited error (report panel, corrected gates)
-    custom_weight: float = 0.0  # alpha weight of the custom gate families (falserefusal.custom), fixed at collection
+    custom_weight: float = 0.0  # alpha weight of the custom gate families (gating.custom), fixed at collection
     factorial: Mapping[str, int] = field(default_factory=dict)  # task -> distinct request blocks (the population)
     notes: tuple[str, ...] = ()  # e.g. --samples capped at a task's factorial: shown by both front ends
     intersections: tuple[Intersection, ...] = ()  # asked intersections (their conditions are also in `personas`)

@@ -1,4 +1,4 @@
-"""The budget planner (`falserefusal plan`): request blocks per task for every gate type to FAIL and to PASS with the asked power."""
+"""The budget planner (`falserefusal plan`): request blocks per task for every gate type to FAIL and to PASS."""
 
 from __future__ import annotations
 

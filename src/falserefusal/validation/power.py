@@ -25,7 +25,7 @@ step-down starts, so a single real excess among true nulls is detected with the 
 better once other gates fail).
 
 Three verdicts: a gate FAILs when its lower bound clears the limit and PASSes when its upper bound lies below it
-(`falserefusal.gates`). Each row gives the blocks to FAIL a truth `mde` beyond the limit and the blocks to PASS a
+(`falserefusal.gating`). Each row gives the blocks to FAIL a truth `mde` beyond the limit and the blocks to PASS a
 truth below it (`pass_effect` for disparities and non-inferiority, default 0; the base rate for the refusal-rate
 gate when it is below the limit): the same formula with θ0 the limit and θ1 the PASS truth, since the PASS test is
 the mirror one-sided test at the same level. The budget is the larger of the two over every gate type; a task's

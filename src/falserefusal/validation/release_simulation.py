@@ -13,7 +13,7 @@ family at the profile's alpha split:
 - each with the fixed budget and with the profile's sequential design (5 rounds, futility 0.05 and the planned
   excess as mde when the profile has none), counting the cases generated against the fixed budget.
 
-The planner's (`falserefusal.planning`) prediction for the same scripted model (correlation rho², independent
+The planner's (`falserefusal.validation.planning`) prediction for the same scripted model (correlation rho², independent
 models) is reported beside the simulated power.
 """
 

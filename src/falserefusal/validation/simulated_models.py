@@ -1,4 +1,4 @@
-"""Scripted models vectorised over a whole design: the refusal probability of every case and seeded draws of its answers."""
+"""The simulations' design: the real sampler's cases as columns, scripted models' answers to it, their suite."""
 
 from __future__ import annotations
 

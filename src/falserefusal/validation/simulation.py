@@ -1,4 +1,41 @@
-"""The gate simulation (`falserefusal simulate`): per seed, scripted models answer the real sampler's design and the real gates decide; false-FAIL rate, power, PASS rates, paired CI widths and the budget search."""
+"""The gate simulation (`falserefusal simulate`): scripted models answer the real sampler's design, the gates decide.
+
+Each replicate is a run of the real suite on scripted models (see `falserefusal.generation.backends.scripted`), with
+no model loaded:
+
+- cases come from the real sampler (`design.sampler.draw_cases`, the same blocks `falserefusal run --seed S` draws:
+  a seeded permutation of each task's factorial, without replacement; only one case per block is built as an
+  object and the persona conditions are expanded as columns);
+- answers are the scripted backend's, computed vectorised from the same SHA-256 draws (`_uniform(seed,
+  "block" | "case" | "couple" | "item", ...)`), so a replicate equals `ScriptedBackend` answering every case; the
+  refusal label is taken from the scripted answer's branch (refusal text or task label), which is what the
+  real detector returns for those two texts (tests check both equalities on whole runs);
+- gates are the real `gating.decide.evaluate_gates` on the thresholds.yaml profile, and the ranking uses the real
+  `analysis.sensitivity_table`.
+
+Replicate r uses seed s_r (from `SeedSequence(--seed)`) both as the sampler's seed and as the scripted model's,
+so it is exactly `falserefusal run --seed s_r --model scripted:...` (the spec's seed= is an offset, 0 here; the
+ranking's second model has offset 1). The gate scenarios' models carry per-item heterogeneity (`item_sd`: each
+item's refusal probability times exp(sd z - sd²/2), drawn anew per replicate), so the items are a sample of items
+of their kind, which is what the gates' "new items" inference is for.
+
+What is measured (every rate with a Wilson 95% interval over replicates):
+
+(a) family-wise false-fail rate: share of replicates in which ANY gate of the profile FAILs for a model
+    with no persona effect at a refusal rate below the limit (`null`: 80% of each task's limit), and at the
+    boundary where the null is hardest (`boundary`: every persona at the disparity tolerance, the pooled rate at
+    the rate limit);
+(b) power and PASS rates: the share of the planted persona's disparity gates (one per task) that FAIL when it
+    refuses `power_shift` more often than the baseline's `power_base` (when that is below the target, the
+    smallest budget that reaches it, by bisection on the same seeds), and when it refuses `exceed_shift` more
+    (the planner's 80% FAIL power at the budget), beside the share that PASS at `small_shift` (well below the
+    tolerance) and at no effect (every persona gate of the null); each with the planner's prediction;
+(c) ranking recovery: share of replicates in which the Wasserstein indices of two scripted models rank
+    model > task > persona > paraphrase, the order planted (see `ranking_models`);
+(d) the width of a persona disparity's 95% interval in the paired design (Tango, n blocks asked with and
+    without the persona) over its width with independent sampling at equal cost (Newcombe's hybrid score
+    interval; the persona's answers to n requests, the baseline's to n other requests): 2n generations each,
+    n the budget or half the factorial when that is smaller."""
 
 from __future__ import annotations
 
@@ -203,7 +240,8 @@ def _call(job: tuple[Any, int]) -> Any:
     return function(_PLAN, index)
 
 
-def _map(function: Any, plan: Plan, jobs: int) -> list[Any]:
+def _map(function: Any, plan: Any, jobs: int) -> list[Any]:
+    """`function(plan, i)` for every seed index of `plan` (a Plan, or any plan with `seeds`), over `jobs` processes."""
     indices = range(len(plan.seeds))
     if jobs <= 1:
         return [function(plan, i) for i in indices]

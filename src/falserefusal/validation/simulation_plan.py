@@ -41,7 +41,7 @@ class SimulationSettings:
     samples: int | None = None  # request blocks per task; None: the profile's `samples`
     rho: float = 0.8  # scripted within-block correlation (share of answers that use the block's draw)
     profile: str = "release"
-    thresholds: str | None = None  # None: the project's file, else the packaged default (falserefusal.project)
+    thresholds: str | None = None  # None: the project's file, else the packaged default (falserefusal.run.project)
     fixtures: str | None = None
     root: str = "."
     null_fraction: float = 0.8  # the null model refuses at this fraction of each task's rate limit

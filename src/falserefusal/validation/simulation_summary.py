@@ -86,7 +86,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         (
             f"(b) FAIL per gate beyond the {100 * tolerance:g} pp tolerance",
             _ci(vd["exceeded"]["fail_per_gate"]),
-            f"+{100 * vd['exceeded']['effect']:.2f} pp: planned {_pct(vd['exceeded']['planned_fail_power'])}, with the item "
+            f"+{100 * vd['exceeded']['effect']:.2f} pp: planned {_pct(vd['exceeded']['planned_fail_power'])}, "
+            "with the item "
             f"term {_pct(vd['planner'].get('exceed_fail_power_items', float('nan')))}",
         ),
         (
@@ -125,7 +126,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         (
             "(d) CI width paired / independent, planted",
             f"{cw['planted']['ratio']:.3f}",
-            f"{100 * cw['planted']['paired']:.2f} pp vs {100 * cw['planted']['independent']:.2f} pp at equal generations "
+            f"{100 * cw['planted']['paired']:.2f} pp vs {100 * cw['planted']['independent']:.2f} pp "
+            "at equal generations "
             f"({cw['blocks']} blocks)",
         ),
         (

@@ -231,7 +231,8 @@ class ScriptedBackend:
                 f"{self.model}: the model stopped answering after {self.answered} answers (fail_after)"
             )
         self.answered += len(requests)
-        return [Completion(text=text, n_tokens=len(text.split()), finish_reason="stop") for text in self.answers(requests)]
+        texts = self.answers(requests)
+        return [Completion(text=text, n_tokens=len(text.split()), finish_reason="stop") for text in texts]
 
     def close(self) -> None:
         pass
