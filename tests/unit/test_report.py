@@ -230,3 +230,16 @@ def test_recorded_command_is_one_a_user_can_rerun(argv: list[str], expected: str
     from falserefusal.run.results import rerunnable_command
 
     assert rerunnable_command(argv) == expected
+
+
+def test_the_report_says_how_well_the_detector_reads_open_ended_and_other_language_tasks(tmp_path: Path) -> None:
+    """Issue 14: a run with open-ended tasks or other languages shows the detector's measured accuracy for them."""
+    mixed = run_scripted(tmp_path / "mixed", ["scripted:base=0.1"], samples=3, tasks=["nli", "story", "nli_de"],
+                         personas=["muslim"])
+    html = build_report(mixed.metadata, mixed.records, mixed.outcomes, tmp_path / "mixed").read_text()
+    panel = html[html.index('id="detector-measured"'):html.index('<section id="disparities">')]
+    assert "open-ended tasks" in panel and "0.48 (15/31" in panel and "German prompts" in panel
+    assert "Spanish prompts" not in panel  # only the run's languages
+    plain = run_scripted(tmp_path / "plain", ["scripted:base=0.1"], samples=3, tasks=["nli"], personas=["muslim"])
+    assert 'id="detector-measured"' not in build_report(plain.metadata, plain.records, plain.outcomes,
+                                                        tmp_path / "plain").read_text()

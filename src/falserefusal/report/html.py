@@ -19,6 +19,7 @@ from falserefusal.gating.kinds import GateOutcome
 from falserefusal.generation.models import model_labels
 from falserefusal.report import figures
 from falserefusal.report.intersections import intersection_panel
+from falserefusal.report.detector_measured import measured_accuracy
 from falserefusal.report.language_section import language_panel
 from falserefusal.report.sections import (
     _audit_section,
@@ -103,6 +104,7 @@ def report_context(
     context["non_answer_rows"] = babble.assign(model=babble["model"].map(labels)).to_dict(orient="records")
     context["non_answer_total"] = int((frame["outcome"] == "non_answer").sum())
     context["languages"] = language_panel(frame, personas, labels)  # None unless the run asks in several languages
+    context["detector_measured"] = measured_accuracy(records)  # open-ended tasks, other languages: what was measured
 
     # 3. forest plot of persona disparities, with CIs adjusted over each gate family
     alpha, alpha_text = _forest_alpha(outcomes)
