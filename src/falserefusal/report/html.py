@@ -18,8 +18,8 @@ from falserefusal.analysis.sensitivity import DEFAULT_FACTORS
 from falserefusal.gating.kinds import GateOutcome
 from falserefusal.generation.models import model_labels
 from falserefusal.report import figures
-from falserefusal.report.intersections import intersection_panel
 from falserefusal.report.detector_measured import measured_accuracy
+from falserefusal.report.intersections import intersection_panel
 from falserefusal.report.language_section import language_panel
 from falserefusal.report.sections import (
     _audit_section,
