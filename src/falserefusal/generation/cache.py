@@ -249,3 +249,35 @@ class GenerationCache:
 
     def close(self) -> None:
         self.db.close()
+
+
+class CachedBackend:
+    """A backend behind the cache: `stored(requests)` is what the cache already holds, `generate` asks the backend
+    for the rest and commits each answered batch before returning it (a killed run loses the batch in flight only)."""
+
+    def __init__(
+        self, backend: Any, cache: GenerationCache | None, kind: str, model: str, decoding: Mapping[str, Any]
+    ) -> None:
+        self.backend, self.cache, self.kind, self.model = backend, cache, kind, model
+        self.identity = backend.identity()
+        self.decoding = dict(decoding)
+
+    def key(self, request: GenerationRequest) -> CacheKey:
+        return CacheKey.of(self.kind, self.model, self.identity, request, self.decoding)
+
+    def stored(self, requests: Sequence[GenerationRequest]) -> dict[int, Completion]:
+        """index -> cached completion, for the requests the cache holds (none with the cache off)."""
+        if self.cache is None:
+            return {}
+        keys = [self.key(request) for request in requests]
+        found = self.cache.get(keys)
+        return {i: found[key.key] for i, key in enumerate(keys) if key.key in found}
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], max_new_tokens: int, stop_when: Any = None
+    ) -> list[Completion]:
+        answers = [answer.storable() for answer in self.backend.generate(requests, max_new_tokens, stop_when)]
+        # storable: a lone surrogate (a served model's JSON can carry one) cannot be stored, nor shown
+        if self.cache is not None:
+            self.cache.put(self.kind, self.model, self.identity, [(self.key(r), a) for r, a in zip(requests, answers)])
+        return answers

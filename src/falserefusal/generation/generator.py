@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from falserefusal import registry
 from falserefusal.generation.backends import Backend, Capabilities
-from falserefusal.generation.cache import Cached, CacheKey, GenerationCache
+from falserefusal.generation.cache import Cached, CachedBackend, CacheKey, GenerationCache
 from falserefusal.generation.models import ModelRef
 from falserefusal.generation.scheduling import length_order, run_batches
 from falserefusal.run.config import RunConfig
@@ -104,14 +104,9 @@ class Generator:
             )
         else:
             backend = self.backend(model)
-            identity = backend.identity()
             detector = self.detector
-            decoding = decoding_settings(self.config, detector.version)
-            keys = [CacheKey.of(kind, model, identity, request, decoding) for request in requests]
-            completions = {}
-            if self.cache is not None:
-                stored = self.cache.get(keys)
-                completions = {i: stored[key.key] for i, key in enumerate(keys) if key.key in stored}
+            caching = CachedBackend(backend, self.cache, kind, model, decoding_settings(self.config, detector.version))
+            completions = caching.stored(requests)
             from_cache = set(completions)
             self.cache_counts["hits"] += len(from_cache)
             capabilities = Capabilities.of(backend)
@@ -134,10 +129,7 @@ class Generator:
             ) as bar:
 
                 def done(chunk: Sequence[int], answers: Sequence[Completion]) -> None:
-                    answers = [answer.storable() for answer in answers]  # a lone surrogate cannot be stored
-                    if self.cache is not None:
-                        self.cache.put(kind, model, identity, [(keys[i], answer) for i, answer in zip(chunk, answers)])
-                    completions.update(zip(chunk, answers))
+                    completions.update(zip(chunk, answers))  # already committed to the cache by `caching`
                     self.cache_counts["generated"] += len(chunk)
                     bar.update(len(chunk))
 
@@ -147,7 +139,7 @@ class Generator:
                         _, size = run_batches(
                             todo,
                             size,
-                            lambda chunk: backend.generate(
+                            lambda chunk: caching.generate(
                                 [requests[i] for i in chunk], options.max_new_tokens, stop_when
                             ),
                             on_oom=capabilities.release_memory,
