@@ -226,9 +226,7 @@ def disparity_power(
     items: int = 66,
 ) -> float:
     """Chance that a persona disparity gate (tolerance δ) FAILs a true disparity `effect` > δ at `blocks` blocks."""
-    delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, effect, correlation)
-    n = blocks / item_design_effect(blocks, items, item_ratio(delta, sigma1, item_sd))
-    return float(norm.cdf((math.sqrt(n) * (delta - limit) - norm.isf(level) * sigma0) / sigma1))
+    return _disparity_side_power(base_rate, limit, effect, level, blocks, correlation, item_sd, items, +1)
 
 
 def disparity_pass_power(
@@ -242,6 +240,21 @@ def disparity_pass_power(
     items: int = 66,
 ) -> float:
     """Chance that a persona disparity gate (tolerance δ) PASSes a true disparity `effect` < δ at `blocks` blocks."""
+    return _disparity_side_power(base_rate, limit, effect, level, blocks, correlation, item_sd, items, -1)
+
+
+def _disparity_side_power(
+    base_rate: float,
+    limit: float,
+    effect: float,
+    level: float,
+    blocks: int,
+    correlation: float,
+    item_sd: float,
+    items: int,
+    side: int,
+) -> float:
+    """One-sided power of Tango's test at the items' effective n: side +1 the FAIL test (δ above the limit), -1 PASS."""
     delta, sigma0, sigma1 = _disparity_sigmas(base_rate, limit, effect, correlation)
     n = blocks / item_design_effect(blocks, items, item_ratio(delta, sigma1, item_sd))
-    return float(norm.cdf((math.sqrt(n) * (limit - delta) - norm.isf(level) * sigma0) / sigma1))
+    return float(norm.cdf((math.sqrt(n) * side * (delta - limit) - norm.isf(level) * sigma0) / sigma1))
