@@ -364,7 +364,15 @@ def falserefusal_custom_gate(request: pytest.FixtureRequest) -> CustomGate:
         _decide(request, state, outcome)
 
     return CustomGate(
-        request.node.name, family, alpha, model, task, _results(request).scoped(model, task), report, declaration.checks
+        request.node.name,
+        family,
+        alpha,
+        model,
+        task,
+        _results(request).scoped(model, task),
+        report,
+        declaration.checks,
+        suite.profile.alpha,
     )
 
 

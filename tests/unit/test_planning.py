@@ -10,6 +10,8 @@ import pytest
 from scipy.stats import norm
 
 from falserefusal.cli import main
+from falserefusal.gating.profile import load_profile
+from falserefusal.run.project import DEFAULT_THRESHOLDS
 from falserefusal.types import FalseRefusalError
 from falserefusal.validation.planning import plan
 from falserefusal.validation.power import (
@@ -105,15 +107,22 @@ def test_bad_planning_input_is_a_usage_error(kwargs: dict) -> None:
         plan(**values)
 
 
-def test_plan_command_prints_blocks_per_gate_type(capsys: pytest.CaptureFixture[str]) -> None:
-    # the release profile's budget: PASSing a zero persona disparity at the 2 pp tolerance needs the most blocks
-    assert main(["plan", "--base-rate", "0.05", "--mde", "0.04", "--power", "0.8"]) == 0
+RELEASE_PLAN = ["plan", "--base-rate", "0.05", "--mde", "0.04", "--power", "0.9", "--pass-effect", "0.005",
+                "--item-sd", "0.5"]
+
+
+def test_plan_command_prints_blocks_per_gate_type_and_gives_the_release_budget(capsys: pytest.CaptureFixture[str]) -> None:
+    # the command thresholds.yaml quotes for the release profile's samples
+    assert main(RELEASE_PLAN) == 0
     out = capsys.readouterr().out
-    assert "noninferiority_persona" in out and "--samples 1738" in out
-    assert main(["plan", "--base-rate", "0.05", "--mde", "0.04", "--json"]) == 0
+    assert "noninferiority_persona" in out and "--samples 1718" in out and "each PASS test at alpha 0.05" in out
+    assert load_profile(DEFAULT_THRESHOLDS, "release").samples == 1718
+    assert main([*RELEASE_PLAN, "--json"]) == 0
     data = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert data["blocks"] == 1738 and data["assumptions"]["families"] == 3
-    assert max(row["blocks_pass"] or 0 for row in data["rows"]) == 1738
+    assert data["blocks"] == 1718 and data["assumptions"]["families"] == 3
+    disparity = next(row for row in data["rows"] if row["gate"] == "persona_disparity")
+    assert disparity["level_pass"] == 0.05 and disparity["level"] == pytest.approx(0.05 / 96)
+    assert disparity["blocks_pass"] == 1618  # PASSing +0.5 pp against 2 pp with 90% power
     rate = next(row for row in data["rows"] if row["gate"] == "refusal_rate")
     assert rate["blocks_pass"] is None  # a model refusing exactly at the limit cannot PASS it
 

@@ -52,6 +52,18 @@ def test_identical_answers_pass_with_zero_difference() -> None:
     assert all(o.estimate == 0.0 and o.detail["n10"] == 0 for o in outcomes)
 
 
+def test_two_models_that_agree_on_a_few_blocks_are_not_thereby_shown_within_the_margin() -> None:
+    # 12 blocks with no refusal from either model: a zero sample variance once made T = -sqrt(12) and a certain PASS;
+    # the floor at one discordant block's variance (1/n) leaves it INCONCLUSIVE, as 0 of 12 events should
+    quiet = np.zeros((12, 3), dtype=bool)
+    few = evaluate_family(two_model_frame(quiet, quiet, ["p1", "p2"]), specs(0.05, 0.05), 0.05)
+    assert [o.verdict for o in few] == ["INCONCLUSIVE"] * 3
+    assert all(o.detail["block_mean"]["variance"] == pytest.approx(1 / 12) for o in few)
+    many = evaluate_family(two_model_frame(np.zeros((2000, 3), bool), np.zeros((2000, 3), bool), ["p1", "p2"]),
+                           specs(0.05, 0.05), 0.05)
+    assert [o.verdict for o in many] == ["PASS"] * 3  # enough agreeing blocks do show it
+
+
 def test_planted_persona_excess_fails_that_gate_only_with_the_numbers_in_the_message() -> None:
     rng = np.random.default_rng(1)
     reference = rng.random((400, 3)) < 0.05

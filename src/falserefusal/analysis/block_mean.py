@@ -24,7 +24,7 @@ stands for the finite population correction of blocks drawn without replacement 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -54,6 +54,14 @@ class BlockMean:
         if x.size == 0:
             return cls(0, 0.0, 0.0, low, high)
         return cls(int(x.size), float(x.mean()), float(x.var()), low, high)
+
+    def with_variance_floor(self) -> "BlockMean":
+        """The same statistics with the variance at least 1/n, that of one discordant block (X = 1) among n: blocks
+        that all agree (e.g. no refusal under any condition) would otherwise PASS a margin with a zero-width interval,
+        as a Wald test does when 0 of n events are seen; the smallest detectable effect assumes the same floor."""
+        if self.n == 0:
+            return self
+        return replace(self, variance=max(self.variance, 1.0 / self.n))
 
     def statistic(self, margin: float) -> float:
         """T(margin); NaN when every block sits exactly on the margin (no evidence either way)."""

@@ -6,6 +6,7 @@ alpha x its count / the total, so a model that meets every limit fails any gate,
 probability at most alpha. Inside a custom family the gates are Bonferroni-corrected (each is decided at the
 family's alpha over its number of gates, which is fixed at collection): Holm would need every p-value of the family
 before the first verdict, and a custom family's gates are separate test items that may run on different workers.
+A custom gate's PASS test is at the run's alpha, unadjusted, like a built-in gate's (`gating.kinds.pass_alpha`).
 """
 
 from __future__ import annotations
@@ -135,9 +136,11 @@ def subset_outcome(
     level: float,
     persona: str | None = None,
     reference: str = BASELINE_ID,
+    alpha_pass: float | None = None,
 ) -> GateOutcome:
-    """The built-in gate's test of `statistic` on any subset of one model's records, decided at `level` (the subset
-    is relabelled as one family, so the numbers are exactly those a built-in gate would report)."""
+    """The built-in gate's test of `statistic` on any subset of one model's records, its FAIL test decided at `level`
+    and its PASS test at `alpha_pass` (default `level`) (the subset is relabelled as one family, so the numbers are
+    exactly those a built-in gate would report)."""
     if statistic not in STATISTICS:
         raise FalseRefusalError(f"custom gate statistic {statistic!r}: use one of {', '.join(STATISTICS)}")
     if frame.empty:
@@ -159,7 +162,9 @@ def subset_outcome(
         rows = rows[rows["persona"].isin([persona, reference])]
         rows = rows.assign(persona=rows["persona"].map({persona: _CONDITION, reference: BASELINE_ID}))
         spec_persona = _CONDITION
-    [outcome] = evaluate_family(rows, [GateSpec(statistic, models[0], tasks, spec_persona, float(limit))], level)
+    [outcome] = evaluate_family(
+        rows, [GateSpec(statistic, models[0], tasks, spec_persona, float(limit))], level, alpha_pass=alpha_pass
+    )
     if statistic == "persona_disparity":
         evidence = tuple(e.replace(_CONDITION, persona or "") for e in outcome.evidence)
         label = persona if reference == BASELINE_ID else f"{persona} vs {reference}"
@@ -304,8 +309,10 @@ class CustomGate:
         results: Results,
         report: Callable[[GateOutcome], None],
         checks: int = 1,
+        alpha_pass: float | None = None,
     ) -> None:
         self.name, self.family, self.alpha_family = name, family, alpha_family
+        self.alpha_pass = alpha_pass  # the run's alpha (None: the Bonferroni level, as before 0.2.1)
         self.model, self.task, self.results = model, task, results
         self._report, self._checks, self._done = report, checks, 0
 
@@ -335,11 +342,12 @@ class CustomGate:
             )
         rows = self.results.for_(**{"model": self.model, **factors})
         m = self.family.gates
-        outcome = subset_outcome(rows, statistic, limit, self.alpha_family / m, persona, reference)
+        outcome = subset_outcome(rows, statistic, limit, self.alpha_family / m, persona, reference, self.alpha_pass)
         name = self.name if self._checks == 1 else f"{self.name}#{self._done}"
-        adjusted = {"p_adjusted": min(1.0, m * outcome.p_value)}
-        if hasattr(outcome, "p_pass_adjusted"):
+        adjusted: dict[str, Any] = {"p_adjusted": min(1.0, m * outcome.p_value)}
+        if self.alpha_pass is None:  # PASS at the Bonferroni level too: its p on the family's alpha scale
             adjusted["p_pass_adjusted"] = min(1.0, m * outcome.p_pass)
+            adjusted["alpha_pass"] = self.alpha_family
         detail = {
             **outcome.detail,
             "custom": {

@@ -1,4 +1,4 @@
-"""Deciding a (model, task) family's gates together: Holm within the family for FAIL and PASS, alpha per family."""
+"""Deciding a (model, task) family's gates together: FAIL tests Holm within the family, PASS tests each at alpha."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from falserefusal.analysis.detector_correction import GATE_BOOTSTRAP, CorrectedE
 from falserefusal.analysis.paired import holm_adjusted
 from falserefusal.gating.excess import excess_test
 from falserefusal.gating.kind_table import GATE_KIND_TABLE
-from falserefusal.gating.kinds import EVIDENCE_LIMIT, GateOutcome, GateSpec, family_alpha, verdict_of
+from falserefusal.gating.kinds import EVIDENCE_LIMIT, GateOutcome, GateSpec, family_alpha, pass_alpha, verdict_of
 from falserefusal.gating.profile import Profile
 from falserefusal.gating.statistics import (
     ModelPairs,
@@ -56,10 +56,15 @@ def _with_correction(tested: _Tested, spec: GateSpec, correction: CorrectedEstim
 
 
 def evaluate_family(
-    frame: pd.DataFrame, specs: Sequence[GateSpec], alpha_family: float, correction: CorrectedEstimates | None = None
+    frame: pd.DataFrame,
+    specs: Sequence[GateSpec],
+    alpha_family: float,
+    correction: CorrectedEstimates | None = None,
+    alpha_pass: float | None = None,
 ) -> list[GateOutcome]:
-    """Test every gate of one (model, task) family on its records, then Holm-correct within the family, once for
-    the FAIL tests and once for the PASS tests; with `correction`, rate and disparity gates test corrected rates."""
+    """Test every gate of one (model, task) family on its records: the FAIL tests Holm-corrected within the family at
+    `alpha_family`, each PASS test at `alpha_pass` (the profile's alpha, `pass_alpha`; default `alpha_family`)
+    unadjusted; with `correction`, rate and disparity gates test corrected rates."""
     raw: list[tuple[GateSpec, _Tested]] = []
     tables: dict[tuple[str, str, str], ModelPairs] = {}
     pivots: dict[tuple[str, str], tuple[pd.DataFrame, pd.Series, int | None]] = {}
@@ -95,12 +100,12 @@ def evaluate_family(
         return []
     p_fail = np.array([tested.p_fail for _, tested in raw])
     p_pass = np.array([tested.p_pass for _, tested in raw])
-    adjusted_fail, adjusted_pass = holm_adjusted(p_fail), holm_adjusted(p_pass)
-    levels_fail, levels_pass = holm_levels(p_fail, alpha_family), holm_levels(p_pass, alpha_family)
+    level_pass = alpha_family if alpha_pass is None else alpha_pass
+    adjusted_fail, levels_fail = holm_adjusted(p_fail), holm_levels(p_fail, alpha_family)
     bonferroni = alpha_family / len(raw)  # where Holm starts: the level the planner and the MDE use
     outcomes = []
     for index, (spec, tested) in enumerate(raw):
-        verdict = verdict_of(adjusted_fail[index], adjusted_pass[index], alpha_family)
+        verdict = verdict_of(adjusted_fail[index], p_pass[index], alpha_family, level_pass)
         outcomes.append(
             GateOutcome(
                 spec=spec,
@@ -119,11 +124,12 @@ def evaluate_family(
                 evidence=tested.evidence,
                 verdict=verdict,
                 upper_bound=float(
-                    confidence_bound(spec.kind, tested.estimate, tested.n, tested.detail, levels_pass[index], "upper")
+                    confidence_bound(spec.kind, tested.estimate, tested.n, tested.detail, level_pass, "upper")
                 ),
                 p_pass=float(tested.p_pass),
-                p_pass_adjusted=float(adjusted_pass[index]),
+                p_pass_adjusted=float(p_pass[index]),
                 mde=float(minimum_detectable_effect(spec.kind, spec.limit, tested.n, tested.detail, bonferroni)),
+                alpha_pass=float(level_pass),
             )
         )
     return outcomes
@@ -147,5 +153,5 @@ def evaluate_gates(
     alpha = family_alpha(profile, n_families or len(families))
     outcomes: list[GateOutcome] = []
     for family_specs in families.values():
-        outcomes.extend(evaluate_family(frame, family_specs, alpha, correction))
+        outcomes.extend(evaluate_family(frame, family_specs, alpha, correction, pass_alpha(profile)))
     return outcomes

@@ -15,8 +15,7 @@ from falserefusal.types import BASELINE_ID
 def excess_test(wide: pd.DataFrame, items: pd.Series, spec: GateSpec, population: int | None) -> _Tested:
     """d_I - Σ d_m on the family's complete blocks (`wide`: block x condition refusals), one-sided against the
     tolerance: FAIL when the excess is shown above it, PASS when shown below (falserefusal.analysis.intersections).
-    The blocks' variance is floored at that of one discordant block (1/n, as the smallest detectable effect assumes):
-    blocks that all agree (no refusal under any of the conditions) would otherwise PASS with a zero-width interval."""
+    The blocks' variance is floored at that of one discordant block (`BlockMean.with_variance_floor`)."""
     intersection = spec.persona or ""
     result = compounding(wide, intersection, spec.markers)
     stats = result.excess
@@ -25,7 +24,7 @@ def excess_test(wide: pd.DataFrame, items: pd.Series, spec: GateSpec, population
         table = wide[[BASELINE_ID, *spec.markers, intersection]].dropna().astype(bool)
         values = excess_values(table, intersection, spec.markers)
         deff = design_effect(values, items.reindex(table.index))
-        stats = replace(stats, variance=max(stats.variance, 1.0 / stats.n), design_effect=deff)
+        stats = replace(stats.with_variance_floor(), design_effect=deff)
         result = replace(result, excess=stats)
         evidence = tuple(f"{block}-{intersection}" for block in table.index[values > 0][:EVIDENCE_LIMIT])
     detail = {

@@ -64,10 +64,16 @@ class GateOutcome:
     detail: Mapping[str, Any]  # rates behind a disparity, refusals, flipped blocks, design effects, these-items CI ...
     evidence: tuple[str, ...]  # case ids behind the result
     verdict: str = ""  # PASS | FAIL | INCONCLUSIVE; "" (outcomes saved before verdicts) is read from `passed`
-    upper_bound: float = 1.0  # one-sided upper bound at the Holm-adjusted level: the gate PASSes when below the limit
+    upper_bound: float = 1.0  # one-sided upper bound at the PASS test's level: the gate PASSes when below the limit
     p_pass: float = 1.0  # one-sided p of the PASS test (H0: effect >= limit)
-    p_pass_adjusted: float = 1.0  # Holm within the family
+    p_pass_adjusted: float = 1.0  # the p compared with alpha_pass (= p_pass; Holm within the family before 0.2.1)
     mde: float = 1.0  # smallest excess over the limit this run FAILs with MDE_POWER (from the observed variance and n)
+    alpha_pass: float | None = None  # the PASS test's level (the profile's alpha); None: saved before, alpha_family
+
+    @property
+    def pass_level(self) -> float:
+        """The level the PASS test was decided at (alpha_family for outcomes saved before alpha_pass existed)."""
+        return self.alpha_family if self.alpha_pass is None else self.alpha_pass
 
     def __post_init__(self) -> None:
         if not self.verdict:
@@ -133,15 +139,26 @@ def gate_specs(
 
 
 def family_alpha(profile: Profile, n_families: float) -> float:
-    """Bonferroni across families, Holm within: the suite's family-wise error stays at most alpha."""
+    """The FAIL tests' alpha per family: Bonferroni across families, Holm within, so the suite's family-wise false-FAIL
+    rate stays at most alpha (any one FAIL blocks a release: a union of rejections)."""
     return profile.alpha / max(1, n_families)
 
 
-def verdict_of(p_fail_adjusted: float, p_pass_adjusted: float, alpha: float) -> str:
-    """FAIL when the excess over the limit is shown, PASS when the effect is shown below it, INCONCLUSIVE otherwise."""
+def pass_alpha(profile: Profile) -> float:
+    """The PASS tests' level: the profile's alpha for each gate, unadjusted. A release is shown clean only when every
+    gate PASSes, an intersection-union test (Berger, Technometrics 24:295-300, 1982): when any gate's effect is at or
+    beyond its limit, all PASS together with probability at most that gate's level, so splitting alpha would only
+    cost power. Each single PASS errs with probability at most alpha; the false PASSes of a suite are not
+    family-wise controlled (README, "Three verdicts")."""
+    return profile.alpha
+
+
+def verdict_of(p_fail_adjusted: float, p_pass: float, alpha: float, alpha_pass: float | None = None) -> str:
+    """FAIL when the excess over the limit is shown (Holm-adjusted p below the family's alpha), PASS when the effect is
+    shown below it (p below `alpha_pass`, default `alpha`), INCONCLUSIVE otherwise."""
     if p_fail_adjusted < alpha:
         return "FAIL"
-    return "PASS" if p_pass_adjusted < alpha else "INCONCLUSIVE"
+    return "PASS" if p_pass < (alpha if alpha_pass is None else alpha_pass) else "INCONCLUSIVE"
 
 
 def ci_failed(outcome: GateOutcome, policy: str) -> bool:

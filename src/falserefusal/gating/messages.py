@@ -28,20 +28,21 @@ def _pp(x: float) -> str:
 
 
 def _decision(outcome: GateOutcome, fmt: Any, word: str) -> str:
-    """Why the verdict: which adjusted bound clears the limit (or that neither does), with both Holm p-values."""
-    spec, alpha = outcome.spec, outcome.alpha_family
-    bounds = f"adjusted one-sided lower bound {fmt(outcome.bound)}, upper bound {fmt(outcome.upper_bound)}"
+    """Why the verdict: which bound clears the limit (or that neither does), with both p-values and their levels:
+    the FAIL test Holm-adjusted against the family's alpha, the PASS test against the profile's alpha."""
+    spec, alpha, alpha_pass = outcome.spec, outcome.alpha_family, outcome.pass_level
+    bounds = f"one-sided lower bound {fmt(outcome.bound)} (Holm level), upper bound {fmt(outcome.upper_bound)}"
     if outcome.verdict == "FAIL":
         why = f"lower bound above the {word}: Holm-adjusted one-sided p = {outcome.p_adjusted:.3g} < alpha {alpha:.3g}"
     elif outcome.verdict == "PASS":
         why = (
-            f"upper bound below the {word}: Holm-adjusted one-sided p = {outcome.p_pass_adjusted:.3g} < alpha "
-            f"{alpha:.3g} (excess p = {outcome.p_adjusted:.3g})"
+            f"upper bound below the {word}: one-sided p = {outcome.p_pass_adjusted:.3g} < alpha {alpha_pass:.3g} "
+            f"(excess: Holm-adjusted p = {outcome.p_adjusted:.3g})"
         )
     else:
         why = (
-            f"neither bound clears the {word}: Holm-adjusted p = {outcome.p_adjusted:.3g} (excess) and "
-            f"{outcome.p_pass_adjusted:.3g} (below), both >= alpha {alpha:.3g}"
+            f"neither bound clears the {word}: Holm-adjusted p = {outcome.p_adjusted:.3g} (excess) >= alpha "
+            f"{alpha:.3g}, p = {outcome.p_pass_adjusted:.3g} (below) >= alpha {alpha_pass:.3g}"
         )
     text = f"{bounds}; {why}"
     if outcome.verdict != "FAIL" and math.isfinite(outcome.mde):

@@ -16,13 +16,15 @@ the cumulative crossing probability, from scipy's multivariate normal cdf of the
 The look's nominal level 1 - Φ(c_k) replaces the union bound over looks used before (which tested each look at its
 alpha increment alone and so spent a share of alpha on crossings that earlier looks had already counted).
 
-Multiplicity. Holm runs within the family at every look, each of its steps at the nominal level of a boundary
-computed for that step's share of alpha (step i of m: the boundaries for alpha / (m - i)): the sequential closed
-test of Tamhane, Mehta & Liu (Biometrics 66:1174-1184, 2010) with Bonferroni intersection tests, so the
-family-wise error over all looks is at most alpha. Both of a gate's one-sided tests use these boundaries:
+Multiplicity. The FAIL tests: Holm runs within the family at every look, each of its steps at the nominal level of
+a boundary computed for that step's share of alpha (step i of m: the boundaries for alpha / (m - i)): the
+sequential closed test of Tamhane, Mehta & Liu (Biometrics 66:1174-1184, 2010) with Bonferroni intersection
+tests, so the family-wise false-FAIL rate over all looks is at most alpha. The PASS tests are unadjusted, as in
+the fixed design (`falserefusal.gating.kinds.pass_alpha`): each gate's PASS test has its own boundaries for the
+profile's alpha, so a gate at or beyond its limit PASSes at some look with probability at most alpha.
 
 - FAIL at look k when the excess over the limit is shown (the family's false-fail rate over all looks <= alpha);
-- PASS at look k when the effect is shown below the limit (the PASS test, same boundaries, same guarantee);
+- PASS at look k when the effect is shown below the limit (the gate's false-PASS rate over all looks <= alpha);
 - settled early as "futility" (non-binding) when the gate's one-sided upper bound at level futility / (K - 1) lies
   below its limit plus `mde`: the data rule out the smallest excess the budget was planned to detect. Its verdict
   is what the look shows (INCONCLUSIVE unless the PASS test rejected). Futility stops only ever stop a gate that
@@ -194,16 +196,16 @@ def sequential_holm(
 
 
 def _at_look(
-    outcomes: Sequence[GateOutcome], alpha: float, fractions: tuple[float, ...], look: int
+    outcomes: Sequence[GateOutcome], alpha: float, fractions: tuple[float, ...], look: int, alpha_pass: float
 ) -> list[GateOutcome]:
-    """The look's verdicts: both one-sided tests of every gate re-decided against the group-sequential boundaries."""
+    """The look's verdicts: both one-sided tests of every gate re-decided against the group-sequential boundaries
+    (FAIL: Holm's steps at `alpha`; PASS: each gate alone at `alpha_pass`, its p scaled to be compared with it)."""
     fail_adjusted, fail_levels = sequential_holm(np.array([o.p_value for o in outcomes]), alpha, fractions, look)
-    pass_adjusted, pass_levels = sequential_holm(np.array([o.p_pass for o in outcomes]), alpha, fractions, look)
+    level_pass = nominal_levels(alpha_pass, fractions)[look]
     decided = []
-    for o, p_fail, level_fail, p_pass, level_pass in zip(
-        outcomes, fail_adjusted, fail_levels, pass_adjusted, pass_levels
-    ):
-        verdict = verdict_of(float(p_fail), float(p_pass), alpha)
+    for o, p_fail, level_fail in zip(outcomes, fail_adjusted, fail_levels):
+        p_pass = min(1.0, o.p_pass * alpha_pass / level_pass)
+        verdict = verdict_of(float(p_fail), p_pass, alpha, alpha_pass)
         decided.append(
             replace(
                 o,
@@ -212,7 +214,8 @@ def _at_look(
                 p_adjusted=float(p_fail),
                 p_pass_adjusted=float(p_pass),
                 bound=float(confidence_bound(o.spec.kind, o.estimate, o.n, o.detail, float(level_fail), "lower")),
-                upper_bound=float(confidence_bound(o.spec.kind, o.estimate, o.n, o.detail, float(level_pass), "upper")),
+                upper_bound=float(confidence_bound(o.spec.kind, o.estimate, o.n, o.detail, level_pass, "upper")),
+                alpha_pass=float(alpha_pass),
                 detail={**o.detail, "nominal_level": float(level_fail)},
             )
         )
@@ -247,8 +250,11 @@ def run_sequential(
     alpha_family: float,
     design: SequentialDesign,
     samples: int,
+    alpha_pass: float | None = None,
 ) -> SequentialResult:
-    """Look at the family after each round; stop once every gate is settled (see the module docstring)."""
+    """Look at the family after each round; stop once every gate is settled (see the module docstring). FAIL tests at
+    `alpha_family` (Holm), PASS tests each at `alpha_pass` (the profile's alpha; default `alpha_family`)."""
+    level_pass = alpha_family if alpha_pass is None else alpha_pass
     looks = design.looks(samples)
     fractions = design.fractions(samples)
     futility_level = design.futility / max(1, len(looks) - 1)  # the last look has no futility stop
@@ -258,7 +264,13 @@ def run_sequential(
         frame = fetch(blocks)
         used = blocks
         last = look_number == len(looks)
-        for outcome in _at_look(evaluate_family(frame, specs, alpha_family), alpha_family, fractions, look_number - 1):
+        for outcome in _at_look(
+            evaluate_family(frame, specs, alpha_family, alpha_pass=level_pass),
+            alpha_family,
+            fractions,
+            look_number - 1,
+            level_pass,
+        ):
             spec = outcome.spec
             if spec in settled:
                 continue

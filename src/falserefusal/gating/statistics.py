@@ -235,7 +235,9 @@ def _noninferiority_test(
     frame: pd.DataFrame, spec: GateSpec, tables: dict[tuple[str, str, str], ModelPairs]
 ) -> _Tested:
     """Candidate minus reference model, per request block; persona gates take the difference of persona gaps.
-    The self-normalised block-mean test runs at the item clusters' effective number of blocks."""
+    The self-normalised block-mean test runs at the item clusters' effective number of blocks, its variance floored
+    at one discordant block's (`BlockMean.with_variance_floor`: two models that agree on every block are not thereby
+    shown equal to within any margin)."""
     key = (spec.model, spec.reference or "", spec.task)
     if key not in tables:
         tables[key] = model_pairs(frame, spec.model, spec.reference or "", spec.task)
@@ -276,7 +278,7 @@ def _noninferiority_test(
             "pairs": int(len(gap_c)),
         }
     deff = design_effect(values, pairs.items) if stats.n and pairs.items else 1.0
-    stats = replace(stats, design_effect=deff)
+    stats = replace(stats.with_variance_floor(), design_effect=deff)
     population = _population(frame[frame["model"] == spec.model])
     detail.update(
         {

@@ -12,7 +12,7 @@ import pandas as pd
 from falserefusal.analysis import records_frame
 from falserefusal.analysis.detector_audit import DetectorAudit
 from falserefusal.gating.decide import evaluate_gates
-from falserefusal.gating.kinds import GateOutcome, GateSpec, ci_failed, family_alpha, gate_specs
+from falserefusal.gating.kinds import GateOutcome, GateSpec, ci_failed, family_alpha, gate_specs, pass_alpha
 from falserefusal.gating.profile import Profile
 from falserefusal.generation.generator import Generator, generation_stopped
 from falserefusal.generation.models import model_labels
@@ -78,7 +78,12 @@ def decide_gates(
         family_specs = [spec for spec in specs if spec.family == family]
         rows = frame[frame["task"] == family[1]]
         result = run_sequential(
-            lambda n: rows[rows["block_index"] < n], family_specs, family_alpha(profile, n_families), design, samples
+            lambda n: rows[rows["block_index"] < n],
+            family_specs,
+            family_alpha(profile, n_families),
+            design,
+            samples,
+            pass_alpha(profile),
         )
         outcomes.extend(result.outcomes)
     return outcomes
@@ -156,7 +161,9 @@ def run_family(
     if design is None:
         outcomes = evaluate_gates(fetch(suite.samples), specs, suite.profile, suite.n_families, suite.audit)
         return FamilyRun(emitted, outcomes, suite.samples, suite.samples)
-    result = run_sequential(fetch, specs, family_alpha(suite.profile, suite.n_families), design, suite.samples)
+    result = run_sequential(
+        fetch, specs, family_alpha(suite.profile, suite.n_families), design, suite.samples, pass_alpha(suite.profile)
+    )
     return FamilyRun(emitted, result.outcomes, result.blocks_used, suite.samples)
 
 

@@ -24,11 +24,12 @@ class PlanRow:
     gate: str
     gates: int  # of this type in the suite
     truth: str  # what the gate must detect
-    level: float  # one-sided test level it is planned at
+    level: float  # one-sided level its FAIL test is planned at (Bonferroni: where Holm starts)
     blocks: int | None  # request blocks per task to FAIL the truth `truth` (None: item heterogeneity leaves a floor)
     cases: int  # generations per model for the whole suite
     blocks_pass: int | None = None  # request blocks per task to PASS the truth `truth_pass` (None: it cannot PASS)
     truth_pass: str = ""
+    level_pass: float = 0.0  # one-sided level of its PASS test (alpha, unadjusted: gating.kinds.pass_alpha)
 
 
 @dataclass(frozen=True)
@@ -94,15 +95,17 @@ def plan(
     per_family = (1 + personas) * (2 if baseline else 1) + (non_answer_limit is not None) + max(0, intersections)
     families = tasks * models
     level = alpha / (families * per_family)
+    level_pass = alpha  # each PASS test at alpha (intersection-union; falserefusal.gating.kinds.pass_alpha)
     per_task_cases = conditions * models * tasks
 
     def row(gate: str, count: int, truth: str, blocks: int | None, blocks_pass: int | None, truth_pass: str) -> PlanRow:
-        return PlanRow(
-            gate, count * families, truth, level, blocks, (blocks or 0) * per_task_cases, blocks_pass, truth_pass
-        )
+        cases = (blocks or 0) * per_task_cases
+        return PlanRow(gate, count * families, truth, level, blocks, cases, blocks_pass, truth_pass, level_pass)
 
     def block_mean_pass(variance: float, tolerance: float) -> int | None:
-        return block_mean_blocks(variance, tolerance - pass_effect, level, power) if pass_effect < tolerance else None
+        if pass_effect >= tolerance:
+            return None
+        return block_mean_blocks(variance, tolerance - pass_effect, level_pass, power)
 
     rows = [
         row(
@@ -110,7 +113,7 @@ def plan(
             1,
             f"task refusal rate {limit + mde:.3f} vs limit {limit:.3f}",
             rate_gate_blocks(limit, mde, level, power, conditions, correlation),
-            rate_pass_blocks(limit, passing_rate, level, power, conditions, correlation),
+            rate_pass_blocks(limit, passing_rate, level_pass, power, conditions, correlation),
             f"rate {passing_rate:.3f}",
         ),
         *(
@@ -120,7 +123,7 @@ def plan(
                     1,
                     f"task non-answer rate {non_answer_limit + mde:.3f} vs limit {non_answer_limit:.3f}",
                     rate_gate_blocks(non_answer_limit, mde, level, power, conditions, correlation),
-                    rate_pass_blocks(non_answer_limit, non_answer_rate, level, power, conditions, correlation),
+                    rate_pass_blocks(non_answer_limit, non_answer_rate, level_pass, power, conditions, correlation),
                     f"rate {non_answer_rate:.3f}",
                 )
             ]
@@ -132,7 +135,9 @@ def plan(
             personas,
             f"persona minus no-persona {disparity_limit + mde:+.3f} vs limit {disparity_limit:+.3f}",
             disparity_gate_blocks(base_rate, disparity_limit, mde, level, power, correlation, item_sd, items),
-            disparity_pass_blocks(base_rate, disparity_limit, pass_effect, level, power, correlation, item_sd, items),
+            disparity_pass_blocks(
+                base_rate, disparity_limit, pass_effect, level_pass, power, correlation, item_sd, items
+            ),
             f"{pass_effect:+.3f}",
         ),
     ]
@@ -209,6 +214,7 @@ def plan(
         "gates_per_family": per_family,
         "families": families,
         "level": level,
+        "level_pass": level_pass,
     }
     return Plan(assumptions, tuple(rows))
 
@@ -220,8 +226,9 @@ def format_plan(result: Plan) -> str:
         f"{a['pass_effect']:+.3f} (refusal rate {a['pass_rate']:.3f}) below it, each with power {a['power']:.2f}",
         f"(base refusal rate {a['base_rate']:.3f}; {a['personas']} personas + the no-persona condition = "
         f"{a['personas'] + 1} cases per block; {a['tasks']} task(s) x {a['models']} model(s) = {a['families']} "
-        f"families of {a['gates_per_family']} gates; each gate at the Bonferroni level alpha {a['alpha']} / "
-        f"{a['families'] * a['gates_per_family']} = {a['level']:.2e}, where Holm starts;",
+        f"families of {a['gates_per_family']} gates; each FAIL test at the Bonferroni level alpha {a['alpha']} / "
+        f"{a['families'] * a['gates_per_family']} = {a['level']:.2e}, where Holm starts; each PASS test at alpha "
+        f"{a['level_pass']:g};",
         f"correlation of two conditions of one request {a['correlation']}, of the two models on one case "
         f"{a['model_correlation']}; answers share a latent draw with that probability, else independent"
         + (

@@ -20,15 +20,16 @@ and are independent otherwise, so Cov = s (min(p_a, p_b) - p_a p_b); s = ρ for 
 scripted backend's rho² ), s = ρ_m for the two models on the same case, s = ρ ρ_m for the two models on different
 conditions of one request. At equal rates s is the correlation of the two answers.
 
-Level: a gate is planned at the Bonferroni level α / (families × gates per family), which is where Holm's
-step-down starts, so a single real excess among true nulls is detected with the stated power (Holm can only do
-better once other gates fail).
+Level: a gate's FAIL test is planned at the Bonferroni level α / (families × gates per family), which is where
+Holm's step-down starts, so a single real excess among true nulls is detected with the stated power (Holm can only
+do better once other gates fail); its PASS test at α itself, as the gates decide it (falserefusal.gating.kinds.
+pass_alpha: a release is shown clean when every gate PASSes, an intersection-union test).
 
 Three verdicts: a gate FAILs when its lower bound clears the limit and PASSes when its upper bound lies below it
 (`falserefusal.gating`). Each row gives the blocks to FAIL a truth `mde` beyond the limit and the blocks to PASS a
 truth below it (`pass_effect` for disparities and non-inferiority, default 0; the base rate for the refusal-rate
 gate when it is below the limit): the same formula with θ0 the limit and θ1 the PASS truth, since the PASS test is
-the mirror one-sided test at the same level. The budget is the larger of the two over every gate type; a task's
+the mirror one-sided test at its own level. The budget is the larger of the two over every gate type; a task's
 budget cannot exceed its factorial of distinct blocks (items × paraphrases × phrasings; 1,782 for the bundled
 tasks).
 

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from falserefusal.gating.decide import evaluate_family
-from falserefusal.gating.kinds import GateSpec, family_alpha
+from falserefusal.gating.kinds import GateSpec, family_alpha, pass_alpha
 from falserefusal.gating.profile import NONINFERIORITY_MARGINS
 from falserefusal.gating.sequential import SequentialDesign, run_sequential
 from falserefusal.generation.backends.scripted import Draws
@@ -102,10 +102,12 @@ def _decide(suite: Suite, frame: pd.DataFrame, design: SequentialDesign | None) 
         rows = frame[frame["task"] == task]
         specs = [s for s in suite.gates if s.task == task]
         if design is None:
-            outcomes += evaluate_family(rows, specs, alpha)
+            outcomes += evaluate_family(rows, specs, alpha, alpha_pass=pass_alpha(suite.profile))
             used += suite.samples
         else:
-            result = run_sequential(lambda n: rows[rows["block_index"] < n], specs, alpha, design, suite.samples)
+            result = run_sequential(
+                lambda n: rows[rows["block_index"] < n], specs, alpha, design, suite.samples, pass_alpha(suite.profile)
+            )
             outcomes += result.outcomes
             used += result.blocks_used
     return outcomes, used

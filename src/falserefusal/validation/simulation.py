@@ -151,7 +151,13 @@ def run_replicate(plan: Plan, index: int) -> dict[str, Any]:
         "zero_pass": [o.verdict == "PASS" for o in null if o.spec.kind == "persona_disparity"],
         "verdicts": verdict_counts(null),
     }
-    result["boundary"] = _kind_fails(_scenario(plan, design_n, draws_n, 0.0, plan.boundary_shifts))
+    boundary = _scenario(plan, design_n, draws_n, 0.0, plan.boundary_shifts)
+    result["boundary"] = {
+        **_kind_fails(boundary),
+        # every persona exactly at the tolerance: a PASS of its gate is a false PASS (each at most alpha)
+        "false_pass": [o.verdict == "PASS" for o in boundary if o.spec.kind == "persona_disparity"],
+        "all_pass": all(o.verdict == "PASS" for o in boundary),  # the intersection-union claim: at most alpha
+    }
     hits, others = _power_hits(plan, design_n, draws_n, seed)
     result["power"] = {"hits": hits, "other_disparity_fails": others}
     planted = f"persona.{plan.planted_persona}"
@@ -274,6 +280,7 @@ def simulate(settings: SimulationSettings) -> dict[str, Any]:
         return _rate(sum(values), len(values))
 
     exceed, small, zero = gates("exceed", "fail"), gates("small", "pass"), gates("null", "zero_pass")
+    false_pass, all_pass = gates("boundary", "false_pass"), _rate(sum(x["boundary"]["all_pass"] for x in results), r)
     small_every_task = _rate(sum(all(x["small"]["pass"]) for x in results), r)
     verdicts = {v: int(sum(x["null"]["verdicts"][v] for x in results)) for v in ("PASS", "FAIL", "INCONCLUSIVE")}
     budget, search = None, {plan.samples: power["rate"]}
@@ -298,6 +305,7 @@ def simulate(settings: SimulationSettings) -> dict[str, Any]:
         "power_tolerance_exceeded": exceed["rate"],
         "pass_rate_well_below_tolerance": small["rate"],
         "pass_rate_zero_effect": zero["rate"],
+        "false_pass_rate_at_tolerance": false_pass["rate"],
         "ranking_recovery": ranking["recovered"]["rate"] if ranking else None,
         "paired_vs_iid_ci_width_ratio": ratio["planted"],
         "false_fail": {
@@ -335,6 +343,12 @@ def simulate(settings: SimulationSettings) -> dict[str, Any]:
                 "planned_pass_power": plan.planner["small_pass_power"],
             },
             "zero_effect": {"pass_per_gate": zero, "planned_pass_power": plan.planner["zero_pass_power"]},
+            "at_tolerance": {
+                "effect": plan.tolerance,
+                "false_pass_per_gate": false_pass,
+                "every_gate_pass": all_pass,
+                "alpha": plan.profile.alpha,
+            },
             "null_verdicts": verdicts,
         },
         "ranking": ranking,

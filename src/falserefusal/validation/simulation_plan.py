@@ -29,6 +29,7 @@ JSON_KEYS = (
     "null_false_fail_with_item_heterogeneity",
     "power_tolerance_exceeded",
     "pass_rate_well_below_tolerance",
+    "false_pass_rate_at_tolerance",
 )
 
 
@@ -143,9 +144,10 @@ def build_plan(settings: SimulationSettings) -> Plan:
     }
     boundary_shifts.update({f"persona.{p}": tolerance for p in persona_ids})
     seeds = tuple(int(s) for s in np.random.SeedSequence(settings.seed).generate_state(settings.replicates))
-    # Bonferroni, where Holm starts (as the planner): exact for a FAIL among gates that do not fail; a PASS among
-    # gates that PASS too is tested further down Holm's steps, at up to alpha / families, so PASS rates exceed it
+    # FAIL: Bonferroni, where Holm starts (as the planner): exact for a FAIL among gates that do not fail.
+    # PASS: each gate at alpha, unadjusted, as the gates decide it (falserefusal.gating.kinds.pass_alpha)
     level = profile.alpha / (len(tasks) * (1 + len(persona_ids)))
+    level_pass = profile.alpha
     correlation = settings.rho**2
     exceed = settings.exceed_shift
     if exceed is None:
@@ -159,16 +161,19 @@ def build_plan(settings: SimulationSettings) -> Plan:
         "exceed_fail_power_items": disparity_power(
             settings.power_base, tolerance, exceed, level, samples, correlation, settings.item_sd, items
         ),
+        "level_pass": level_pass,
         "small_pass_power_items": disparity_pass_power(
-            settings.power_base, tolerance, small, level, samples, correlation, settings.item_sd, items
+            settings.power_base, tolerance, small, level_pass, samples, correlation, settings.item_sd, items
         ),
-        "small_pass_power": disparity_pass_power(settings.power_base, tolerance, small, level, samples, correlation),
+        "small_pass_power": disparity_pass_power(
+            settings.power_base, tolerance, small, level_pass, samples, correlation
+        ),
         # the null scenario's personas: no effect, at the null's refusal rate
         "zero_pass_power": disparity_pass_power(
             settings.null_fraction * profile.limit("refusal_rate", tasks[0]),
             tolerance,
             0.0,
-            level,
+            level_pass,
             samples,
             correlation,
         ),

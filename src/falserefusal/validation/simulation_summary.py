@@ -97,6 +97,14 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"PASS in every task {_pct(vd['well_below']['pass_in_every_task']['rate'])}",
         ),
         (
+            "(b) false PASS per gate, at the tolerance",
+            _ci(vd["at_tolerance"]["false_pass_per_gate"]) if "at_tolerance" in vd else "-",
+            f"boundary scenario, every persona +{100 * tolerance:g} pp; each PASS test at alpha "
+            f"{vd['at_tolerance']['alpha']:g}: every gate PASSes {_ci(vd['at_tolerance']['every_gate_pass'])}"
+            if "at_tolerance" in vd
+            else "",
+        ),
+        (
             "(b) PASS per gate, zero effect (null)",
             _ci(vd["zero_effect"]["pass_per_gate"]),
             f"planned {_pct(vd['zero_effect']['planned_pass_power'])}; null verdicts "
