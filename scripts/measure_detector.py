@@ -120,6 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rules", type=Path, default=None, help="custom refusal_rules.yaml")
     parser.add_argument("--show-errors", action="store_true", help="print the rows our detector gets wrong")
     parser.add_argument("--baseline-rev", default=V0_1_0, help="git revision whose detector to time beside ours ('' : none)")
+    parser.add_argument("--record", action="store_true",
+                        help="write the shipped detector's scores on the test split to data/corpus/detector_metrics.json "
+                             "(key test_rescored: the corpus grew after the model was trained; the training record stays)")
     args = parser.parse_args(argv)
     data_dir = args.data_dir or default_data_dir()
     if data_dir is None:
@@ -136,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     xstest = {name: score_by_file(rows, lambda text, d=d: d.detect(text).refused) for name, d in detectors.items()}
     xstest["xstest-matcher"] = score_by_file(rows, xstest_matcher)
     corpus = score_corpus(args.corpus, args.split, detectors)
+    if args.record:
+        if args.split != "test" or args.rules or args.window:
+            print("--record: only the shipped detector on the test split", file=sys.stderr)
+            return 2
+        record_rescored(args.corpus, detector.version, corpus["ours"])
     baseline = baseline_detector(args.baseline_rev) if args.baseline_rev else None
     speed = measure_speed(detector, [row.completion for row in rows], baseline)
     if args.json:
@@ -179,6 +187,18 @@ def print_table(first: str, scores: dict[str, dict[str, dict[str, float]]], last
             s = scores[label][group]
             print(f"{group:<38} {label:<14} {s['n']:>5} {s['precision']:>6.3f} {s['recall']:>6.3f} {s['f1']:>6.3f} "
                   f"{s.get(last[1], float('nan')):>6.3f}")
+
+
+def record_rescored(folder: Path, version: str, scores: dict[str, dict[str, float]]) -> None:
+    """Keep the shipped detector's test-split scores beside the training record in detector_metrics.json."""
+    path = folder / "detector_metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    rows = sum(1 for line in (folder / "answers.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    metrics["test_rescored"] = {"detector": version, "corpus_answers": rows, "note": "the shipped model (trained before"
+                                " the corpus grew) on the current test split, by scripts/measure_detector.py --record",
+                                **{group: {k: round(v, 3) if isinstance(v, float) else v for k, v in values.items()}
+                                   for group, values in scores.items()}}
+    path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def score_corpus(folder: Path, split: str, detectors: dict[str, RefusalDetector]) -> dict[str, dict[str, dict[str, float]]]:

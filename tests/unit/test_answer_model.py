@@ -125,9 +125,11 @@ def _measurement_script():
 
 def test_corpus_test_split_scores_reproduce_the_training_record() -> None:
     """The README's test-split figures come from `scripts/measure_detector.py`; the training script wrote the same
-    numbers when it scored the test split once: a detector or corpus change that moves them fails here."""
+    numbers when it scored the test split once, and `measure_detector.py --record` when the corpus grew after it
+    (test_rescored): a detector or corpus change that moves them fails here."""
     metrics_path = ROOT / "data" / "corpus" / "detector_metrics.json"
-    recorded = json.loads(metrics_path.read_text(encoding="utf-8"))["test"]["all"]
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    recorded = metrics.get("test_rescored", metrics["test"])["all"]
     measured = _measurement_script().score_corpus(ROOT / "data" / "corpus", "test", {"ours": DETECTOR})["ours"]["all"]
     assert measured["n"] == recorded["n"]
     assert round(measured["f1"], 3) == recorded["f1"]
