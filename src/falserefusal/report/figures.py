@@ -94,7 +94,7 @@ def heatmap(
     gates: Mapping[tuple[str, str], tuple[float, float, float, str]] | None = None,
 ) -> str:
     """Refusal rate per persona (rows, baseline first) x model/task (columns), each cell with its Wilson CI; under
-    each column, its refusal-rate gate (`gates`: (model, task) -> Holm-adjusted lower and upper bound, limit,
+    each column, its refusal-rate gate (`gates`: (model, task) -> lower (Holm-adjusted) and upper bound, limit,
     verdict) in the verdict's colour."""
     several = len({model for model, _ in columns}) > 1
     lookup = {(r.model, r.task, r.persona): r for r in rates.itertuples(index=False)}
@@ -181,8 +181,8 @@ def forest_figure(
     """Risk difference (persona minus baseline, pp) per persona, one panel per model x task, one shared x axis.
 
     The thick bar, in the gate's verdict colour, is what the gate decides on: PASS, from the estimate to the
-    Holm-adjusted one-sided upper bound ◁, which lies left of the dashed limit; FAIL, from the one-sided lower
-    bound ▷, right of the limit, to the estimate; INCONCLUSIVE, from ▷ to ◁, across the limit. The thin grey line
+    one-sided upper bound ◁ (at alpha), which lies left of the dashed limit; FAIL, from the Holm-adjusted one-sided
+    lower bound ▷, right of the limit, to the estimate; INCONCLUSIVE, from ▷ to ◁, across the limit. The thin grey line
     is the two-sided CI in `table`, for reading only. Panel titles give the limit and the verdict counts.
     """
     several = len({model for model, _ in families}) > 1
