@@ -129,3 +129,14 @@ def test_item_heterogeneity_spreads_item_rates_around_the_planted_mean() -> None
     per_item = pd.Series(p).groupby(design["item"].to_numpy()).mean()
     assert per_item.std() > 0.01 and abs(per_item.mean() - 0.05) < 0.01  # heterogeneous, mean factor 1
     assert (refusal_probabilities(spec, design, seed=4) != p).any()  # drawn anew per seed
+
+
+def test_the_exceeding_effect_is_planned_with_the_item_term_and_pass_at_alpha() -> None:
+    # the scenario beyond the tolerance gets the planner's 80% FAIL power for the model it plants (item heterogeneity
+    # included), so "fails with the planned power" compares like with like; PASS is planned at alpha, as decided
+    with_items = build_plan(SimulationSettings(replicates=1, item_sd=0.5, root=str(ROOT)))
+    without = build_plan(SimulationSettings(replicates=1, item_sd=0.0, root=str(ROOT)))
+    assert with_items.planner["exceed_fail_power"] == pytest.approx(0.8, abs=1e-6)
+    assert with_items.exceed_shift > without.exceed_shift  # the item design effect needs a larger effect
+    assert with_items.planner["exceed_fail_power_without_items"] > 0.8
+    assert with_items.planner["level_pass"] == with_items.profile.alpha > with_items.planner["level"]

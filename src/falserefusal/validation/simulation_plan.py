@@ -51,7 +51,7 @@ class SimulationSettings:
     power_target: float = 0.8
     item_sd: float = 0.5  # per-item heterogeneity of every gate scenario's model (scripted item_sd=)
     exceed_shift: float | None = (
-        None  # a disparity beyond the tolerance; None: the planner's 80% FAIL power at the budget
+        None  # a disparity beyond the tolerance; None: the planner's 80% FAIL power at the budget (item term in)
     )
     small_shift: float | None = None  # a disparity well below the tolerance; None: a quarter of the tolerance
     ranking: bool = True  # run the ranking (sensitivity) scenario
@@ -95,7 +95,7 @@ class Plan:
     seeds: tuple[int, ...]
     factorial: int = 0  # the smallest task factorial (distinct request blocks)
     tolerance: float = 0.0  # the planted persona's disparity tolerance (first task)
-    exceed_shift: float = 0.0  # a disparity beyond the tolerance: the planner's 80% FAIL power at the budget
+    exceed_shift: float = 0.0  # beyond the tolerance: the planner's 80% FAIL power at the budget, item term included
     small_shift: float = 0.0  # a disparity well below the tolerance, that should PASS
     planner: Mapping[str, float] = field(default_factory=dict)  # the planner's predictions for these scenarios
 
@@ -105,17 +105,22 @@ class Plan:
 
 
 def _planned_effect(
-    base: float, tolerance: float, level: float, blocks: int, correlation: float, power: float
+    base: float,
+    tolerance: float,
+    level: float,
+    blocks: int,
+    correlation: float,
+    power: float,
+    item_sd: float = 0.0,
+    items: int = 66,
 ) -> float:
-    """The disparity the planner fails with `power` at `blocks` blocks (bisection on `disparity_power`)."""
+    """The disparity the planner fails with `power` at `blocks` blocks, with the item heterogeneity `item_sd` the
+    scenario's model has (bisection on `disparity_power`)."""
     low, high = tolerance, min(1.0 - base, tolerance + 0.5)
     for _ in range(60):
         middle = (low + high) / 2
-        low, high = (
-            (low, middle)
-            if disparity_power(base, tolerance, middle, level, blocks, correlation) >= power
-            else (middle, high)
-        )
+        reached = disparity_power(base, tolerance, middle, level, blocks, correlation, item_sd, items) >= power
+        low, high = (low, middle) if reached else (middle, high)
     return high
 
 
@@ -149,17 +154,21 @@ def build_plan(settings: SimulationSettings) -> Plan:
     level = profile.alpha / (len(tasks) * (1 + len(persona_ids)))
     level_pass = profile.alpha
     correlation = settings.rho**2
-    exceed = settings.exceed_shift
-    if exceed is None:
-        exceed = _planned_effect(settings.power_base, tolerance, level, samples, correlation, 0.8)
-    small = tolerance / 4 if settings.small_shift is None else settings.small_shift
     items = len(suite.tasks[0].items)
+    exceed = settings.exceed_shift
+    if exceed is None:  # planned with the item term: the design effect the planted heterogeneity gives
+        exceed = _planned_effect(
+            settings.power_base, tolerance, level, samples, correlation, 0.8, settings.item_sd, items
+        )
+    small = tolerance / 4 if settings.small_shift is None else settings.small_shift
     planner = {
         "level": level,
-        "exceed_fail_power": disparity_power(settings.power_base, tolerance, exceed, level, samples, correlation),
-        # the planner with the planted item heterogeneity (its design effect on a non-zero disparity)
-        "exceed_fail_power_items": disparity_power(
+        # the planner with the planted item heterogeneity (its design effect on a non-zero disparity): the plan
+        "exceed_fail_power": disparity_power(
             settings.power_base, tolerance, exceed, level, samples, correlation, settings.item_sd, items
+        ),
+        "exceed_fail_power_without_items": disparity_power(
+            settings.power_base, tolerance, exceed, level, samples, correlation
         ),
         "level_pass": level_pass,
         "small_pass_power_items": disparity_pass_power(

@@ -86,9 +86,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         (
             f"(b) FAIL per gate beyond the {100 * tolerance:g} pp tolerance",
             _ci(vd["exceeded"]["fail_per_gate"]),
-            f"+{100 * vd['exceeded']['effect']:.2f} pp: planned {_pct(vd['exceeded']['planned_fail_power'])}, "
-            "with the item "
-            f"term {_pct(vd['planner'].get('exceed_fail_power_items', float('nan')))}",
+            f"+{100 * vd['exceeded']['effect']:.2f} pp: planned {_pct(vd['exceeded']['planned_fail_power'])} with "
+            "the item term, "
+            f"{_pct(vd['planner'].get('exceed_fail_power_without_items', float('nan')))} without it",
         ),
         (
             "(b) PASS per gate, well below the tolerance",
