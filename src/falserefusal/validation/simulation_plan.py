@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -104,23 +104,11 @@ class Plan:
         return [spec.task.id for spec in self.tasks]
 
 
-def _planned_effect(
-    base: float,
-    tolerance: float,
-    level: float,
-    blocks: int,
-    correlation: float,
-    power: float,
-    item_sd: float = 0.0,
-    items: int = 66,
-) -> float:
-    """The disparity the planner fails with `power` at `blocks` blocks, with the item heterogeneity `item_sd` the
-    scenario's model has (bisection on `disparity_power`)."""
-    low, high = tolerance, min(1.0 - base, tolerance + 0.5)
+def _planned_effect(power_of: Callable[[float], float], low: float, high: float, power: float) -> float:
+    """The smallest disparity in [low, high] that the planner FAILs with `power` (bisection; `power_of` increases)."""
     for _ in range(60):
         middle = (low + high) / 2
-        reached = disparity_power(base, tolerance, middle, level, blocks, correlation, item_sd, items) >= power
-        low, high = (low, middle) if reached else (middle, high)
+        low, high = (low, middle) if power_of(middle) >= power else (middle, high)
     return high
 
 
@@ -158,7 +146,12 @@ def build_plan(settings: SimulationSettings) -> Plan:
     exceed = settings.exceed_shift
     if exceed is None:  # planned with the item term: the design effect the planted heterogeneity gives
         exceed = _planned_effect(
-            settings.power_base, tolerance, level, samples, correlation, 0.8, settings.item_sd, items
+            lambda effect: disparity_power(
+                settings.power_base, tolerance, effect, level, samples, correlation, settings.item_sd, items
+            ),
+            tolerance,
+            min(1.0 - settings.power_base, tolerance + 0.5),
+            0.8,
         )
     small = tolerance / 4 if settings.small_shift is None else settings.small_shift
     planner = {
