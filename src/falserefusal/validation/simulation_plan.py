@@ -179,7 +179,13 @@ def build_plan(settings: SimulationSettings) -> Plan:
             samples,
             correlation,
         ),
+        # the power scenario's model has the item heterogeneity too: planned with the item term
         "power_shift_fail_power": disparity_power(
+            settings.power_base, tolerance, settings.power_shift, level, samples, correlation, settings.item_sd, items
+        )
+        if settings.power_shift > tolerance
+        else 0.0,
+        "power_shift_fail_power_without_items": disparity_power(
             settings.power_base, tolerance, settings.power_shift, level, samples, correlation
         )
         if settings.power_shift > tolerance
