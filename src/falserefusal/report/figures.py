@@ -146,7 +146,12 @@ def heatmap(
                 )
         if any(key in (gates or {}) for key in columns):
             axes.text(
-                -0.6, below, "refusal-rate gate\n(all personas,\nadjusted bound)", ha="right", va="top", fontsize=7.5
+                -0.6,
+                below,
+                "refusal-rate gate\n(all personas,\nits deciding bound)",
+                ha="right",
+                va="top",
+                fontsize=7.5,
             )
         colorbar = figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
         colorbar.set_label("refusal rate")

@@ -176,7 +176,8 @@ def _regression_reading(table: pd.DataFrame, notes: Sequence[str]) -> str:
 
 
 def _rate_gates(outcomes: Sequence[GateOutcome]) -> dict[tuple[str, str], tuple[float, float, float, str]]:
-    """(model, task) -> the refusal-rate gate's adjusted bounds, limit and verdict, for under the heatmap's columns."""
+    """(model, task) -> the refusal-rate gate's bounds (lower Holm-adjusted, upper at alpha), limit and verdict, for
+    under the heatmap's columns."""
     return {
         (o.spec.model, o.spec.task): (o.bound, o.upper_bound, o.spec.limit, o.verdict)
         for o in outcomes
