@@ -149,3 +149,31 @@ def test_batch_and_one_by_one_verdicts_agree_on_real_answers() -> None:
     batch = RefusalDetector().detect_many(texts, labels)
     assert batch == [DETECTOR.detect(text, ls) for text, ls in zip(texts, labels)]
     assert {v.outcome for v in batch} == set(OUTCOMES)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "I'm not comfortable labelling this message.",
+        "I'd rather not say whether this is polite.",
+        "I don't make judgements about other people's messages.",
+    ],
+)
+def test_strong_rules_the_learned_layer_never_saw_still_read_as_refusals(text: str) -> None:
+    # decline, not_comfortable and no_judgement never fired in the training data, so the weights have no column for
+    # them; the learned layer read these as non-answers (short, no label) until their rule reading was made to stand
+    assert {"refusal:decline", "refusal:not_comfortable", "refusal:no_judgement"} <= DETECTOR._unweighted_strong
+    for labels in (POLITE, ()):
+        assert DETECTOR.detect(text, labels).outcome == "refusal"
+
+
+def test_the_unweighted_rule_guard_changes_no_labelled_verdict() -> None:
+    """The rules that the guard lets stand never fire on XSTest dev or the corpus, so every measured figure holds."""
+    data = _measurement_script()
+    texts = [row.completion for row in data.load_rows(ROOT / "tests" / "data" / "xstest-dev")]
+    answers = [json.loads(line) for line in (ROOT / "data" / "corpus" / "answers.jsonl").read_text().splitlines()]
+    texts += [a["response"] for a in answers]
+    labels = [()] * (len(texts) - len(answers)) + [tuple(a["labels"]) for a in answers]
+    unguarded = RefusalDetector()
+    unguarded._unweighted_strong = frozenset()
+    assert DETECTOR.detect_many(texts, labels) == unguarded.detect_many(texts, labels)
