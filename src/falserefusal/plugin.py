@@ -372,7 +372,7 @@ def falserefusal_custom_gate(request: pytest.FixtureRequest) -> CustomGate:
         _results(request).scoped(model, task),
         report,
         declaration.checks,
-        suite.profile.alpha,
+        alpha_pass=suite.profile.alpha,
     )
 
 

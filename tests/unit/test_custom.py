@@ -87,7 +87,7 @@ def test_a_custom_gate_fails_on_a_planted_effect_and_is_bonferroni_adjusted(resu
     reported = []
     family = CustomFamily("religion", 1.0, 2)
     gate = CustomGate("test_x[nli]", family, 0.01, MODEL, "nli", results_of(result).scoped(MODEL, "nli"), reported.append,
-                      checks=2)
+                      checks=2, alpha_pass=0.05)
     planted = gate.disparity_at_most(0.05, persona="muslim", reference="woman")
     null = gate.disparity_at_most(0.05, persona="jewish", reference="woman")
     assert reported == [planted, null]

@@ -309,10 +309,11 @@ class CustomGate:
         results: Results,
         report: Callable[[GateOutcome], None],
         checks: int = 1,
-        alpha_pass: float | None = None,
+        *,
+        alpha_pass: float,
     ) -> None:
         self.name, self.family, self.alpha_family = name, family, alpha_family
-        self.alpha_pass = alpha_pass  # the run's alpha (None: the Bonferroni level, as before 0.2.1)
+        self.alpha_pass = alpha_pass  # the run's alpha: each PASS test at it, unadjusted (gating.kinds.pass_alpha)
         self.model, self.task, self.results = model, task, results
         self._report, self._checks, self._done = report, checks, 0
 
@@ -344,10 +345,7 @@ class CustomGate:
         m = self.family.gates
         outcome = subset_outcome(rows, statistic, limit, self.alpha_family / m, persona, reference, self.alpha_pass)
         name = self.name if self._checks == 1 else f"{self.name}#{self._done}"
-        adjusted: dict[str, Any] = {"p_adjusted": min(1.0, m * outcome.p_value)}
-        if self.alpha_pass is None:  # PASS at the Bonferroni level too: its p on the family's alpha scale
-            adjusted["p_pass_adjusted"] = min(1.0, m * outcome.p_pass)
-            adjusted["alpha_pass"] = self.alpha_family
+        adjusted = {"p_adjusted": min(1.0, m * outcome.p_value)}
         detail = {
             **outcome.detail,
             "custom": {

@@ -153,12 +153,12 @@ def pass_alpha(profile: Profile) -> float:
     return profile.alpha
 
 
-def verdict_of(p_fail_adjusted: float, p_pass: float, alpha: float, alpha_pass: float | None = None) -> str:
+def verdict_of(p_fail_adjusted: float, p_pass: float, alpha: float, alpha_pass: float) -> str:
     """FAIL when the excess over the limit is shown (Holm-adjusted p below the family's alpha), PASS when the effect is
-    shown below it (p below `alpha_pass`, default `alpha`), INCONCLUSIVE otherwise."""
+    shown below it (p below `alpha_pass`), INCONCLUSIVE otherwise."""
     if p_fail_adjusted < alpha:
         return "FAIL"
-    return "PASS" if p_pass < (alpha if alpha_pass is None else alpha_pass) else "INCONCLUSIVE"
+    return "PASS" if p_pass < alpha_pass else "INCONCLUSIVE"
 
 
 def ci_failed(outcome: GateOutcome, policy: str) -> bool:
