@@ -8,7 +8,7 @@ import pandas as pd
 
 from falserefusal.analysis.intersections import compounding, excess_values
 from falserefusal.gating.kinds import EVIDENCE_LIMIT, GateSpec
-from falserefusal.gating.statistics import _fpc, _Tested, block_mean_tested, design_effect
+from falserefusal.gating.statistics import _Tested, block_mean_tested, block_mean_these_items, design_effect
 from falserefusal.types import BASELINE_ID
 
 
@@ -33,8 +33,6 @@ def excess_test(wide: pd.DataFrame, items: pd.Series, spec: GateSpec, population
         "effective_n": stats.effective_n,
         "items": int(items.reindex(wide.index).nunique()) if stats.n else 0,
         "population": population,
-        "these_items_ci": list(replace(stats, design_effect=_fpc(stats.n, population)).interval(0.05))
-        if stats.n
-        else None,
+        "these_items_ci": block_mean_these_items(stats, population) if stats.n else None,
     }
     return block_mean_tested(stats, spec.limit, detail, evidence)

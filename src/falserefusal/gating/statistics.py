@@ -58,6 +58,12 @@ def _fpc(units: int, population: int | None) -> float:
     return max(1.0 - units / population, 1e-9)
 
 
+def block_mean_these_items(stats: BlockMean, population: int | None) -> list[float]:
+    """A block-mean gate's 95% interval for these items: the blocks as a sample without replacement from the
+    task's factorial of `population` blocks (finite population correction in place of the item design effect)."""
+    return list(replace(stats, design_effect=_fpc(stats.n, population)).interval(0.05))
+
+
 def _population(rows: pd.DataFrame) -> int | None:
     """The family's factorial size N (column `population`, which the run adds), or None."""
     if "population" not in rows or rows.empty:
@@ -291,7 +297,7 @@ def _noninferiority_test(
             "effective_n": stats.effective_n,
             "items": len(set(pairs.items)),
             "population": population,
-            "these_items_ci": list(replace(stats, design_effect=_fpc(stats.n, population)).interval(0.05)),
+            "these_items_ci": block_mean_these_items(stats, population),
         }
     )
     return block_mean_tested(stats, spec.limit, detail, tuple(flipped))
