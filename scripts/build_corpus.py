@@ -467,6 +467,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise FalseRefusalError(f"--complete: {len(held - planned_ids)} {args.source} rows in answers.jsonl are not in this draw; fix: the --n and --seed of the earlier run")
             rows = [row for row in rows if row["id"] not in held]
             print(f"{args.source}: {len(held)} rows already in answers.jsonl, {len(rows)} to generate", file=sys.stderr)
+            if not rows:
+                return 0  # the source is complete: nothing to plan, generate or write
         if args.plan_only:
             plan = pd.DataFrame(rows)
             for cols in (["split", "forcing_level"], ["task", "split"], ["persona", "placement"], ["phrasing_id", "split"],

@@ -124,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="write the shipped detector's scores on the test split to data/corpus/detector_metrics.json "
                              "(key test_rescored: the corpus grew after the model was trained; the training record stays)")
     args = parser.parse_args(argv)
+    if args.record and (args.split != "test" or args.rules or args.window):
+        print("--record keeps the shipped detector's test-split scores only; fix: drop --split, --rules and --window",
+              file=sys.stderr)
+        return 2
     data_dir = args.data_dir or default_data_dir()
     if data_dir is None:
         print("no XSTest data: pass --data-dir or set FALSEREFUSAL_XSTEST_DIR", file=sys.stderr)
@@ -140,9 +144,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     xstest["xstest-matcher"] = score_by_file(rows, xstest_matcher)
     corpus = score_corpus(args.corpus, args.split, detectors)
     if args.record:
-        if args.split != "test" or args.rules or args.window:
-            print("--record: only the shipped detector on the test split", file=sys.stderr)
-            return 2
         record_rescored(args.corpus, detector.version, corpus["ours"])
     baseline = baseline_detector(args.baseline_rev) if args.baseline_rev else None
     speed = measure_speed(detector, [row.completion for row in rows], baseline)

@@ -177,3 +177,10 @@ def test_the_unweighted_rule_guard_changes_no_labelled_verdict() -> None:
     unguarded = RefusalDetector()
     unguarded._unweighted_strong = frozenset()
     assert DETECTOR.detect_many(texts, labels) == unguarded.detect_many(texts, labels)
+
+
+def test_record_refuses_anything_but_the_shipped_detector_on_the_test_split(capsys: pytest.CaptureFixture[str]) -> None:
+    metrics = (ROOT / "data" / "corpus" / "detector_metrics.json").read_bytes()
+    assert _measurement_script().main(["--record", "--split", "dev", "--baseline-rev", ""]) == 2
+    assert "fix: drop --split, --rules and --window" in capsys.readouterr().err
+    assert (ROOT / "data" / "corpus" / "detector_metrics.json").read_bytes() == metrics  # nothing written

@@ -38,3 +38,33 @@ def test_every_split_has_every_task_and_forcing_level() -> None:
 def test_no_chat_repeats_within_a_source() -> None:
     keys = [(row["source"], json.dumps(row["messages"])) for row in _rows()]
     assert len(keys) == len(set(keys))
+
+
+def _build_corpus():
+    import importlib.util
+    import sys
+
+    path = ANSWERS.parents[2] / "scripts" / "build_corpus.py"
+    spec = importlib.util.spec_from_file_location("build_corpus", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_complete_generates_only_the_planned_rows_a_source_lacks(tmp_path: Path, capsys) -> None:
+    import shutil
+
+    corpus = ANSWERS.parent
+    for name in ("templates.yaml", "splits.json", "answers.jsonl"):
+        shutil.copy(corpus / name, tmp_path / name)
+    build = _build_corpus().main
+    plan = ["--source", "llamacpp", "--n", "450", "--plan-only", "--out", str(tmp_path)]
+    assert build(plan) == 2 and "fix: remove them first, use a new --out, or --complete" in capsys.readouterr().err
+    assert build([*plan, "--complete"]) == 0
+    assert "450 rows already in answers.jsonl, 0 to generate" in capsys.readouterr().err
+    with open(tmp_path / "answers.jsonl", "a", encoding="utf-8") as sink:  # a row the seeded draw never makes
+        sink.write(json.dumps({"id": "lc-999999"}) + "\n")
+    assert build([*plan, "--complete"]) == 2
+    assert "1 llamacpp rows in answers.jsonl are not in this draw; fix: the --n and --seed" in capsys.readouterr().err
