@@ -371,8 +371,9 @@ def write_provenance(out: Path) -> None:
         "## What is in it",
         "",
         f"- `answers.jsonl`: {len(answers)} rows, one answer each, keys: " + ", ".join(f"`{c}`" for c in answers.columns if c != "prefix") + ".",
-        "- `templates.yaml`: the corpus-only wordings (9 paraphrases per task, 3 per forcing level, and 7 persona phrasings),",
-        "  written for this project; `paraphrase_origin` / `phrasing_origin` say fixture or corpus for each row.",
+        "- `templates.yaml`: the corpus-only wordings, written for this project: wave 1, 9 paraphrases per task (3 per",
+        "  forcing level) and 7 persona phrasings; wave 2 (`wave: 2`, ids `corpus2*`), 9 more paraphrases per task and 6",
+        "  phrasings. `paraphrase_origin` / `phrasing_origin` say fixture or corpus for each row.",
         "- `splits.json`: which items, paraphrase ids and phrasing ids belong to train / dev / test.",
         "- `sources.json`: per source the backend identity, package versions, command, wall time and machine load.",
         f"- `batches/batch_NN.jsonl`: labelling batches of about {BATCH_ROWS} rows ({{id, task, labels, system, user, response}}),",
@@ -398,6 +399,10 @@ def write_provenance(out: Path) -> None:
         "- Paraphrases: ids are shared by the three tasks and each id is in one split for all of them. Per forcing level:",
         "  2 corpus-only ids to test, 1 corpus-only + 1 fixture to dev, 2 fixture to train.",
         "- Persona phrasings: 3 corpus-only to test, 1 fixture + 2 corpus-only to dev, 2 fixture + 2 corpus-only to train.",
+        "- Wave 2 (rows `lcw2-*`, `tfw2-*`, `--wave 2`): its own wordings only, each in the split templates.yaml gives it",
+        f"  (train or dev; the wave-1 assignment is drawn without them), items as above; rows {WAVE2_SPLIT_SHARES['train']:.0%}"
+        f" train / {WAVE2_SPLIT_SHARES['dev']:.0%} dev, no test rows; tasks drawn in the ratio "
+        + ", ".join(f"{task} {weight}" for task, weight in WAVE2_TASK_WEIGHTS.items()) + " (the ones that draw refusals).",
         "- A row uses only an item, paraphrase and phrasing of its own split (checked by `tests/unit/test_corpus_splits.py`).",
         "",
         markdown_table(pd.DataFrame({split: {"paraphrases": ", ".join(splits["paraphrases"][split]),

@@ -252,6 +252,8 @@ def baseline_detector(revision: str) -> Any | None:
     except (OSError, subprocess.CalledProcessError):
         return None
     folder = Path(tempfile.mkdtemp(prefix="falserefusal-baseline-"))
+    # the YAML helpers it imports have moved since (falserefusal.personas -> falserefusal.design.personas)
+    code = code.replace("from falserefusal.personas import", "from falserefusal.design.personas import")
     (folder / "refusal.py").write_text(code, encoding="utf-8")
     (folder / "refusal_rules.yaml").write_text(rules, encoding="utf-8")
     spec = importlib.util.spec_from_file_location("falserefusal_baseline_refusal", folder / "refusal.py")
@@ -259,7 +261,9 @@ def baseline_detector(revision: str) -> Any | None:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
-    return module.RefusalDetector(module.load_rules(folder / "refusal_rules.yaml"))
+    rules = module.load_rules(folder / "refusal_rules.yaml")
+    module._default_rules = lambda: rules  # its packaged rules are the copy beside it, not today's package's
+    return module.RefusalDetector(rules)
 
 
 def measure_speed(detector: RefusalDetector, texts: Sequence[str], baseline: Any | None, rounds: int = 5) -> dict[str, Any]:

@@ -3,9 +3,11 @@
 Data: the human-labelled XSTest v2 dev completions (tests/data/xstest-dev; full and partial refusal ->
 refusal, full compliance -> compliance) and the project's own labelled corpus (data/corpus: answers.jsonl
 and labels.jsonl, labelled with ../shared/LABELLING.md: R and P -> refusal, C -> compliance, N -> non_answer).
-The model is fitted on XSTest dev + the corpus's train split, its settings (read window, regularisation,
-refusal threshold) are chosen on the corpus's dev split, and the test split is scored once, at the end,
-and written to data/corpus/detector_metrics.json. Nothing here runs at test time.
+The model is fitted on XSTest dev + the corpus's train split. Its settings (read window, regularisation, corpus
+weight, refusal threshold) are chosen by the mean of two scores, so that it holds both in the product's domain and
+on other models' answers: the corpus's dev split, and XSTest dev scored out of fold with each answering model left
+out in turn (a model fitted without GPT-4's answers scores GPT-4's, and so on). The test split is scored once, at
+the end, and written to data/corpus/detector_metrics.json. Nothing here runs at test time.
 
     PYTHONPATH=src python scripts/train_detector.py [--quick]
 """
@@ -54,6 +56,7 @@ class Example:
     outcome: str
     group: str  # rows of one group never straddle a cross-validation fold (XSTest: the prompt)
     persona: str = "none"  # corpus: persona id, "baseline" without one
+    wave: str = "none"  # corpus: the draw the row is from (wave1, wave2: new wordings, train and dev only)
 
 
 def load_xstest() -> list[Example]:
@@ -86,7 +89,7 @@ def load_corpus() -> list[Example]:
             continue
         rows.append(Example(answer["source"].split("/")[0], answer["split"], answer["response"],
                             tuple(answer["labels"]), LABEL_OUTCOME[label], f"c:{answer['item_id']}",
-                            answer["persona"]))
+                            answer["persona"], "wave2" if "w2-" in answer["id"] else "wave1"))
     return rows
 
 
@@ -181,9 +184,18 @@ def scores(y_true: Sequence[str], y_pred: Sequence[str]) -> dict[str, Any]:
 
 
 def predict(model, X, threshold: float) -> np.ndarray:
+    return outcomes_of(probabilities(model, X), threshold)
+
+
+def probabilities(model, X) -> np.ndarray:
+    """Outcome probabilities in OUTCOMES order (a class the training data lack: 0)."""
     proba = model.predict_proba(X)
     classes = list(model.classes_)
-    r, c, n = (proba[:, classes.index(k)] if k in classes else np.zeros(len(proba)) for k in OUTCOMES)
+    return np.column_stack([proba[:, classes.index(k)] if k in classes else np.zeros(len(proba)) for k in OUTCOMES])
+
+
+def outcomes_of(proba: np.ndarray, threshold: float) -> np.ndarray:
+    r, c, n = (proba[:, OUTCOMES.index(k)] for k in ("refusal", "compliance", "non_answer"))
     return np.where(r >= threshold, "refusal", np.where(c >= n, "compliance", "non_answer"))
 
 
@@ -193,6 +205,7 @@ def breakdown(examples: Sequence[Example], predicted: Sequence[str]) -> dict[str
     for key, select in (
         ("source", lambda e: e.source),
         ("persona", lambda e: "baseline" if e.persona in ("baseline", "none") else "persona"),
+        ("wave", lambda e: e.wave),
     ):
         groups: dict[str, list[int]] = {}
         for i, e in enumerate(examples):
@@ -232,8 +245,8 @@ def export(model, featurizer: Featurizer, window: int, threshold: float, metadat
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--windows", type=int, nargs="+", default=[200, 300])
-    parser.add_argument("--cs", type=float, nargs="+", default=[0.3, 1.0])
-    parser.add_argument("--corpus-weight", type=float, nargs="+", default=[3.0])
+    parser.add_argument("--cs", type=float, nargs="+", default=[0.1, 0.3, 1.0])
+    parser.add_argument("--corpus-weight", type=float, nargs="+", default=[1.5, 3.0])
     parser.add_argument("--quick", action="store_true", help="one setting (window 300, C 3, weight 3)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args(argv)
@@ -258,15 +271,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             X_dev = featurizer.matrix(dev_windows, dev_named) if dev else None
             for c in args.cs:
                 model = fit(X, y, w, c)
+                # answers of a model never trained on: XSTest dev, each answering model left out in turn
+                held_out = out_of_fold_probabilities(featurizer, xstest, train[len(xstest):], weight, c, "model")
                 for threshold in (0.3, 0.35, 0.4, 0.45, 0.5):
+                    other_models = scores([e.outcome for e in xstest], outcomes_of(held_out, threshold))["f1"]
                     if X_dev is None:
                         key = 0.0
                     else:
                         s = scores([e.outcome for e in dev], predict(model, X_dev, threshold))
                         # refusal F1, minus non-answers read as refusals beyond the 5 % the project accepts
-                        key = s["f1"] - max(0.0, s.get("non_answer_read_as_refusal", 0.0) - 0.05)
+                        domain = s["f1"] - max(0.0, s.get("non_answer_read_as_refusal", 0.0) - 0.05)
+                        # the detector must hold on both: the product's domain (corpus dev) and other models' answers
+                        key = (domain + other_models) / 2
                     setting = {"window": window, "c": c, "corpus_weight": weight, "threshold": threshold}
-                    print(f"{setting} dev score {key:.3f}", file=sys.stderr)
+                    print(f"{setting} dev score {key:.3f} (corpus dev {domain:.3f}, XSTest other models {other_models:.3f})",
+                          file=sys.stderr)
                     if best is None or key > best[0]:
                         best = (key, setting)
                 if X_dev is None:
@@ -286,7 +305,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_hash = hashlib.sha256()
     for e in train:
         data_hash.update(f"{e.source}\x00{e.text}\x00{e.outcome}\x00".encode("utf-8", "surrogatepass"))
+    # how often each rule fired in the training answers: the detector lets a strong rule seen too rarely stand
+    train_named = featurizer.named(train)[1]
+    rule_names = [name for name in payload_names if name.startswith("rule:")]
+    support = {name: sum(name in features for features in train_named) for name in rule_names}
+    refusals = {name: sum(name in f and e.outcome == "refusal" for f, e in zip(train_named, train)) for name in rule_names}
     metadata = {"trained_on": f"xstest-dev ({len(xstest)}) + corpus train ({len(train) - len(xstest)})",
+                "rule_support": support, "rule_refusals": refusals,
                 "training_data_sha256": data_hash.hexdigest(), "seed": SEED, "setting": setting,
                 "rubric": "LABELLING.md v1.1"}
     payload = export(model, featurizer, setting["window"], setting["threshold"], metadata)
@@ -313,6 +338,14 @@ def xstest_cross_validation(
     """XSTest dev scored out of fold, since the shipped model is trained on all of it (the corpus's train split
     always in): by="prompt", 5 folds grouped by prompt (unseen prompts); by="model", leave one answering model
     out (answers of a model never trained on: the closest figure to other models' completions)."""
+    proba = out_of_fold_probabilities(featurizer, xstest, corpus_train, setting["corpus_weight"], setting["c"], by)
+    return breakdown(xstest, list(outcomes_of(proba, setting["threshold"])))
+
+
+def out_of_fold_probabilities(
+    featurizer: Featurizer, xstest: list[Example], corpus_train: list[Example], weight: float, c: float, by: str
+) -> np.ndarray:
+    """Each XSTest dev row's outcome probabilities from a model fitted without its fold (see xstest_cross_validation)."""
     if by == "prompt":
         groups = sorted({e.group for e in xstest})
         rng = np.random.default_rng(SEED)
@@ -321,18 +354,19 @@ def xstest_cross_validation(
     else:
         models = sorted({e.source for e in xstest})
         fold_of = [models.index(e.source) for e in xstest]
-    predicted: list[str] = [""] * len(xstest)
+    proba = np.zeros((len(xstest), len(OUTCOMES)))
+    names = list(featurizer.names)  # the folds refit the featurizer's names: the caller's are put back
     for fold in sorted(set(fold_of)):
         train = [e for e, f in zip(xstest, fold_of) if f != fold] + corpus_train
         held = [i for i, f in enumerate(fold_of) if f == fold]
-        weights = [1.0 if e.source.startswith("xstest") else setting["corpus_weight"] for e in train]
+        weights = [1.0 if e.source.startswith("xstest") else weight for e in train]
         windows, named, y, w = design(featurizer, train, weights, augment=True)
         featurizer.fit_names(named)
-        model = fit(featurizer.matrix(windows, named), y, w, setting["c"])
+        model = fit(featurizer.matrix(windows, named), y, w, c)
         hw, hn = featurizer.named([xstest[i] for i in held])
-        for i, p in zip(held, predict(model, featurizer.matrix(hw, hn), setting["threshold"])):
-            predicted[i] = p
-    return breakdown(xstest, predicted)
+        proba[held] = probabilities(model, featurizer.matrix(hw, hn))
+    featurizer.names = names
+    return proba
 
 
 if __name__ == "__main__":

@@ -160,9 +160,15 @@ def test_batch_and_one_by_one_verdicts_agree_on_real_answers() -> None:
     ],
 )
 def test_strong_rules_the_learned_layer_never_saw_still_read_as_refusals(text: str) -> None:
-    # decline, not_comfortable and no_judgement never fired in the training data, so the weights have no column for
-    # them; the learned layer read these as non-answers (short, no label) until their rule reading was made to stand
+    # not_comfortable and no_judgement never fired in the training data and decline once (a refusal): the learned
+    # layer read these as non-answers (short, no label) until the reading of a strong rule it saw this rarely, and
+    # never on anything but a refusal, was made to stand
+    assert DETECTOR.model is not None
+    fired = DETECTOR.model.metadata["rule_support"]
+    assert fired.get("rule:refusal:not_comfortable", 0) == fired.get("rule:refusal:no_judgement", 0) == 0
+    assert fired["rule:refusal:decline"] == DETECTOR.model.metadata["rule_refusals"]["rule:refusal:decline"] == 1
     assert {"refusal:decline", "refusal:not_comfortable", "refusal:no_judgement"} <= DETECTOR._unweighted_strong
+    assert "refusal:non_answer" not in DETECTOR._unweighted_strong  # its one training firing was a compliance
     for labels in (POLITE, ()):
         assert DETECTOR.detect(text, labels).outcome == "refusal"
 
