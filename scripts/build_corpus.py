@@ -66,11 +66,29 @@ FORCING_SHARES = {"unforced": 0.5, "semi_forced": 0.3, "forced": 0.2}
 BASELINE_WEIGHT = 2
 BATCH_ROWS = 110
 PREFIX = {"transformers": "tf", "llamacpp": "lc"}
-#: wave 2: a second draw on new wordings only (templates.yaml entries with `wave: 2`, each declaring its split), for
-#: more labelled refusals to train and tune on: train and dev only (the test split stays the wave-1 rows), and the
-#: tasks that draw refusals from SmolLM2 oversampled (wave 1: politeness 34% refusals, offensiveness 15%, nli 1%)
-WAVE2_SPLIT_SHARES = {"train": 0.75, "dev": 0.25, "test": 0.0}
-WAVE2_TASK_WEIGHTS = {"politeness": 3, "offensiveness": 3, "nli": 1}
+
+
+@dataclass(frozen=True)
+class Wave:
+    """One draw of the corpus: its split shares, task weights, whose wordings, and whether it asks personas."""
+
+    split_shares: dict[str, float]
+    task_weights: dict[str, int] | None  # None: every task alike
+    wordings_wave: int  # the templates.yaml wave whose wordings it uses (fixture wordings are wave 1)
+    baseline_only: bool = False
+
+
+WAVES = {
+    1: Wave(SPLIT_SHARES, None, 1),
+    # a second draw on new wordings only (templates.yaml entries with `wave: 2`, each declaring its split), for more
+    # labelled refusals to train and tune on: train and dev only (the test split stays the wave-1 rows), and the tasks
+    # that draw refusals from SmolLM2 oversampled (wave 1: politeness 34% refusals, offensiveness 15%, nli 1%)
+    2: Wave({"train": 0.75, "dev": 0.25, "test": 0.0}, {"politeness": 3, "offensiveness": 3, "nli": 1}, 2),
+    # test rows without a persona, on the test split's own items and wordings: the baseline rarely refuses (3 of the
+    # wave-1 test split's 38 refusals), too rarely to compare the detector's recall with and without a persona
+    3: Wave({"train": 0.0, "dev": 0.0, "test": 1.0}, {"politeness": 1, "offensiveness": 1, "nli": 0}, 1, True),
+}
+WAVE2_SPLIT_SHARES, WAVE2_TASK_WEIGHTS = WAVES[2].split_shares, WAVES[2].task_weights
 RUBRIC_VERSION = "v1.1"
 
 
@@ -198,24 +216,28 @@ def largest_remainder(total: int, shares: dict[str, float]) -> dict[str, int]:
 
 
 def draw_rows(seed: int, source: str, n: int, specs: Sequence[TaskSpec], personas: Sequence[Any], wordings: Wordings,
-              splits: dict[str, Any], wave: int = 1) -> list[dict[str, Any]]:
+              splits: dict[str, Any], wave: int = 1, taken: frozenset[str] = frozenset()) -> list[dict[str, Any]]:
     """n distinct chats (per source) in the split, forcing and persona proportions, each from its split's pools (of the
-    wave's own wordings: wave 1 the fixtures' and the wave-1 corpus ones, wave 2 its new ones only)."""
+    wave's own wordings: waves 1 and 3 the fixtures' and the wave-1 corpus ones, wave 2 its new ones only). `taken`:
+    chats (json of the messages) the source already answered in another wave, drawn again if they come up."""
     rows: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: set[str] = set(taken)
     by_task = {spec.task.id: spec for spec in specs}
+    plan = WAVES[wave]
 
     def of_wave(wording_id: str) -> bool:
-        return wordings.wave[wording_id] == wave
+        return wordings.wave[wording_id] == plan.wordings_wave
+
     phrasing_of = {p.id: p for p in wordings.phrasings}
-    shares, rng_names = (SPLIT_SHARES, (source,)) if wave == 1 else (WAVE2_SPLIT_SHARES, (source, f"wave{wave}"))
-    for split, n_split in largest_remainder(n, shares).items():
+    rng_names = (source,) if wave == 1 else (source, f"wave{wave}")
+    for split, n_split in largest_remainder(n, plan.split_shares).items():
         rng = split_rng(seed, "draw", *rng_names, split)
         levels = [lv for lv, k in largest_remainder(n_split, FORCING_SHARES).items() for _ in range(k)]
         levels = [levels[i] for i in rng.permutation(len(levels))]
-        weights = {t: 1 for t in by_task} if wave == 1 else WAVE2_TASK_WEIGHTS
+        weights = plan.task_weights or {t: 1 for t in by_task}
         tasks = Rounds([t for t in sorted(by_task) for _ in range(weights[t])], rng)
-        conditions = Rounds([*[BASELINE] * (BASELINE_WEIGHT - 1), *all_conditions(personas)], rng)
+        pool = [BASELINE] if plan.baseline_only else [*[BASELINE] * (BASELINE_WEIGHT - 1), *all_conditions(personas)]
+        conditions = Rounds(pool, rng)
         placements = Rounds(["system", "user"], rng)
         phrasings = Rounds([phrasing_of[i] for i in splits["phrasings"][split] if of_wave(i)], rng)
         items = {t: Rounds([i for i in s.items if i.id in splits["items"][t][split]], rng) for t, s in by_task.items()}
@@ -373,7 +395,7 @@ def write_provenance(out: Path) -> None:
         f"- `answers.jsonl`: {len(answers)} rows, one answer each, keys: " + ", ".join(f"`{c}`" for c in answers.columns if c != "prefix") + ".",
         "- `templates.yaml`: the corpus-only wordings, written for this project: wave 1, 9 paraphrases per task (3 per",
         "  forcing level) and 7 persona phrasings; wave 2 (`wave: 2`, ids `corpus2*`), 9 more paraphrases per task and 6",
-        "  phrasings. `paraphrase_origin` / `phrasing_origin` say fixture or corpus for each row.",
+        "  phrasings (wave 3 reuses wave 1's). `paraphrase_origin` / `phrasing_origin` say fixture or corpus for each row.",
         "- `splits.json`: which items, paraphrase ids and phrasing ids belong to train / dev / test.",
         "- `sources.json`: per source the backend identity, package versions, command, wall time and machine load.",
         f"- `batches/batch_NN.jsonl`: labelling batches of about {BATCH_ROWS} rows ({{id, task, labels, system, user, response}}),",
@@ -403,6 +425,9 @@ def write_provenance(out: Path) -> None:
         f"  (train or dev; the wave-1 assignment is drawn without them), items as above; rows {WAVE2_SPLIT_SHARES['train']:.0%}"
         f" train / {WAVE2_SPLIT_SHARES['dev']:.0%} dev, no test rows; tasks drawn in the ratio "
         + ", ".join(f"{task} {weight}" for task, weight in WAVE2_TASK_WEIGHTS.items()) + " (the ones that draw refusals).",
+        "- Wave 3 (rows `lcw3-*`, `tfw3-*`, `--wave 3`): test rows without a persona, on the test split's items and",
+        "  wave-1 wordings, politeness and offensiveness only, chats a source answered in another wave drawn again: the",
+        "  wave-1 test split has 3 baseline refusals, too few to compare the detector's recall with and without a persona.",
         "- A row uses only an item, paraphrase and phrasing of its own split (checked by `tests/unit/test_corpus_splits.py`).",
         "",
         markdown_table(pd.DataFrame({split: {"paraphrases": ", ".join(splits["paraphrases"][split]),
@@ -465,8 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--source", choices=sorted(PREFIX))
     parser.add_argument("--n", type=int, help="rows for this source")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--wave", type=int, choices=(1, 2), default=1,
-                        help="2: the second draw, on the wave-2 wordings only (train and dev; rows w2-prefixed)")
+    parser.add_argument("--wave", type=int, choices=sorted(WAVES), default=1,
+                        help="2: the second draw, on the wave-2 wordings only (train and dev; rows w2-prefixed); "
+                             "3: test rows without a persona (rows w3-prefixed)")
     parser.add_argument("--base-url", help="llamacpp: the server's OpenAI-compatible URL, e.g. http://127.0.0.1:8765/v1")
     parser.add_argument("--served-name", default="smollm2", help="llamacpp: the server's --model_alias")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY")
@@ -504,7 +530,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         held = {row["id"] for row in existing if row["id"].startswith(prefix + "-")}
         if held and not args.complete:
             raise FalseRefusalError(f"{out / 'answers.jsonl'}: already holds {args.source} rows; fix: remove them first, use a new --out, or --complete")
-        rows = draw_rows(args.seed, args.source, args.n, specs, personas, wordings, splits, args.wave)
+        source_prefix = PREFIX[args.source]
+        taken = frozenset(json.dumps([[m["role"], m["content"]] for m in row["messages"]]) for row in existing
+                          if row["id"].split("-")[0].startswith(source_prefix) and not row["id"].startswith(prefix + "-"))
+        rows = draw_rows(args.seed, args.source, args.n, specs, personas, wordings, splits, args.wave,
+                         taken if args.wave != 1 else frozenset())
         if args.complete:  # the same draw as the earlier run's: only the rows it did not answer
             planned_ids = {row["id"] for row in rows}
             if not held <= planned_ids:

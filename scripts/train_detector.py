@@ -56,7 +56,7 @@ class Example:
     outcome: str
     group: str  # rows of one group never straddle a cross-validation fold (XSTest: the prompt)
     persona: str = "none"  # corpus: persona id, "baseline" without one
-    wave: str = "none"  # corpus: the draw the row is from (wave1, wave2: new wordings, train and dev only)
+    wave: str = "none"  # corpus: the draw the row is from (wave1; wave2: new wordings, train and dev; wave3: test, no persona)
 
 
 def load_xstest() -> list[Example]:
@@ -89,8 +89,14 @@ def load_corpus() -> list[Example]:
             continue
         rows.append(Example(answer["source"].split("/")[0], answer["split"], answer["response"],
                             tuple(answer["labels"]), LABEL_OUTCOME[label], f"c:{answer['item_id']}",
-                            answer["persona"], "wave2" if "w2-" in answer["id"] else "wave1"))
+                            answer["persona"], wave_of(answer["id"])))
     return rows
+
+
+def wave_of(row_id: str) -> str:
+    """The corpus draw a row is from, by its id's prefix (lc-, lcw2-, tfw3-, ...)."""
+    prefix = row_id.split("-")[0]
+    return f"wave{prefix[-1]}" if prefix[-2:-1] == "w" else "wave1"
 
 
 class Featurizer:

@@ -113,3 +113,35 @@ def test_a_wave_two_wording_without_its_split_is_refused(tmp_path: Path) -> None
     (tmp_path / "templates.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(FalseRefusalError, match="a wave-2 entry \\(only\\) names its split; fix: add split"):
         build.load_wordings(tmp_path / "templates.yaml", specs, fixture_phrasings)
+
+
+def test_wave_three_is_test_rows_without_a_persona_on_the_test_splits_own_wordings() -> None:
+    splits = json.loads((ANSWERS.parent / "splits.json").read_text())
+    rows = [row for row in _rows() if "w3-" in row["id"]]
+    assert rows and all(row["split"] == "test" and row["persona"] == "baseline" for row in rows)
+    assert all(row["paraphrase_id"] in splits["paraphrases"]["test"] for row in rows)
+    assert all(row["item_id"] in splits["items"][row["task"]]["test"] for row in rows)
+    assert {row["task"] for row in rows} == {"politeness", "offensiveness"}
+
+
+def test_the_seeded_draws_reproduce_every_stored_chat() -> None:
+    """answers.jsonl holds what build_corpus.py's draws make: each wave of each source, redrawn from the seed, gives
+    the same chats under the same ids (so the wave-2 and wave-3 changes to the script left the earlier draws alone)."""
+    build = _build_corpus()
+    fixtures = build.product_fixtures()
+    specs = build.load_tasks(fixtures)
+    personas, fixture_phrasings = build.load_personas(fixtures / "personas.yaml")
+    wordings = build.load_wordings(ANSWERS.parent / "templates.yaml", specs, fixture_phrasings)
+    splits = json.loads((ANSWERS.parent / "splits.json").read_text())
+    stored = {row["id"]: row for row in _rows()}
+    for source, prefix in build.PREFIX.items():
+        for wave in build.WAVES:
+            mine = [row for row in stored.values() if row["id"].startswith(build.row_prefix(source, wave) + "-")]
+            taken = frozenset(
+                json.dumps([[m["role"], m["content"]] for m in row["messages"]])
+                for row in stored.values()
+                if row["id"].startswith(prefix) and row not in mine
+            )
+            drawn = build.draw_rows(splits["seed"], source, len(mine), specs, personas, wordings, splits, wave,
+                                    taken if wave != 1 else frozenset())
+            assert {row["id"]: row["messages"] for row in drawn} == {row["id"]: row["messages"] for row in mine}
