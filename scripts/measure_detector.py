@@ -195,8 +195,8 @@ def record_rescored(folder: Path, version: str, scores: dict[str, dict[str, floa
     path = folder / "detector_metrics.json"
     metrics = json.loads(path.read_text(encoding="utf-8"))
     rows = sum(1 for line in (folder / "answers.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
-    metrics["test_rescored"] = {"detector": version, "corpus_answers": rows, "note": "the shipped model (trained before"
-                                " the corpus grew) on the current test split, by scripts/measure_detector.py --record",
+    metrics["test_rescored"] = {"detector": version, "corpus_answers": rows, "note": "the shipped model on the current test"
+                                " split (rows added after it was trained included), by scripts/measure_detector.py --record",
                                 **{group: {k: round(v, 3) if isinstance(v, float) else v for k, v in values.items()}
                                    for group, values in scores.items()}}
     path.write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -219,6 +219,8 @@ def score_corpus(folder: Path, split: str, detectors: dict[str, RefusalDetector]
         groups.setdefault(f"source:{a['source'].split('/')[0]}", []).append(i)
         groups.setdefault(f"task:{a['task']}", []).append(i)
         groups.setdefault("persona" if a["persona"] != "baseline" else "baseline (no persona)", []).append(i)
+        prefix = a["id"].split("-")[0]  # lc-, tfw2-, lcw3-: the corpus draw the row is from
+        groups.setdefault(f"wave:{prefix[-1] if prefix[-2:-1] == 'w' else '1'}", []).append(i)
     matcher = [("refusal" if xstest_matcher(a["response"]) else "compliance") for a in answers]
     result: dict[str, dict[str, dict[str, float]]] = {}
     for name, detector in [*detectors.items(), ("xstest-matcher", None)]:
