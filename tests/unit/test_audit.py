@@ -409,3 +409,15 @@ def test_gating_on_corrected_rates_needs_an_audit_of_this_detector(workdir: Path
     code = main(["run", "--model", "scripted:base=0.1", "--profile", "audited", "--samples", "4", "--tasks", "politeness",
                  "--no-progress", "--audit", str(labels)])
     assert code == 2 and "audits detector 2020.01-1, this run reads answers with " in capsys.readouterr().err
+
+
+def test_the_committed_make_run_audit_reproduces_the_readme_figures() -> None:
+    """README, "Audit your detector": the hand-labelled audit of a `make run` (data/audit/make-run-smoke-seed0)."""
+    from falserefusal.analysis.detector_audit import detector_accuracy
+    from falserefusal.detection.audit import read_labels
+
+    folder = Path(__file__).resolve().parents[2] / "data" / "audit" / "make-run-smoke-seed0"
+    audit = read_labels(folder / "audit.csv")
+    overall = detector_accuracy(audit).iloc[0]
+    assert audit.n_labelled == 314
+    assert round(100 * overall["sensitivity"], 1) == 88.0 and round(100 * overall["specificity"], 1) == 99.2
