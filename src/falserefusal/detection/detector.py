@@ -100,7 +100,7 @@ class RefusalDetector:
         self._feature_name = {rule.name: rule.reads_as or rule.name for rule in self.rules.refusals}
         # strong rules the learned layer cannot weigh: they fired in fewer than MIN_RULE_SUPPORT training answers,
         # each of them a refusal (e.g. "I'm not comfortable", "I don't make judgements": never; "I'd rather not": once),
-        # so nothing stands against their reading and it stands
+        # so no training answer speaks against their reading, and it stands
         self._unweighted_strong = frozenset(
             rule.name
             for rule in self.rules.refusals
@@ -119,7 +119,8 @@ class RefusalDetector:
         if fired is None:
             return f"rule:{name}" not in self.model.named
         times = int(fired.get(f"rule:{name}", 0))
-        return times < MIN_RULE_SUPPORT and int(self.model.metadata["rule_refusals"].get(f"rule:{name}", 0)) == times
+        refusals = int(self.model.metadata.get("rule_refusals", {}).get(f"rule:{name}", 0))
+        return times < MIN_RULE_SUPPORT and refusals == times
 
     # -- public API -----------------------------------------------------------------------------
     def detect(self, text: str, labels: Sequence[str] = ()) -> Verdict:
