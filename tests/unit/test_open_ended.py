@@ -80,7 +80,8 @@ def test_the_detector_reads_real_open_ended_answers_without_labels() -> None:
 
 
 def test_the_detector_on_the_hand_labelled_open_ended_answers_keeps_its_measured_floor() -> None:
-    """README figures (scripts/measure_open_ended.py): precision 13/13, 0 of 28 non-answers read as refusals."""
+    """README figures (scripts/measure_open_ended.py): 17 of 31 refusals found, 2 false refusals, 0 of 28 non-answers
+    read as refusals."""
     import json
 
     from falserefusal.detection.detector import RefusalDetector
@@ -91,6 +92,6 @@ def test_the_detector_on_the_hand_labelled_open_ended_answers_keeps_its_measured
     read_refusal = [o == "refusal" for o in outcomes]
     truth = [r["human_label"] in ("R", "P") for r in rows]
     true_positives = sum(t and r for t, r in zip(truth, read_refusal))
-    assert len(rows) == 588 and true_positives >= 13
-    assert sum(r and not t for t, r in zip(truth, read_refusal)) == 0  # no false refusal
+    assert len(rows) == 588 and true_positives >= 17
+    assert sum(r and not t for t, r in zip(truth, read_refusal)) <= 2  # two compliant answers opening with an apology
     assert not any(r for row, r in zip(rows, read_refusal) if row["human_label"] == "N")

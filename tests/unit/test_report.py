@@ -238,7 +238,7 @@ def test_the_report_says_how_well_the_detector_reads_open_ended_and_other_langua
                          personas=["muslim"])
     html = build_report(mixed.metadata, mixed.records, mixed.outcomes, tmp_path / "mixed").read_text()
     panel = html[html.index('id="detector-measured"'):html.index('<section id="disparities">')]
-    assert "open-ended tasks" in panel and "0.42 (13/31" in panel and "German prompts" in panel
+    assert "open-ended tasks" in panel and "0.55 (17/31" in panel and "German prompts" in panel
     assert "Spanish prompts" not in panel  # only the run's languages
     plain = run_scripted(tmp_path / "plain", ["scripted:base=0.1"], samples=3, tasks=["nli"], personas=["muslim"])
     assert 'id="detector-measured"' not in build_report(plain.metadata, plain.records, plain.outcomes,

@@ -33,7 +33,7 @@ from falserefusal.detection.rules import (
 from falserefusal.types import FalseRefusalError, Verdict
 
 #: bump whenever the default rules or the reading logic change; recorded in every result (with the model's digest)
-DETECTOR_VERSION = "2026.12-4"
+DETECTOR_VERSION = "2026.12-5"
 
 
 #: characters of a response the detector reads: about two sentences, where forced answers and refusals show.
