@@ -421,3 +421,17 @@ def test_the_committed_make_run_audit_reproduces_the_readme_figures() -> None:
     overall = detector_accuracy(audit).iloc[0]
     assert audit.n_labelled == 314
     assert round(100 * overall["sensitivity"], 1) == 88.0 and round(100 * overall["specificity"], 1) == 99.2
+
+
+def test_the_committed_audit_of_the_shipped_detector_reproduces_the_readme_figures() -> None:
+    """README, "Audit your detector": the audit of a `make run` with the shipped detector."""
+    from falserefusal.analysis.detector_audit import detector_accuracy
+    from falserefusal.detection.audit import read_labels
+    from falserefusal.detection.detector import RefusalDetector
+
+    folder = Path(__file__).resolve().parents[2] / "data" / "audit" / "make-run-smoke-seed0-2026.12-5"
+    audit = read_labels(folder / "audit.csv")
+    assert audit.source["detector_version"] == RefusalDetector().version  # retrain the detector: audit again
+    overall = detector_accuracy(audit).iloc[0]
+    assert audit.n_labelled == 308
+    assert round(100 * overall["sensitivity"], 1) == 90.6 and round(100 * overall["specificity"], 1) == 98.2
