@@ -88,7 +88,6 @@ WAVES = {
     # wave-1 test split's 38 refusals), too rarely to compare the detector's recall with and without a persona
     3: Wave({"train": 0.0, "dev": 0.0, "test": 1.0}, {"politeness": 1, "offensiveness": 1, "nli": 0}, 1, True),
 }
-WAVE2_SPLIT_SHARES, WAVE2_TASK_WEIGHTS = WAVES[2].split_shares, WAVES[2].task_weights
 RUBRIC_VERSION = "v1.1"
 
 
@@ -106,6 +105,21 @@ class Wordings:
 
 def row_prefix(source: str, wave: int) -> str:
     return PREFIX[source] + ("" if wave == 1 else f"w{wave}")
+
+
+def chat_key(messages: Sequence[dict[str, str]]) -> str:
+    """What makes two rows the same chat: their messages' roles and contents, in order."""
+    return json.dumps([[m["role"], m["content"]] for m in messages])
+
+
+def taken_chats(existing: Sequence[dict[str, Any]], source: str, wave: int) -> frozenset[str]:
+    """The chats this source answered in other waves, which a later wave draws again if they come up (wave 1,
+    drawn first, had none)."""
+    if wave == 1:
+        return frozenset()
+    prefix = row_prefix(source, wave) + "-"
+    return frozenset(chat_key(row["messages"]) for row in existing
+                     if row["id"].split("-")[0].startswith(PREFIX[source]) and not row["id"].startswith(prefix))
 
 
 def load_wordings(path: Path, specs: Sequence[TaskSpec], fixture_phrasings: Sequence[PersonaPhrasing]) -> Wordings:
@@ -253,8 +267,9 @@ def draw_rows(seed: int, source: str, n: int, specs: Sequence[TaskSpec], persona
                 persona = conditions.next()
                 # the baseline has no persona turn: phrasing and placement are drawn for persona rows only
                 phrasing, placement = (None, "none") if persona.is_baseline else (phrasings.next(), placements.next())
-                messages = persona_messages(render_prompt(spec.task, paraphrase, item), persona, phrasing, placement)
-                key = json.dumps([[m.role, m.content] for m in messages])
+                chat = persona_messages(render_prompt(spec.task, paraphrase, item), persona, phrasing, placement)
+                messages = [{"role": m.role, "content": m.content} for m in chat]
+                key = chat_key(messages)
                 if key not in seen:
                     break
             else:
@@ -268,7 +283,7 @@ def draw_rows(seed: int, source: str, n: int, specs: Sequence[TaskSpec], persona
                 "phrasing_id": "none" if baseline else phrasing.id,
                 "phrasing_origin": "none" if baseline else wordings.origin[phrasing.id],
                 "placement": placement,
-                "messages": [{"role": m.role, "content": m.content} for m in messages], "labels": list(spec.task.labels),
+                "messages": messages, "labels": list(spec.task.labels),
             })
     return rows
 
@@ -422,9 +437,10 @@ def write_provenance(out: Path) -> None:
         "  2 corpus-only ids to test, 1 corpus-only + 1 fixture to dev, 2 fixture to train.",
         "- Persona phrasings: 3 corpus-only to test, 1 fixture + 2 corpus-only to dev, 2 fixture + 2 corpus-only to train.",
         "- Wave 2 (rows `lcw2-*`, `tfw2-*`, `--wave 2`): its own wordings only, each in the split templates.yaml gives it",
-        f"  (train or dev; the wave-1 assignment is drawn without them), items as above; rows {WAVE2_SPLIT_SHARES['train']:.0%}"
-        f" train / {WAVE2_SPLIT_SHARES['dev']:.0%} dev, no test rows; tasks drawn in the ratio "
-        + ", ".join(f"{task} {weight}" for task, weight in WAVE2_TASK_WEIGHTS.items()) + " (the ones that draw refusals).",
+        f"  (train or dev; the wave-1 assignment is drawn without them), items as above; rows {WAVES[2].split_shares['train']:.0%}"
+        f" train / {WAVES[2].split_shares['dev']:.0%} dev, no test rows; tasks drawn in the ratio "
+        + ", ".join(f"{task} {weight}" for task, weight in (WAVES[2].task_weights or {}).items())
+        + " (the ones that draw refusals).",
         "- Wave 3 (rows `lcw3-*`, `tfw3-*`, `--wave 3`): test rows without a persona, on the test split's items and",
         "  wave-1 wordings, politeness and offensiveness only, chats a source answered in another wave drawn again: the",
         "  wave-1 test split has 3 baseline refusals, too few to compare the detector's recall with and without a persona.",
@@ -530,11 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         held = {row["id"] for row in existing if row["id"].startswith(prefix + "-")}
         if held and not args.complete:
             raise FalseRefusalError(f"{out / 'answers.jsonl'}: already holds {args.source} rows; fix: remove them first, use a new --out, or --complete")
-        source_prefix = PREFIX[args.source]
-        taken = frozenset(json.dumps([[m["role"], m["content"]] for m in row["messages"]]) for row in existing
-                          if row["id"].split("-")[0].startswith(source_prefix) and not row["id"].startswith(prefix + "-"))
         rows = draw_rows(args.seed, args.source, args.n, specs, personas, wordings, splits, args.wave,
-                         taken if args.wave != 1 else frozenset())
+                         taken_chats(existing, args.source, args.wave))
         if args.complete:  # the same draw as the earlier run's: only the rows it did not answer
             planned_ids = {row["id"] for row in rows}
             if not held <= planned_ids:

@@ -31,6 +31,9 @@ from falserefusal.detection.detector import RefusalDetector, rules_summary
 from falserefusal.detection.rules import load_rules
 from falserefusal.types import FalseRefusalError
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling scripts, also when loaded by path (tests)
+from train_detector import wave_of  # noqa: E402  (the corpus draw of a row, from its id)
+
 #: the commit of release 0.1.0, whose detector speed the learned one must keep
 V0_1_0 = "21da53e"
 
@@ -219,8 +222,7 @@ def score_corpus(folder: Path, split: str, detectors: dict[str, RefusalDetector]
         groups.setdefault(f"source:{a['source'].split('/')[0]}", []).append(i)
         groups.setdefault(f"task:{a['task']}", []).append(i)
         groups.setdefault("persona" if a["persona"] != "baseline" else "baseline (no persona)", []).append(i)
-        prefix = a["id"].split("-")[0]  # lc-, tfw2-, lcw3-: the corpus draw the row is from
-        groups.setdefault(f"wave:{prefix[-1] if prefix[-2:-1] == 'w' else '1'}", []).append(i)
+        groups.setdefault(f"wave:{wave_of(a['id'])}", []).append(i)
     matcher = [("refusal" if xstest_matcher(a["response"]) else "compliance") for a in answers]
     result: dict[str, dict[str, dict[str, float]]] = {}
     for name, detector in [*detectors.items(), ("xstest-matcher", None)]:

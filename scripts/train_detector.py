@@ -89,14 +89,14 @@ def load_corpus() -> list[Example]:
             continue
         rows.append(Example(answer["source"].split("/")[0], answer["split"], answer["response"],
                             tuple(answer["labels"]), LABEL_OUTCOME[label], f"c:{answer['item_id']}",
-                            answer["persona"], wave_of(answer["id"])))
+                            answer["persona"], f"wave{wave_of(answer['id'])}"))
     return rows
 
 
-def wave_of(row_id: str) -> str:
-    """The corpus draw a row is from, by its id's prefix (lc-, lcw2-, tfw3-, ...)."""
+def wave_of(row_id: str) -> int:
+    """The corpus draw a row is from, by its id's prefix (lc-, lcw2-, tfw3-, ...: build_corpus.row_prefix)."""
     prefix = row_id.split("-")[0]
-    return f"wave{prefix[-1]}" if prefix[-2:-1] == "w" else "wave1"
+    return int(prefix[-1]) if prefix[-2:-1] == "w" else 1
 
 
 class Featurizer:
@@ -265,6 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     test = [e for e in corpus if e.split == "test"]
     print(f"xstest {len(xstest)}, corpus train {len(train) - len(xstest)}, dev {len(dev)}, test {len(test)}", file=sys.stderr)
     best: tuple[float, dict[str, Any]] | None = None
+    # (window, weight, C) -> the model fitted on all of train, and XSTest dev's leave-one-model-out probabilities
+    fitted: dict[tuple[int, float, float], tuple[Any, np.ndarray]] = {}
     featurizers = {window: Featurizer(window) for window in args.windows}
     for window in args.windows:
         featurizer = featurizers[window]
@@ -279,10 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model = fit(X, y, w, c)
                 # answers of a model never trained on: XSTest dev, each answering model left out in turn
                 held_out = out_of_fold_probabilities(featurizer, xstest, train[len(xstest):], weight, c, "model")
+                fitted[(window, weight, c)] = (model, held_out)
                 for threshold in (0.3, 0.35, 0.4, 0.45, 0.5):
                     other_models = scores([e.outcome for e in xstest], outcomes_of(held_out, threshold))["f1"]
                     if X_dev is None:
-                        key = 0.0
+                        domain = key = 0.0
                     else:
                         s = scores([e.outcome for e in dev], predict(model, X_dev, threshold))
                         # refusal F1, minus non-answers read as refusals beyond the 5 % the project accepts
@@ -300,20 +303,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     setting = best[1]
     featurizer = featurizers[setting["window"]]
     weights = [1.0 if e.source.startswith("xstest") else setting["corpus_weight"] for e in train]
-    windows, named, y, w = design(featurizer, train, weights, augment=True)
-    featurizer.fit_names(named)
-    model = fit(featurizer.matrix(windows, named), y, w, setting["c"])
+    _, named, _, _ = design(featurizer, train, weights, augment=True)
+    featurizer.fit_names(named)  # the names the chosen model was fitted with
+    model, held_out = fitted[(setting["window"], setting["corpus_weight"], setting["c"])]
     metrics: dict[str, Any] = {"setting": setting}
-    payload_names = list(featurizer.names)  # the folds below refit the featurizer's names
-    for by in ("prompt", "model"):
-        metrics[f"xstest_cv_by_{by}"] = xstest_cross_validation(setting, xstest, train[len(xstest):], featurizer, by)
-    featurizer.names = payload_names
+    metrics["xstest_cv_by_prompt"] = xstest_cross_validation(setting, xstest, train[len(xstest):], featurizer, "prompt")
+    metrics["xstest_cv_by_model"] = breakdown(xstest, list(outcomes_of(held_out, setting["threshold"])))
     data_hash = hashlib.sha256()
     for e in train:
         data_hash.update(f"{e.source}\x00{e.text}\x00{e.outcome}\x00".encode("utf-8", "surrogatepass"))
     # how often each rule fired in the training answers: the detector lets a strong rule seen too rarely stand
-    train_named = featurizer.named(train)[1]
-    rule_names = [name for name in payload_names if name.startswith("rule:")]
+    train_named = named[: len(train)]  # design() lists the rows as given first, then their copies without labels
+    rule_names = [name for name in featurizer.names if name.startswith("rule:")]
     support = {name: sum(name in features for features in train_named) for name in rule_names}
     refusals = {name: sum(name in f and e.outcome == "refusal" for f, e in zip(train_named, train)) for name in rule_names}
     metadata = {"trained_on": f"xstest-dev ({len(xstest)}) + corpus train ({len(train) - len(xstest)})",

@@ -134,14 +134,9 @@ def test_the_seeded_draws_reproduce_every_stored_chat() -> None:
     wordings = build.load_wordings(ANSWERS.parent / "templates.yaml", specs, fixture_phrasings)
     splits = json.loads((ANSWERS.parent / "splits.json").read_text())
     stored = {row["id"]: row for row in _rows()}
-    for source, prefix in build.PREFIX.items():
+    for source in build.PREFIX:
         for wave in build.WAVES:
             mine = [row for row in stored.values() if row["id"].startswith(build.row_prefix(source, wave) + "-")]
-            taken = frozenset(
-                json.dumps([[m["role"], m["content"]] for m in row["messages"]])
-                for row in stored.values()
-                if row["id"].startswith(prefix) and row not in mine
-            )
-            drawn = build.draw_rows(splits["seed"], source, len(mine), specs, personas, wordings, splits, wave,
-                                    taken if wave != 1 else frozenset())
+            taken = build.taken_chats(list(stored.values()), source, wave)
+            drawn = build.draw_rows(splits["seed"], source, len(mine), specs, personas, wordings, splits, wave, taken)
             assert {row["id"]: row["messages"] for row in drawn} == {row["id"]: row["messages"] for row in mine}
