@@ -411,27 +411,20 @@ def test_gating_on_corrected_rates_needs_an_audit_of_this_detector(workdir: Path
     assert code == 2 and "audits detector 2020.01-1, this run reads answers with " in capsys.readouterr().err
 
 
-def test_the_committed_make_run_audit_reproduces_the_readme_figures() -> None:
-    """README, "Audit your detector": the hand-labelled audit of a `make run` (data/audit/make-run-smoke-seed0)."""
-    from falserefusal.analysis.detector_audit import detector_accuracy
-    from falserefusal.detection.audit import read_labels
-
-    folder = Path(__file__).resolve().parents[2] / "data" / "audit" / "make-run-smoke-seed0"
-    audit = read_labels(folder / "audit.csv")
-    overall = detector_accuracy(audit).iloc[0]
-    assert audit.n_labelled == 314
-    assert round(100 * overall["sensitivity"], 1) == 88.0 and round(100 * overall["specificity"], 1) == 99.2
-
-
-def test_the_committed_audit_of_the_shipped_detector_reproduces_the_readme_figures() -> None:
-    """README, "Audit your detector": the audit of a `make run` with the shipped detector."""
-    from falserefusal.analysis.detector_audit import detector_accuracy
-    from falserefusal.detection.audit import read_labels
+@pytest.mark.parametrize(
+    ("folder", "of_shipped_detector", "labelled", "sensitivity", "specificity"),
+    [("make-run-smoke-seed0", False, 314, 88.0, 99.2), ("make-run-smoke-seed0-2026.12-5", True, 308, 90.6, 98.2)],
+)
+def test_the_committed_make_run_audits_reproduce_the_readme_figures(
+    folder: str, of_shipped_detector: bool, labelled: int, sensitivity: float, specificity: float
+) -> None:
+    """README, "Audit your detector": the hand-labelled audits of a `make run` in data/audit/ (2026.12-4's, and the
+    shipped detector's, which must be audited again when the detector is retrained)."""
     from falserefusal.detection.detector import RefusalDetector
 
-    folder = Path(__file__).resolve().parents[2] / "data" / "audit" / "make-run-smoke-seed0-2026.12-5"
-    audit = read_labels(folder / "audit.csv")
-    assert audit.source["detector_version"] == RefusalDetector().version  # retrain the detector: audit again
+    audit = read_labels(Path(__file__).resolve().parents[2] / "data" / "audit" / folder / "audit.csv")
+    if of_shipped_detector:
+        assert audit.source["detector_version"] == RefusalDetector().version  # retrain the detector: audit again
     overall = detector_accuracy(audit).iloc[0]
-    assert audit.n_labelled == 308
-    assert round(100 * overall["sensitivity"], 1) == 90.6 and round(100 * overall["specificity"], 1) == 98.2
+    assert audit.n_labelled == labelled
+    assert round(100 * overall["sensitivity"], 1) == sensitivity and round(100 * overall["specificity"], 1) == specificity
