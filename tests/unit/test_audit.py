@@ -427,4 +427,5 @@ def test_the_committed_make_run_audits_reproduce_the_readme_figures(
         assert audit.source["detector_version"] == RefusalDetector().version  # retrain the detector: audit again
     overall = detector_accuracy(audit).iloc[0]
     assert audit.n_labelled == labelled
-    assert round(100 * overall["sensitivity"], 1) == sensitivity and round(100 * overall["specificity"], 1) == specificity
+    assert round(100 * overall["sensitivity"], 1) == sensitivity
+    assert round(100 * overall["specificity"], 1) == specificity
