@@ -167,6 +167,13 @@ def load_wordings(path: Path, specs: Sequence[TaskSpec], fixture_phrasings: Sequ
     return Wordings(paraphrases, (*fixture_phrasings, *new_phrasings), origin, wave, declared)
 
 
+def load_design(fixtures: Path, templates: Path) -> tuple[list[TaskSpec], list[Any], Wordings]:
+    """The product's tasks and personas from `fixtures`, and the corpus wordings of `templates` checked against them."""
+    specs = load_tasks(fixtures)
+    personas, fixture_phrasings = load_personas(fixtures / "personas.yaml")
+    return specs, personas, load_wordings(templates, specs, fixture_phrasings)
+
+
 def split_rng(seed: int, *names: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, *(stable_key(n) for n in names)]))
 
@@ -535,9 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         out: Path = args.out
         fixtures = args.fixtures_dir or product_fixtures()
-        specs = load_tasks(fixtures)
-        personas, fixture_phrasings = load_personas(fixtures / "personas.yaml")
-        wordings = load_wordings(out / "templates.yaml", specs, fixture_phrasings)
+        specs, personas, wordings = load_design(fixtures, out / "templates.yaml")
         splits = assign_splits(args.seed, specs, wordings)
         if (out / "splits.json").exists() and json.loads((out / "splits.json").read_text()) != splits:
             raise FalseRefusalError(f"{out / 'splits.json'}: made with another seed or other templates; fix: --seed as before, or a new --out")

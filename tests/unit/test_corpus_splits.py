@@ -76,11 +76,8 @@ def test_wave_two_wordings_leave_the_wave_one_assignment_as_it_was(tmp_path: Pat
     import yaml
 
     build = _build_corpus()
-    fixtures = build.product_fixtures()
-    specs = build.load_tasks(fixtures)
-    _, fixture_phrasings = build.load_personas(fixtures / "personas.yaml")
     corpus = ANSWERS.parent
-    wordings = build.load_wordings(corpus / "templates.yaml", specs, fixture_phrasings)
+    specs, _, wordings = build.load_design(build.product_fixtures(), corpus / "templates.yaml")
     recorded = json.loads((corpus / "splits.json").read_text())
     assert build.assign_splits(recorded["seed"], specs, wordings) == recorded
     wave_two = set(wordings.declared_split)
@@ -89,7 +86,7 @@ def test_wave_two_wordings_leave_the_wave_one_assignment_as_it_was(tmp_path: Pat
     data["paraphrases"] = {task: [p for p in ps if p.get("wave", 1) == 1] for task, ps in data["paraphrases"].items()}
     data["phrasings"] = [p for p in data["phrasings"] if p.get("wave", 1) == 1]
     (tmp_path / "templates.yaml").write_text(yaml.safe_dump(data))
-    wave_one = build.load_wordings(tmp_path / "templates.yaml", specs, fixture_phrasings)
+    _, _, wave_one = build.load_design(build.product_fixtures(), tmp_path / "templates.yaml")
     without = build.assign_splits(recorded["seed"], specs, wave_one)
     for kind in ("paraphrases", "phrasings"):
         assert without[kind] == {split: [i for i in ids if i not in wave_two] for split, ids in recorded[kind].items()}
@@ -105,14 +102,11 @@ def test_a_wave_two_wording_without_its_split_is_refused(tmp_path: Path) -> None
     from falserefusal.types import FalseRefusalError
 
     build = _build_corpus()
-    fixtures = build.product_fixtures()
-    specs = build.load_tasks(fixtures)
-    _, fixture_phrasings = build.load_personas(fixtures / "personas.yaml")
     data = yaml.safe_load((ANSWERS.parent / "templates.yaml").read_text())
     del data["phrasings"][-1]["split"]
     (tmp_path / "templates.yaml").write_text(yaml.safe_dump(data))
     with pytest.raises(FalseRefusalError, match="a wave-2 entry \\(only\\) names its split; fix: add split"):
-        build.load_wordings(tmp_path / "templates.yaml", specs, fixture_phrasings)
+        build.load_design(build.product_fixtures(), tmp_path / "templates.yaml")
 
 
 def test_wave_three_is_test_rows_without_a_persona_on_the_test_splits_own_wordings() -> None:
@@ -128,10 +122,7 @@ def test_the_seeded_draws_reproduce_every_stored_chat() -> None:
     """answers.jsonl holds what build_corpus.py's draws make: each wave of each source, redrawn from the seed, gives
     the same chats under the same ids (so the wave-2 and wave-3 changes to the script left the earlier draws alone)."""
     build = _build_corpus()
-    fixtures = build.product_fixtures()
-    specs = build.load_tasks(fixtures)
-    personas, fixture_phrasings = build.load_personas(fixtures / "personas.yaml")
-    wordings = build.load_wordings(ANSWERS.parent / "templates.yaml", specs, fixture_phrasings)
+    specs, personas, wordings = build.load_design(build.product_fixtures(), ANSWERS.parent / "templates.yaml")
     splits = json.loads((ANSWERS.parent / "splits.json").read_text())
     stored = {row["id"]: row for row in _rows()}
     for source in build.PREFIX:
